@@ -1,0 +1,135 @@
+//! Checks the gateway file and resolves its defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use crate::canonical;
+use crate::config::gateway::GatewayFile;
+use crate::config::source::{DocPath, SourceDoc};
+use crate::config::{self, EnvLookup, Secret};
+use crate::diagnostics::{Code, Diagnostic, did_you_mean};
+
+use super::structure::Structure;
+
+/// The gateway file used when none exists: the same text as the committed `entrepot.yaml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../entrepot.yaml");
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default store URL.
+pub const DEFAULT_STORE_URL: &str = "sqlite://data/entrepot.db";
+
+static GATEWAY_STRUCTURE: LazyLock<Result<Structure, String>> =
+    LazyLock::new(|| Structure::new(crate::schema::gateway_schema()));
+
+/// The gateway's settings, resolved.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Where the file came from (`<embedded>` for the built-in default).
+    pub file: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Store URL (after `ENTREPOT_STORE_URL`).
+    pub store_url: String,
+    /// Platforms directory, resolved against the file's directory.
+    pub platforms_dir: PathBuf,
+    /// Admin bearer token; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+    /// Event targets.
+    pub targets: Vec<TargetSettings>,
+}
+
+/// One event target, resolved.
+#[derive(Debug, Clone)]
+pub struct TargetSettings {
+    /// Target name.
+    pub name: String,
+    /// Delivery URL.
+    pub url: String,
+    /// Canonical events it receives.
+    pub events: Vec<String>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+}
+
+/// Compiles a gateway document. `base` is the directory relative paths are resolved against.
+pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> Result<GatewaySettings, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    config::expand_env_in(&mut doc, &DocPath::root(), env, &mut problems);
+    match &*GATEWAY_STRUCTURE {
+        Ok(s) => problems.extend(s.check(&doc)),
+        Err(e) => problems.push(doc.at(&DocPath::root(), Code::Gateway, format!("internal error: the gateway schema does not compile: {e}"))),
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let file: GatewayFile = serde_json::from_value(doc.value.clone())
+        .map_err(|e| vec![doc.at(&DocPath::root(), Code::Type, e.to_string())])?;
+    let listen_text = file.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+        problems.push(
+            doc.at(&DocPath::root().key("listen"), Code::Gateway, format!("'{listen_text}' is not an address and port"))
+                .with_hint("write it like 127.0.0.1:8080 or 0.0.0.0:8080"),
+        )
+    });
+    let store_url = env("ENTREPOT_STORE_URL")
+        .filter(|s| !s.is_empty())
+        .or_else(|| file.store.as_ref().map(|s| s.url.clone()))
+        .unwrap_or_else(|| DEFAULT_STORE_URL.into());
+    if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) {
+        problems.push(
+            doc.at(&DocPath::root().key("store").key("url"), Code::Gateway, "the store URL must start with sqlite:, postgres:// or postgresql://")
+                .with_hint("use sqlite://data/entrepot.db for one instance, postgres://user@host/db for several"),
+        );
+    }
+    let mut targets = Vec::new();
+    for (name, t) in &file.targets {
+        let tp = DocPath::root().key("targets").key(name.clone());
+        for (i, e) in t.events.iter().enumerate() {
+            if !canonical::EVENTS.contains(&e.as_str()) {
+                let mut d = doc.at(&tp.key("events").index(i), Code::UnknownEvent, format!("unknown canonical event '{e}'"));
+                if let Some(best) = did_you_mean(e, canonical::EVENTS.iter().copied()) {
+                    d = d.with_hint(format!("did you mean '{best}'?"));
+                }
+                problems.push(d);
+            }
+        }
+        if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+            problems.push(doc.at(&tp.key("url"), Code::Gateway, "a target URL must start with http:// or https://"));
+        }
+        targets.push(TargetSettings {
+            name: name.clone(),
+            url: t.url.clone(),
+            events: t.events.clone(),
+            headers: t.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            max_attempts: t.max_attempts.unwrap_or(10),
+        });
+    }
+    let Ok(listen) = listen else { return Err(problems) };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(GatewaySettings {
+        file: doc.file.clone(),
+        listen,
+        store_url,
+        platforms_dir: base.join(file.platforms_dir.as_deref().unwrap_or("platforms")),
+        admin_token: file.admin.and_then(|a| a.token).filter(|t| !t.is_empty()).map(Secret::new),
+        targets,
+    })
+}
+
+/// Loads the gateway file at `path`, or the embedded default (relative to the current
+/// directory) when `path` is the default name and does not exist.
+pub fn load_gateway(path: &Path, explicit: bool, env: EnvLookup<'_>) -> Result<GatewaySettings, Vec<Diagnostic>> {
+    if !explicit && !path.exists() {
+        let doc = config::source::parse(Path::new("<embedded entrepot.yaml>"), EMBEDDED_DEFAULT.to_string()).map_err(|d| vec![d])?;
+        return compile_gateway(doc, Path::new("."), env);
+    }
+    let doc = config::source::read(path).map_err(|d| vec![d])?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    compile_gateway(doc, &base, env)
+}

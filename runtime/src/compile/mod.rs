@@ -1,0 +1,699 @@
+//! Turns configuration into a [`Plan`]: templates parsed, JSONPaths parsed, recipes checked,
+//! every problem of every file collected with its location. Pure: no network, no async.
+
+pub mod gateway;
+pub mod structure;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+use crate::config::platform::{
+    BodyFormat, HttpMethod, Mapping, Operation, PlatformFile, RequestSpec, ResponseSpec,
+};
+use crate::config::source::{DocPath, SourceDoc};
+use crate::config::{self, EnvLookup};
+use crate::diagnostics::{Code, Diagnostic, did_you_mean};
+use crate::plan::{
+    AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, JsonPathExpr, JsonTemplate,
+    MappingPlan, MappingSource, OperationPlan, PlatformPlan, Plan, RequestPlan,
+};
+use crate::template::CompiledTemplate;
+use crate::timefmt::{TimeFormat, parse_offset};
+use structure::Structure;
+
+static PLATFORM_STRUCTURE: LazyLock<Result<Structure, String>> =
+    LazyLock::new(|| Structure::new(crate::schema::platform_schema()));
+
+/// Template variables available to request templates.
+pub const REQUEST_ROOTS: &[&str] = &["input", "settings", "credentials", "platform", "operation"];
+/// Template variables available to mapping templates.
+pub const MAPPING_ROOTS: &[&str] = &["item", "doc", "settings", "platform"];
+/// Template variables available to callback templates (dedupe keys).
+pub const CALLBACK_ROOTS: &[&str] = &["body", "headers", "query", "settings", "platform"];
+
+/// The result of compiling a set of platform files.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    /// Platforms that compiled without errors.
+    pub plan: Plan,
+    /// Every problem found, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// Whether any error was found.
+    pub fn has_errors(&self) -> bool {
+        !self.diagnostics.is_empty()
+    }
+}
+
+/// The platform files under `paths`: files as given, directories searched (not recursively)
+/// for `*.yaml` and `*.yml`, sorted by name.
+pub fn platform_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|e| {
+                Diagnostic::error(
+                    Code::Io,
+                    p,
+                    Default::default(),
+                    String::new(),
+                    format!("cannot read the directory: {e}"),
+                )
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| {
+                    f.is_file()
+                        && matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Reads and compiles platform files, reporting every problem of every file.
+pub fn compile_files(files: &[PathBuf], env: EnvLookup<'_>) -> Compiled {
+    let mut docs = Vec::new();
+    let mut diagnostics = Vec::new();
+    for f in files {
+        match config::source::read(f) {
+            Ok(doc) => docs.push(doc),
+            Err(d) => diagnostics.push(d),
+        }
+    }
+    let mut out = compile_docs(docs, env);
+    diagnostics.append(&mut out.diagnostics);
+    out.diagnostics = diagnostics;
+    out
+}
+
+/// Compiles already-read platform documents, checking them against each other too.
+pub fn compile_docs(docs: Vec<SourceDoc>, env: EnvLookup<'_>) -> Compiled {
+    let mut out = Compiled::default();
+    let mut seen_platforms: HashMap<String, PathBuf> = HashMap::new();
+    let mut seen_paths: HashMap<String, (String, PathBuf)> = HashMap::new();
+    for doc in docs {
+        match compile_platform(doc, env) {
+            Ok((plan, doc)) => {
+                let mut ok = true;
+                if let Some(first) = seen_platforms.get(&plan.name) {
+                    out.diagnostics.push(
+                        doc.at(
+                            &DocPath::root().key("platform"),
+                            Code::DuplicatePlatform,
+                            format!("platform '{}' is already defined in {}", plan.name, first.display()),
+                        )
+                        .with_hint("each platform is described by exactly one file; rename one of them"),
+                    );
+                    ok = false;
+                }
+                for (i, cb) in plan.callbacks.iter().enumerate() {
+                    if let Some((owner, file)) = seen_paths.get(&cb.path) {
+                        out.diagnostics.push(
+                            doc.at(
+                                &DocPath::root().key("callbacks").index(i).key("path"),
+                                Code::DuplicateCallbackPath,
+                                format!(
+                                    "callback path '{}' is already used by platform '{owner}' ({})",
+                                    cb.path,
+                                    file.display()
+                                ),
+                            )
+                            .with_hint("prefix callback paths with the platform name, like /NAME/notify"),
+                        );
+                        ok = false;
+                    }
+                }
+                if ok {
+                    seen_platforms.insert(plan.name.clone(), plan.file.clone());
+                    for cb in &plan.callbacks {
+                        seen_paths.insert(cb.path.clone(), (plan.name.clone(), plan.file.clone()));
+                    }
+                    out.plan.platforms.insert(plan.name.clone(), Arc::new(plan));
+                }
+            }
+            Err(mut problems) => out.diagnostics.append(&mut problems),
+        }
+    }
+    out
+}
+
+/// Compiles one platform document on its own (no cross-file checks).
+pub fn compile_platform(
+    mut doc: SourceDoc,
+    env: EnvLookup<'_>,
+) -> Result<(PlatformPlan, SourceDoc), Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    config::expand_env_in(&mut doc, &DocPath::root().key("settings"), env, &mut problems);
+    let structure = match &*PLATFORM_STRUCTURE {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(vec![Diagnostic::error(
+                Code::InvalidValue,
+                &doc.file,
+                Default::default(),
+                String::new(),
+                format!("internal error: the platform schema does not compile: {e}"),
+            )]);
+        }
+    };
+    let structural = structure.check(&doc);
+    let usable = if structural.is_empty() {
+        Some(doc.value.clone())
+    } else {
+        // Keep checking the meaning of what is structurally sound, so one run reports all.
+        structure.prune(&doc.value)
+    };
+    problems.extend(structural);
+    let file: PlatformFile = match usable.map(serde_json::from_value::<PlatformFile>) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) if problems.is_empty() => {
+            return Err(vec![doc.at(&DocPath::root(), Code::Type, e.to_string())]);
+        }
+        _ => return Err(problems),
+    };
+    let mut cx = Cx {
+        doc: &doc,
+        file: &file,
+        problems: Vec::new(),
+    };
+    let plan = cx.platform();
+    problems.append(&mut cx.problems);
+    if problems.is_empty() {
+        Ok((plan, doc))
+    } else {
+        problems.sort_by_key(|d| (d.line, d.column));
+        Err(problems)
+    }
+}
+
+/// What templates in one place may refer to.
+pub struct Scope<'a> {
+    /// Root variable names allowed.
+    pub roots: &'a [&'a str],
+    /// More allowed roots (recipe step names).
+    pub extra: &'a [String],
+}
+
+/// Compilation state for one file.
+pub struct Cx<'a> {
+    /// The document being compiled.
+    pub doc: &'a SourceDoc,
+    file: &'a PlatformFile,
+    /// Problems found so far.
+    pub problems: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    /// Records a problem at the value at `path`.
+    pub fn error(&mut self, path: &DocPath, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+        self.problems.push(self.doc.at(path, code, message));
+        let last = self.problems.len() - 1;
+        #[allow(clippy::indexing_slicing)] // just pushed
+        &mut self.problems[last]
+    }
+
+    /// Records a problem at the key of the entry at `path`.
+    pub fn error_key(&mut self, path: &DocPath, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+        self.problems.push(self.doc.at_key(path, code, message));
+        let last = self.problems.len() - 1;
+        #[allow(clippy::indexing_slicing)] // just pushed
+        &mut self.problems[last]
+    }
+
+    fn platform(&mut self) -> PlatformPlan {
+        let f = self.file;
+        let name_ok = f.platform.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && f.platform
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !name_ok {
+            self.error(
+                &DocPath::root().key("platform"),
+                Code::PlatformName,
+                format!("'{}' is not a valid platform identifier", f.platform),
+            )
+            .hint = Some("use lowercase letters, digits, '_' and '-', starting with a letter".into());
+        }
+        let settings: serde_json::Map<String, Value> = f
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+            .collect();
+        let mut operations = IndexMap::new();
+        for (name, op) in &f.operations {
+            let path = DocPath::root().key("operations").key(name.clone());
+            if !canonical::OPERATIONS.contains(&name.as_str()) {
+                let hint = match did_you_mean(name, canonical::OPERATIONS.iter().copied()) {
+                    Some(best) => format!("did you mean '{best}'?"),
+                    None => format!("canonical operations: {}", canonical::OPERATIONS.join(", ")),
+                };
+                self.error_key(&path, Code::UnknownOperation, format!("unknown canonical operation '{name}'"))
+                    .hint = Some(hint);
+                continue;
+            }
+            if let Some(plan) = self.operation(name, op, &path) {
+                operations.insert(name.clone(), plan);
+            }
+        }
+        let mut callbacks = Vec::new();
+        for (i, cb) in f.callbacks.iter().enumerate() {
+            let path = DocPath::root().key("callbacks").index(i);
+            if let Some(plan) = self.callback(cb, &path, &callbacks) {
+                callbacks.push(plan);
+            }
+        }
+        PlatformPlan {
+            name: f.platform.clone(),
+            title: f.title.clone(),
+            file: self.doc.file.clone(),
+            version: hex::encode(Sha256::digest(self.doc.text.as_bytes())),
+            settings,
+            credentials: f.credentials.clone(),
+            operations,
+            callbacks,
+        }
+    }
+
+    fn operation(&mut self, name: &str, op: &Operation, path: &DocPath) -> Option<OperationPlan> {
+        let before = self.problems.len();
+        let request = self.request(&self.file.request, &op.request, path);
+        let answer = self.answer(&self.file.response, op.answer.as_ref(), path);
+        let output = op
+            .response
+            .as_ref()
+            .and_then(|m| self.mapping(m, &path.key("response"), false));
+        let request = request?;
+        (self.problems.len() == before).then(|| OperationPlan {
+            name: name.to_string(),
+            request,
+            answer,
+            output,
+        })
+    }
+
+    fn request(&mut self, base: &RequestSpec, op: &RequestSpec, op_path: &DocPath) -> Option<RequestPlan> {
+        let base_path = DocPath::root().key("request");
+        let op_req = op_path.key("request");
+        let scope = Scope { roots: REQUEST_ROOTS, extra: &[] };
+        let url_src = match (&op.url, &base.url) {
+            (Some(u), _) => Some((u, op_req.key("url"))),
+            (None, Some(u)) => Some((u, base_path.key("url"))),
+            (None, None) => None,
+        };
+        let Some((url_src, url_path)) = url_src else {
+            self.error(&op_req, Code::MissingKey, "no request URL: neither the operation nor the platform's `request` sets `url`")
+                .hint = Some("add `url: \"{{settings.base_url}}/...\"` under `request:`".into());
+            return None;
+        };
+        let url = self.template(url_src, &url_path, &scope);
+        let merged = |key: &str, a: &IndexMap<String, String>, b: &IndexMap<String, String>, cx: &mut Self| {
+            let mut out: IndexMap<String, (String, DocPath)> = IndexMap::new();
+            for (k, v) in a {
+                out.insert(k.clone(), (v.clone(), base_path.key(key).key(k.clone())));
+            }
+            for (k, v) in b {
+                out.insert(k.clone(), (v.clone(), op_req.key(key).key(k.clone())));
+            }
+            out.into_iter()
+                .filter_map(|(k, (v, p))| cx.template(&v, &p, &scope).map(|t| (k, t)))
+                .collect::<Vec<_>>()
+        };
+        let query = merged("query", &base.query, &op.query, self);
+        let headers = merged("headers", &base.headers, &op.headers, self);
+        let form = merged("form", &base.form, &op.form, self);
+        let json = match (&op.json, &base.json) {
+            (Some(j), _) => Some(self.json_template(j, &op_req.key("json"), &scope)),
+            (None, Some(j)) => Some(self.json_template(j, &base_path.key("json"), &scope)),
+            (None, None) => None,
+        };
+        let body = match (form.is_empty(), json) {
+            (true, None) => BodyPlan::None,
+            (false, None) => BodyPlan::Form(form),
+            (true, Some(j)) => BodyPlan::Json(j),
+            (false, Some(_)) => {
+                self.error(&op_req, Code::Conflict, "the request has both `form` fields and a `json` body")
+                    .hint = Some("a request body is either a form or JSON; remove one of them".into());
+                BodyPlan::None
+            }
+        };
+        let sign = match (&op.sign, &base.sign) {
+            (Some(s), _) => crate::recipe::compile_sign(self, s, &op_req.key("sign")),
+            (None, Some(s)) => crate::recipe::compile_sign(self, s, &base_path.key("sign")),
+            (None, None) => None,
+        };
+        Some(RequestPlan {
+            method: op.method.or(base.method).unwrap_or(HttpMethod::Post),
+            url: url?,
+            query,
+            headers,
+            body,
+            sign,
+        })
+    }
+
+    fn json_template(&mut self, value: &Value, path: &DocPath, scope: &Scope<'_>) -> JsonTemplate {
+        match value {
+            Value::String(s) => match self.template(s, path, scope) {
+                Some(t) => JsonTemplate::Text(t),
+                None => JsonTemplate::Value(Value::Null),
+            },
+            Value::Array(items) => JsonTemplate::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.json_template(v, &path.index(i), scope))
+                    .collect(),
+            ),
+            Value::Object(map) => JsonTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.json_template(v, &path.key(k.clone()), scope)))
+                    .collect(),
+            ),
+            other => JsonTemplate::Value(other.clone()),
+        }
+    }
+
+    fn answer(&mut self, base: &ResponseSpec, op: Option<&ResponseSpec>, op_path: &DocPath) -> AnswerPlan {
+        let base_path = DocPath::root().key("response");
+        let op_path = op_path.key("answer");
+        let pick = |f: fn(&ResponseSpec) -> bool| match op {
+            Some(o) if f(o) => (o, op_path.clone()),
+            _ => (base, base_path.clone()),
+        };
+        let format = op.and_then(|o| o.format).or(base.format).unwrap_or(BodyFormat::Json);
+        let (s_spec, s_path) = pick(|r| r.success.is_some());
+        let (e_spec, e_path) = pick(|r| r.error.is_some());
+        let mut plan = AnswerPlan {
+            format,
+            success_status: Vec::new(),
+            success_path: None,
+            success_values: Vec::new(),
+            error_code: None,
+            error_message: None,
+            retryable: Vec::new(),
+        };
+        if let Some(s) = &s_spec.success {
+            let sp = s_path.key("success");
+            plan.success_status = s.status.clone();
+            plan.success_path = s.path.as_ref().and_then(|p| self.json_path(p, &sp.key("path")));
+            plan.success_values = s.equals.iter().chain(&s.one_of).map(crate::template::text_of).collect();
+            if s.equals.is_some() && !s.one_of.is_empty() {
+                self.error(&sp, Code::Conflict, "both `equals` and `one_of` are set")
+                    .hint = Some("put every success value in `one_of`".into());
+            }
+            if s.path.is_some() && plan.success_values.is_empty() {
+                self.error(&sp, Code::MissingKey, "`path` is set but no success value is given")
+                    .hint = Some("add `equals: VALUE` (or `one_of: [...]`)".into());
+            }
+            if s.path.is_none() && !plan.success_values.is_empty() {
+                self.error(&sp, Code::MissingKey, "a success value is given but no `path` to read it from")
+                    .hint = Some("add `path: $.code` (the JSONPath of the business code)".into());
+            }
+        }
+        if let Some(e) = &e_spec.error {
+            let ep = e_path.key("error");
+            plan.error_code = e.code.as_ref().and_then(|p| self.json_path(p, &ep.key("code")));
+            plan.error_message = e.message.as_ref().and_then(|p| self.json_path(p, &ep.key("message")));
+            plan.retryable = e.retryable.clone();
+        }
+        plan
+    }
+
+    fn mapping(&mut self, m: &Mapping, path: &DocPath, in_item: bool) -> Option<MappingPlan> {
+        let before = self.problems.len();
+        let sources = [m.path.is_some(), m.value.is_some(), m.template.is_some()];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            self.error(path, Code::Mapping, "a mapping takes its value from only one of `path`, `value` and `template`");
+        }
+        if m.fields.is_none() && m.each.is_none() && !sources.iter().any(|s| *s) && m.default.is_none() {
+            self.error(path, Code::Mapping, "this mapping produces nothing")
+                .hint = Some("give it a `path`, `value`, `template`, `fields` or `each`".into());
+        }
+        if m.fields.is_some() && (m.kind.is_some() || m.map.is_some() || m.id.is_some()) {
+            self.error(path, Code::Mapping, "a mapping with `fields` builds an object, so `type`, `map` and `id` do not apply");
+        }
+        if let Some(kind) = &m.id {
+            let ok = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                self.error(&path.key("id"), Code::IdKind, format!("'{kind}' is not a valid entity kind"))
+                    .hint = Some("use lowercase letters, digits and '_', like spu, sku or order".into());
+            }
+        }
+        let _ = in_item;
+        let source = if let Some(p) = &m.path {
+            self.json_path(p, &path.key("path")).map(MappingSource::Path)
+        } else if let Some(v) = &m.value {
+            Some(MappingSource::Value(v.clone()))
+        } else if let Some(t) = &m.template {
+            let scope = Scope { roots: MAPPING_ROOTS, extra: &[] };
+            self.template(t, &path.key("template"), &scope).map(MappingSource::Template)
+        } else {
+            Some(MappingSource::Current)
+        };
+        let each = m.each.as_ref().and_then(|p| self.json_path(p, &path.key("each")));
+        let fields = m.fields.as_ref().map(|fields| {
+            fields
+                .iter()
+                .filter_map(|(k, v)| {
+                    self.mapping(v, &path.key("fields").key(k.clone()), true)
+                        .map(|p| (k.clone(), p))
+                })
+                .collect::<Vec<_>>()
+        });
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(MappingPlan {
+            source: source?,
+            each,
+            fields,
+            kind: m.kind,
+            map: m.map.clone(),
+            default: m.default.clone(),
+            required: m.required,
+            id: m.id.clone(),
+        })
+    }
+
+    fn callback(
+        &mut self,
+        cb: &crate::config::platform::Callback,
+        path: &DocPath,
+        earlier: &[CallbackPlan],
+    ) -> Option<CallbackPlan> {
+        let before = self.problems.len();
+        let path_ok = cb.path.starts_with('/')
+            && cb.path.len() > 1
+            && cb.path.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+            && !cb.path.contains("//")
+            && !cb.path.ends_with('/');
+        if !path_ok {
+            self.error(&path.key("path"), Code::CallbackPath, format!("'{}' is not a valid callback path", cb.path))
+                .hint = Some("write it like /platform/notify: starting with '/', letters, digits, '-', '_', '.' and single '/' separators".into());
+        } else if earlier.iter().any(|e| e.path == cb.path) {
+            self.error(&path.key("path"), Code::DuplicateCallbackPath, format!("callback path '{}' is declared twice in this file", cb.path));
+        }
+        let disc_path = path.key("event_type");
+        let d = &cb.event_type;
+        if d.path.is_some() == d.header.is_some() {
+            self.error(&disc_path, Code::Conflict, "the event type needs exactly one of `path` and `header`");
+        }
+        let disc = DiscriminatorPlan {
+            path: d.path.as_ref().and_then(|p| self.json_path(p, &disc_path.key("path"))),
+            header: d.header.as_ref().map(|h| h.to_ascii_lowercase()),
+            map: d.map.clone(),
+        };
+        for (value, event) in &d.map {
+            self.check_event(event, &disc_path.key("map").key(value.clone()));
+        }
+        let mut events = IndexMap::new();
+        for (event, m) in &cb.events {
+            let ep = path.key("events").key(event.clone());
+            if self.check_event(event, &ep) {
+                if let Some(plan) = self.mapping(m, &ep, false) {
+                    events.insert(event.clone(), plan);
+                }
+            }
+        }
+        let scope = Scope { roots: CALLBACK_ROOTS, extra: &[] };
+        let dedupe_key = cb.dedupe_key.as_ref().and_then(|t| self.template(t, &path.key("dedupe_key"), &scope));
+        let verify = cb.verify.as_ref().and_then(|v| crate::recipe::compile_verify(self, v, &path.key("verify")));
+        let ack = cb.ack.as_ref();
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(CallbackPlan {
+            path: cb.path.clone(),
+            format: cb.format.unwrap_or_default(),
+            verify,
+            event_type: disc,
+            events,
+            dedupe_key,
+            ack_status: ack.and_then(|a| a.status).unwrap_or(200),
+            ack_body: ack.and_then(|a| a.body.clone()).unwrap_or_default(),
+            ack_content_type: ack
+                .and_then(|a| a.content_type.clone())
+                .unwrap_or_else(|| "application/json".into()),
+        })
+    }
+
+    fn check_event(&mut self, event: &str, path: &DocPath) -> bool {
+        if canonical::EVENTS.contains(&event) {
+            return true;
+        }
+        let hint = match did_you_mean(event, canonical::EVENTS.iter().copied()) {
+            Some(best) => format!("did you mean '{best}'?"),
+            None => format!("canonical events: {}", canonical::EVENTS.join(", ")),
+        };
+        self.error(path, Code::UnknownEvent, format!("unknown canonical event '{event}'"))
+            .hint = Some(hint);
+        false
+    }
+
+    /// Parses a JSONPath, recording a located problem when it does not parse.
+    pub fn json_path(&mut self, source: &str, path: &DocPath) -> Option<JsonPathExpr> {
+        match JsonPathExpr::parse(source) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error(path, Code::JsonPath, format!("'{source}' is not a valid JSONPath: {e}"))
+                    .hint = Some("JSONPaths start with $, like $.data.items[*].skuId".into());
+                None
+            }
+        }
+    }
+
+    /// Compiles a template and checks what it refers to, recording located problems.
+    pub fn template(&mut self, source: &str, path: &DocPath, scope: &Scope<'_>) -> Option<CompiledTemplate> {
+        let (template, analysis) = match CompiledTemplate::compile(source) {
+            Ok(t) => t,
+            Err(p) => {
+                let code = if p.syntax { Code::TemplateSyntax } else { Code::UnknownHelper };
+                let d = self.error(path, code, p.message);
+                d.hint = p.hint;
+                return None;
+            }
+        };
+        let before = self.problems.len();
+        for var in &analysis.paths {
+            let Some(root) = var.first() else { continue };
+            if root.starts_with('@') || root == "this" {
+                continue;
+            }
+            let known = scope.roots.contains(&root.as_str()) || scope.extra.contains(root);
+            if !known {
+                let names = scope.roots.iter().copied().chain(scope.extra.iter().map(String::as_str));
+                let hint = match did_you_mean(root, names) {
+                    Some(best) => format!("did you mean '{best}'?"),
+                    None => {
+                        let all: Vec<&str> = scope.roots.iter().copied().chain(scope.extra.iter().map(String::as_str)).collect();
+                        format!("available here: {}", all.join(", "))
+                    }
+                };
+                self.error(path, Code::UnknownVariable, format!("unknown variable '{}' in template", var.join(".")))
+                    .hint = Some(hint);
+                continue;
+            }
+            let second = var.get(1).map(String::as_str);
+            match (root.as_str(), second) {
+                ("credentials", Some(name)) if !self.file.credentials.iter().any(|c| c == name) => {
+                    let hint = match did_you_mean(name, self.file.credentials.iter().map(String::as_str)) {
+                        Some(best) => format!("did you mean '{best}'? otherwise add '{name}' to `credentials:`"),
+                        None => format!("add '{name}' to the platform's `credentials:` list"),
+                    };
+                    self.error(path, Code::UndeclaredCredential, format!("credential '{name}' is not declared"))
+                        .hint = Some(hint);
+                }
+                ("settings", Some(name)) if !self.file.settings.contains_key(name) => {
+                    let hint = match did_you_mean(name, self.file.settings.keys().map(String::as_str)) {
+                        Some(best) => format!("did you mean '{best}'? otherwise add '{name}' under `settings:`"),
+                        None => format!("add '{name}: VALUE' under the platform's `settings:`"),
+                    };
+                    self.error(path, Code::UndeclaredSetting, format!("setting '{name}' is not declared"))
+                        .hint = Some(hint);
+                }
+                _ => {}
+            }
+        }
+        for arg in &analysis.now_args {
+            let bad = if arg.starts_with('+') || arg.starts_with('-') || arg == "Z" {
+                parse_offset(arg).err()
+            } else {
+                TimeFormat::parse(arg).err()
+            };
+            if let Some(e) = bad {
+                self.error(path, Code::TimeFormat, e);
+            }
+        }
+        (self.problems.len() == before).then_some(template)
+    }
+
+    /// Parses a duration such as `500ms`, `30s`, `5m`, `1h`, `7d`.
+    pub fn duration(&mut self, text: &str, path: &DocPath) -> Option<std::time::Duration> {
+        match parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(path, Code::Duration, e).hint = Some("write a number and a unit: 500ms, 30s, 5m, 1h or 7d".into());
+                None
+            }
+        }
+    }
+}
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("'{text}' has an unknown unit '{unit}'")),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// Compiles every platform file in `dir` (used by `serve` and tests).
+pub fn compile_dir(dir: &Path, env: EnvLookup<'_>) -> Compiled {
+    match platform_files(&[dir.to_path_buf()]) {
+        Ok(files) => compile_files(&files, env),
+        Err(d) => Compiled {
+            plan: Plan::default(),
+            diagnostics: vec![d],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

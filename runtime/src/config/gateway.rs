@@ -1,0 +1,64 @@
+//! The gateway file, `entrepot.yaml`: where to listen, where state lives, where the platform
+//! files are, and which internal systems receive events.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The gateway's own configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// Address and port to listen on. Default: `127.0.0.1:8080`. Use `0.0.0.0:8080` to accept
+    /// connections from other machines.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Where the gateway keeps its state.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+    /// Directory of the platform files (`*.yaml`), relative to this file. Default: `platforms`.
+    #[serde(default)]
+    pub platforms_dir: Option<String>,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Internal systems that receive canonical events, by name.
+    #[serde(default)]
+    pub targets: IndexMap<String, Target>,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Store URL: `sqlite://PATH` (the default is `sqlite://data/entrepot.db`, created on first
+    /// start) or `postgres://user@host:port/db` for several gateway instances sharing work. The
+    /// environment variable `ENTREPOT_STORE_URL` overrides it. May be `${env:NAME}`.
+    pub url: String,
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token required on every `/admin` route. Write `${env:NAME}` so the value stays
+    /// out of git. When it is unset or empty, every `/admin` route refuses.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// An internal system that receives events over HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// URL the events are POSTed to. May be `${env:NAME}`.
+    pub url: String,
+    /// Canonical event types delivered to this target (`product.changed`, `order.shipped`...).
+    pub events: Vec<String>,
+    /// Extra headers sent with every delivery.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Delivery attempts before an event is dead-lettered. Default: 10.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}

@@ -1,0 +1,310 @@
+//! The platform file: one YAML document describing one external platform.
+//!
+//! Every field's doc comment becomes the description editors show from
+//! `schemas/platform.schema.json`, so they are written for integrators.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One external supplier platform, described entirely in YAML.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformFile {
+    /// Stable identifier of the platform: lowercase letters, digits, `_` and `-`, starting with
+    /// a letter. It appears in URLs (`/v1/platforms/{platform}/...`) and in the key-mapping store,
+    /// so changing it later orphans stored mappings.
+    pub platform: String,
+    /// Human-readable name shown in listings and status pages.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Free text for the people maintaining this file.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Non-secret settings (base URL, quotas, region...). Referenced from templates as
+    /// `{{settings.NAME}}`. A string value may be `${env:NAME}` or `${env:NAME:-default}` to
+    /// read an environment variable at load time. The config center may override them.
+    #[serde(default)]
+    pub settings: IndexMap<String, SettingValue>,
+    /// Names of the secret values this platform needs (for example `app_key`, `app_secret`).
+    /// Their values never live in this file: they come from the credential store, a
+    /// credentials file or the environment. Referenced as `{{credentials.NAME}}`.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+    /// Request defaults shared by every operation; an operation's own `request` adds to and
+    /// overrides them key by key.
+    #[serde(default)]
+    pub request: RequestSpec,
+    /// How every answer of this platform is judged and decoded; an operation may override.
+    #[serde(default)]
+    pub response: ResponseSpec,
+    /// The canonical operations this platform supports, keyed by canonical name
+    /// (`product.list`, `product.get`, `inventory.get`, `order.create`, `order.get`,
+    /// `order.cancel`, `logistics.get`).
+    #[serde(default)]
+    pub operations: IndexMap<String, Operation>,
+    /// Routes on which this platform pushes notifications, mounted under `/callbacks/`.
+    #[serde(default)]
+    pub callbacks: Vec<Callback>,
+}
+
+/// A setting's value: a string, a number or a boolean.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SettingValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Integer(i64),
+    /// A decimal number.
+    Float(f64),
+    /// A string; `${env:NAME}` and `${env:NAME:-default}` are expanded at load time.
+    String(String),
+}
+
+/// HTTP method of an outbound request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// GET
+    Get,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+}
+
+/// How to build a request. Every string value is a template: `{{input.sku_id}}`,
+/// `{{settings.base_url}}`, `{{credentials.app_key}}`, helpers such as
+/// `{{join input.sku_ids ','}}` or `{{now 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// HTTP method. Default: `POST`.
+    #[serde(default)]
+    pub method: Option<HttpMethod>,
+    /// Full URL template, for example `{{settings.base_url}}/channel/api.json`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Query-string parameters, in the order given. Values are templates.
+    #[serde(default)]
+    pub query: IndexMap<String, String>,
+    /// Request headers. Values are templates.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Form fields sent as `application/x-www-form-urlencoded`. Values are templates.
+    /// Mutually exclusive with `json`.
+    #[serde(default)]
+    pub form: IndexMap<String, String>,
+    /// A JSON body. Its structure is kept as written; every string leaf is a template, so data
+    /// can never break the JSON. Mutually exclusive with `form`.
+    #[serde(default)]
+    pub json: Option<serde_json::Value>,
+    /// Signing recipe run over the fully built request (see the recipe reference).
+    #[serde(default)]
+    pub sign: Option<crate::config::recipe::SignRecipe>,
+}
+
+/// Format of a body sent or received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// JSON (the default).
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// XML; elements become object keys, repeated elements arrays, text content strings.
+    Xml,
+}
+
+/// How answers are judged: which ones are successes and where the error code is.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseSpec {
+    /// Format of the answer body. Default: `json`.
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    /// The condition an answer must meet to be a success. Default: HTTP status 2xx.
+    #[serde(default)]
+    pub success: Option<SuccessRule>,
+    /// Where a failed answer keeps its code and message.
+    #[serde(default)]
+    pub error: Option<ErrorSpec>,
+}
+
+/// A success condition: the HTTP status and, optionally, a business code in the body.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRule {
+    /// HTTP statuses counted as success. Default: any 2xx.
+    #[serde(default)]
+    pub status: Vec<u16>,
+    /// JSONPath of a business code in the body, for example `$.code`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The value at `path` that means success (compared as text, so `200` and `"200"` match).
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    /// Several values at `path` that mean success. Use either `equals` or `one_of`.
+    #[serde(default)]
+    pub one_of: Vec<serde_json::Value>,
+}
+
+/// Where a failed answer keeps its code and message.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorSpec {
+    /// JSONPath of the platform's error code, for example `$.code`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// JSONPath of the platform's error message, for example `$.msg`.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Platform error codes after which a retry may succeed (rate limited, busy...).
+    #[serde(default)]
+    pub retryable: Vec<String>,
+}
+
+/// One canonical operation as this platform implements it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// What this operation is for on this platform, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The request; adds to and overrides the platform-wide `request` key by key.
+    #[serde(default)]
+    pub request: RequestSpec,
+    /// Answer judging for this operation; overrides the platform-wide `response` rules.
+    #[serde(default)]
+    pub answer: Option<ResponseSpec>,
+    /// How the platform's answer maps onto the canonical output of this operation.
+    #[serde(default)]
+    pub response: Option<Mapping>,
+}
+
+/// A mapping from a platform document (an answer or a callback body) to a canonical value.
+///
+/// A mapping either reads one value (`path`, `value` or `template`), or builds an object from
+/// `fields`, or builds an array with `each` (a JSONPath selecting the items) and `fields` (or
+/// `path`) applied to every item. Paths inside `each` are relative to the item.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// JSONPath of the value, for example `$.data.skuId`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A constant value.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// A template producing a string, over `item` (the current item) and `doc` (the whole
+    /// document).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// JSONPath selecting several items; the result is an array with one mapped value each.
+    #[serde(default)]
+    pub each: Option<String>,
+    /// Builds an object: canonical field name → its mapping.
+    #[serde(default)]
+    pub fields: Option<IndexMap<String, Mapping>>,
+    /// Converts the value. Default: kept as found.
+    #[serde(rename = "type", default)]
+    pub kind: Option<ValueType>,
+    /// Translates platform values (status codes...) into canonical ones; the platform value is
+    /// looked up as text.
+    #[serde(default)]
+    pub map: Option<IndexMap<String, serde_json::Value>>,
+    /// Value used when the platform sends none (or a value missing from `map`).
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// When true, a missing value is a mapping error naming the platform, operation and path.
+    /// Default: false (a missing optional value is left out and counted).
+    #[serde(default)]
+    pub required: bool,
+    /// Marks the value as an id of this entity kind (`spu`, `sku`, `order`...): it is
+    /// translated between the platform's id and the mall's internal id by the key-mapping store.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Conversion applied to a mapped value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    /// Text; numbers and booleans are written out.
+    String,
+    /// A whole number; numeric text is parsed.
+    Integer,
+    /// An exact decimal kept as text (`"12.50"`).
+    Decimal,
+    /// `true`/`false`; also `1`/`0` and `"true"`/`"false"`.
+    Bool,
+    /// A time, normalised to RFC 3339.
+    Time,
+    /// Money in yuan (decimal major units) converted to integer fen.
+    Fen,
+}
+
+/// A route on which the platform pushes notifications.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Callback {
+    /// Path under `/callbacks`, starting with `/`, for example `/yanxuan/notify`. Unique across
+    /// all platforms.
+    pub path: String,
+    /// Format of the pushed body. Default: `json`.
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    /// Verification recipe: proves the delivery is genuine. Without it every delivery is
+    /// accepted, which is only acceptable on a private network.
+    #[serde(default)]
+    pub verify: Option<crate::config::recipe::VerifyRecipe>,
+    /// Picks the canonical event type of a delivery.
+    pub event_type: Discriminator,
+    /// Canonical event type → how the delivery's body maps onto that event's data.
+    #[serde(default)]
+    pub events: IndexMap<String, Mapping>,
+    /// Template of the deduplication key (a delivery id, or a value built from the body such as
+    /// `{{body.notifyId}}`). Deliveries with an already seen key produce no new event.
+    #[serde(default)]
+    pub dedupe_key: Option<String>,
+    /// The answer the platform expects once the delivery is stored.
+    #[serde(default)]
+    pub ack: Option<Ack>,
+}
+
+/// Picks a canonical event type from a value of the delivery.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Discriminator {
+    /// JSONPath into the body, for example `$.method`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Or a header name holding the type.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Platform value → canonical event name (`product.changed`, `inventory.changed`,
+    /// `inventory.low`, `product.offline`, `order.status_changed`, `order.shipped`,
+    /// `order.cancelled`).
+    pub map: IndexMap<String, String>,
+}
+
+/// An acknowledgement answer.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// HTTP status. Default: 200.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Body, sent as written.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Content type of the body. Default: `application/json`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}

@@ -1,0 +1,28 @@
+//! entrepot: a gateway that integrates external supplier platforms from one YAML file each.
+//!
+//! Data flows one way: **config → compile → plan → engine/server**.
+//!
+//! - [`config`]: serde types of the platform files and `entrepot.yaml`; YAML reading with
+//!   line/column positions; `${env:X}` expansion.
+//! - [`compile`]: checks configuration purely and builds the immutable [`plan::Plan`],
+//!   collecting every problem as a located [`diagnostics::Diagnostic`].
+//! - [`plan`]: the compiled platforms (templates, JSONPaths, recipes parsed once).
+//! - [`template`]: Handlebars templates compiled once, with the integration helpers.
+//! - [`recipe`]: signing and verification recipes.
+//! - [`timefmt`]: the time formats platforms use.
+//! - [`server`]: the HTTP server.
+//! - [`schema`]: JSON Schemas generated from the config types.
+//! - [`canonical`]: the mall's canonical operations, events and their schemas.
+//! - [`cli`]: the command line (the binary only parses arguments and calls it).
+
+pub mod canonical;
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod diagnostics;
+pub mod plan;
+pub mod recipe;
+pub mod schema;
+pub mod server;
+pub mod template;
+pub mod timefmt;

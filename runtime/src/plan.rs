@@ -1,0 +1,249 @@
+//! The compiled, immutable description of every platform. Built once by `compile`, shared as
+//! `Arc`, never changed: a reload builds a new one and swaps it in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
+
+use crate::config::platform::{BodyFormat, HttpMethod, ValueType};
+use crate::recipe::{SignPlan, VerifyPlan};
+use crate::template::CompiledTemplate;
+
+/// Every platform, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Platforms by their `platform` identifier, in file order.
+    pub platforms: IndexMap<String, Arc<PlatformPlan>>,
+}
+
+/// One platform, compiled.
+#[derive(Debug)]
+pub struct PlatformPlan {
+    /// The platform identifier.
+    pub name: String,
+    /// Human-readable name.
+    pub title: Option<String>,
+    /// The file it was compiled from.
+    pub file: PathBuf,
+    /// SHA-256 of the file's bytes, hex: the loaded version.
+    pub version: String,
+    /// Settings after `${env:...}` expansion.
+    pub settings: serde_json::Map<String, Value>,
+    /// Names of the credentials it needs.
+    pub credentials: Vec<String>,
+    /// Operations by canonical name.
+    pub operations: IndexMap<String, OperationPlan>,
+    /// Callback routes.
+    pub callbacks: Vec<CallbackPlan>,
+}
+
+/// One operation: the merged request and how its answer is read.
+#[derive(Debug)]
+pub struct OperationPlan {
+    /// Canonical operation name.
+    pub name: String,
+    /// How the request is built and signed.
+    pub request: RequestPlan,
+    /// How the answer is judged.
+    pub answer: AnswerPlan,
+    /// How the answer maps to the canonical output.
+    pub output: Option<MappingPlan>,
+}
+
+/// A request, ready to build.
+#[derive(Debug)]
+pub struct RequestPlan {
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// URL template.
+    pub url: CompiledTemplate,
+    /// Query parameters.
+    pub query: Vec<(String, CompiledTemplate)>,
+    /// Headers.
+    pub headers: Vec<(String, CompiledTemplate)>,
+    /// Body.
+    pub body: BodyPlan,
+    /// Signing recipe.
+    pub sign: Option<SignPlan>,
+}
+
+/// A request body.
+#[derive(Debug)]
+pub enum BodyPlan {
+    /// No body.
+    None,
+    /// Form fields.
+    Form(Vec<(String, CompiledTemplate)>),
+    /// A JSON document whose string leaves are templates.
+    Json(JsonTemplate),
+}
+
+/// A JSON document whose string leaves are templates.
+#[derive(Debug)]
+pub enum JsonTemplate {
+    /// A non-string leaf, kept as written.
+    Value(Value),
+    /// A string leaf.
+    Text(CompiledTemplate),
+    /// An array.
+    Array(Vec<JsonTemplate>),
+    /// An object.
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+/// How an answer is judged.
+#[derive(Debug)]
+pub struct AnswerPlan {
+    /// Body format.
+    pub format: BodyFormat,
+    /// Statuses counted as success; empty means any 2xx.
+    pub success_status: Vec<u16>,
+    /// Where the business code is.
+    pub success_path: Option<JsonPathExpr>,
+    /// Business codes meaning success, as text.
+    pub success_values: Vec<String>,
+    /// Where the error code is.
+    pub error_code: Option<JsonPathExpr>,
+    /// Where the error message is.
+    pub error_message: Option<JsonPathExpr>,
+    /// Error codes worth retrying.
+    pub retryable: Vec<String>,
+}
+
+/// A compiled mapping.
+#[derive(Debug)]
+pub struct MappingPlan {
+    /// Where the value comes from.
+    pub source: MappingSource,
+    /// Items to map one by one.
+    pub each: Option<JsonPathExpr>,
+    /// Object fields.
+    pub fields: Option<Vec<(String, MappingPlan)>>,
+    /// Conversion.
+    pub kind: Option<ValueType>,
+    /// Value translation table, keyed by text.
+    pub map: Option<IndexMap<String, Value>>,
+    /// Fallback value.
+    pub default: Option<Value>,
+    /// Whether a missing value is an error.
+    pub required: bool,
+    /// Entity kind for id translation.
+    pub id: Option<String>,
+}
+
+/// Where a mapped value comes from.
+#[derive(Debug)]
+pub enum MappingSource {
+    /// The current item itself (a mapping with only `fields`, or `each` without `path`).
+    Current,
+    /// A JSONPath.
+    Path(JsonPathExpr),
+    /// A constant.
+    Value(Value),
+    /// A template.
+    Template(CompiledTemplate),
+}
+
+/// A callback route.
+#[derive(Debug)]
+pub struct CallbackPlan {
+    /// Path under `/callbacks`.
+    pub path: String,
+    /// Body format.
+    pub format: BodyFormat,
+    /// Verification.
+    pub verify: Option<VerifyPlan>,
+    /// Where the event type comes from.
+    pub event_type: DiscriminatorPlan,
+    /// Event mappings by canonical event name.
+    pub events: IndexMap<String, MappingPlan>,
+    /// Deduplication key template.
+    pub dedupe_key: Option<CompiledTemplate>,
+    /// Acknowledgement status.
+    pub ack_status: u16,
+    /// Acknowledgement body.
+    pub ack_body: String,
+    /// Acknowledgement content type.
+    pub ack_content_type: String,
+}
+
+/// Where the event type of a delivery comes from.
+#[derive(Debug)]
+pub struct DiscriminatorPlan {
+    /// A JSONPath into the body.
+    pub path: Option<JsonPathExpr>,
+    /// Or a header.
+    pub header: Option<String>,
+    /// Platform value → canonical event.
+    pub map: IndexMap<String, String>,
+}
+
+/// A JSONPath parsed once.
+#[derive(Debug, Clone)]
+pub struct JsonPathExpr {
+    source: String,
+    query: Arc<JpQuery>,
+}
+
+impl JsonPathExpr {
+    /// Parses a JSONPath such as `$.data.items[*]`.
+    pub fn parse(source: &str) -> Result<Self, String> {
+        let query = jsonpath_rust::parser::parse_json_path(source).map_err(|e| one_line(&e.to_string()))?;
+        Ok(JsonPathExpr {
+            source: source.to_string(),
+            query: Arc::new(query),
+        })
+    }
+
+    /// The path as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Every value the path selects in `doc`.
+    pub fn query<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        jsonpath_rust::query::js_path_process(&self.query, doc)
+            .map(|refs| refs.into_iter().map(|r| r.val).collect())
+            .unwrap_or_default()
+    }
+
+    /// The first value the path selects, if any.
+    pub fn first<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        self.query(doc).into_iter().next()
+    }
+}
+
+/// Squeezes a parser's multi-line report into one line: where, and what was expected.
+fn one_line(report: &str) -> String {
+    let at = report
+        .lines()
+        .find_map(|l| l.find("--> ").and_then(|i| l.get(i + 4..)))
+        .and_then(|pos| pos.rsplit(':').next())
+        .map(|col| format!("at character {col}"));
+    let expected = report.lines().find_map(|l| l.trim().strip_prefix("= ")).map(str::to_string);
+    match (at, expected) {
+        (Some(at), Some(exp)) => format!("{at}: {exp}"),
+        (Some(at), None) => at,
+        _ => report.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_paths_parse_once_and_query() {
+        let p = JsonPathExpr::parse("$.result[*].skuId").unwrap();
+        let doc = json!({"result": [{"skuId": "a"}, {"skuId": "b"}]});
+        assert_eq!(p.query(&doc), vec![&json!("a"), &json!("b")]);
+        assert_eq!(JsonPathExpr::parse("$.code").unwrap().first(&json!({"code": 200})), Some(&json!(200)));
+        for bad in ["$.result[*", "result", "$..", "$.a[?(@.x ==]"] {
+            assert!(JsonPathExpr::parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}

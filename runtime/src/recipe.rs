@@ -1,0 +1,893 @@
+//! Signing and verification recipes, compiled once and run without parsing.
+//!
+//! A recipe is a list of named steps (templates, canonical strings, digests, times, nonces)
+//! evaluated in order over the parts of a request; a signing recipe then places values into
+//! the request, and a verification recipe compares a value with the signature the sender
+//! supplied, in constant time, after checking the timestamp window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+use subtle::ConstantTimeEq;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::compile::{Cx, Scope};
+use crate::config::recipe::{
+    DigestAlg, Encoding, KeyDecode, NonceFormat, ParamSource, PlaceTarget, Repeated, SignRecipe,
+    SignatureSource, SortOrder, Step, UrlEncoding, VerifyRecipe,
+};
+use crate::config::source::DocPath;
+use crate::diagnostics::Code;
+use crate::template::{CompiledTemplate, percent_encode};
+use crate::timefmt::{TimeFormat, parse_offset};
+
+/// Variables every recipe template may use.
+pub const RECIPE_ROOTS: &[&str] = &[
+    "method",
+    "url",
+    "path",
+    "query",
+    "form",
+    "headers",
+    "body",
+    "credentials",
+    "settings",
+    "platform",
+];
+/// Extra variables of verification recipes.
+pub const VERIFY_ROOTS: &[&str] = &["signature"];
+
+/// A compiled signing recipe.
+#[derive(Debug)]
+pub struct SignPlan {
+    steps: Vec<StepPlan>,
+    /// Where values go: target, name, template.
+    pub place: Vec<(PlaceTarget, String, CompiledTemplate)>,
+}
+
+/// A compiled verification recipe.
+#[derive(Debug)]
+pub struct VerifyPlan {
+    source: SignatureSource,
+    steps: Vec<StepPlan>,
+    expect: CompiledTemplate,
+    /// When `expect` is exactly an RSA step: the index of that step.
+    rsa_step: Option<usize>,
+    ignore_case: bool,
+    timestamp: Option<TimestampPlan>,
+    /// Replay guard: key template and how long keys are kept.
+    pub replay: Option<(CompiledTemplate, Duration)>,
+    /// Status answered to a rejected delivery.
+    pub reject_status: u16,
+}
+
+#[derive(Debug)]
+struct TimestampPlan {
+    value: CompiledTemplate,
+    format: TimeFormat,
+    offset: UtcOffset,
+    tolerance: Duration,
+}
+
+#[derive(Debug)]
+struct StepPlan {
+    name: String,
+    kind: StepKind,
+}
+
+#[derive(Debug)]
+enum StepKind {
+    Template(CompiledTemplate),
+    Canonical(CanonicalPlan),
+    Digest(DigestPlan),
+    Time(TimeFormat, UtcOffset),
+    Nonce(NonceFormat),
+}
+
+#[derive(Debug)]
+struct CanonicalPlan {
+    from: Vec<ParamSource>,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    skip_empty: bool,
+    lowercase_keys: bool,
+    trim_values: bool,
+    encode: UrlEncoding,
+    sort: SortOrder,
+    repeated: Repeated,
+    repeated_separator: String,
+    pair: Vec<PairPiece>,
+    separator: String,
+}
+
+#[derive(Debug, PartialEq)]
+enum PairPiece {
+    Text(String),
+    Key,
+    Value,
+}
+
+#[derive(Debug)]
+struct DigestPlan {
+    alg: DigestAlg,
+    input: CompiledTemplate,
+    key: Option<CompiledTemplate>,
+    key_strip_prefix: Option<String>,
+    key_decode: KeyDecode,
+    encode: Encoding,
+}
+
+// ---------------------------------------------------------------- compile
+
+fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]) -> (Vec<StepPlan>, Vec<String>, Vec<String>) {
+    let mut plans = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut binary: Vec<String> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let sp = path.index(i);
+        let name = step_name(step).to_string();
+        if names.contains(&name) || roots.contains(&name.as_str()) {
+            cx.error(&sp.key("name"), Code::DuplicateStep, format!("step name '{name}' is already taken"))
+                .hint = Some("give every step a name of its own that is not a request part (method, body, headers...)".into());
+        }
+        let scope_names = names.clone();
+        let scope = Scope { roots, extra: &scope_names };
+        let kind = match step {
+            Step::Template { template, .. } => {
+                let t = cx.template(template, &sp.key("template"), &scope);
+                if let Some(t) = &t {
+                    check_binary(cx, t, &binary, &sp.key("template"), false);
+                }
+                t.map(StepKind::Template)
+            }
+            Step::Canonical { from, include, exclude, skip_empty, lowercase_keys, trim_values, encode, sort, repeated, repeated_separator, pair, separator, .. } => {
+                let pair_text = pair.as_deref().unwrap_or("{key}={value}");
+                match compile_pair(pair_text) {
+                    Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
+                        from: from.clone(),
+                        include: include.clone(),
+                        exclude: exclude.clone(),
+                        skip_empty: skip_empty.unwrap_or(true),
+                        lowercase_keys: *lowercase_keys,
+                        trim_values: *trim_values,
+                        encode: encode.unwrap_or(UrlEncoding::None),
+                        sort: sort.unwrap_or(SortOrder::Key),
+                        repeated: repeated.unwrap_or(Repeated::Repeat),
+                        repeated_separator: repeated_separator.clone().unwrap_or_else(|| ",".into()),
+                        pair,
+                        separator: separator.clone().unwrap_or_else(|| "&".into()),
+                    })),
+                    Err(e) => {
+                        cx.error(&sp.key("pair"), Code::InvalidValue, e).hint =
+                            Some("write pairs with {key} and {value}, like '{key}={value}' or '{key}{value}'".into());
+                        None
+                    }
+                }
+            }
+            Step::Digest { alg, input, key, key_strip_prefix, key_decode, encode, .. } => {
+                let input_t = cx.template(input, &sp.key("input"), &scope);
+                let key_t = key.as_ref().and_then(|k| cx.template(k, &sp.key("key"), &scope));
+                if let Some(t) = &input_t {
+                    check_binary(cx, t, &binary, &sp.key("input"), true);
+                }
+                if let Some(t) = &key_t {
+                    check_binary(cx, t, &binary, &sp.key("key"), true);
+                }
+                let keyed = !matches!(alg, DigestAlg::Md5 | DigestAlg::Sha1 | DigestAlg::Sha256 | DigestAlg::Sha512);
+                if keyed && key.is_none() {
+                    cx.error(&sp, Code::SigningKey, format!("algorithm {} needs a `key`", alg_name(*alg)))
+                        .hint = Some("add `key: \"{{credentials.app_secret}}\"` (or the credential holding the key)".into());
+                }
+                if !keyed && key.is_some() {
+                    cx.error(&sp.key("key"), Code::SigningKey, format!("algorithm {} takes no key", alg_name(*alg)))
+                        .hint = Some("to mix a secret into a plain digest, put it in `input`, or use an hmac-* algorithm".into());
+                }
+                let encode = encode.unwrap_or(if *alg == DigestAlg::RsaSha256 { Encoding::Base64 } else { Encoding::Hex });
+                if encode == Encoding::Raw {
+                    binary.push(name.clone());
+                }
+                match (input_t, keyed == key.is_some()) {
+                    (Some(input), true) => Some(StepKind::Digest(DigestPlan {
+                        alg: *alg,
+                        input,
+                        key: key_t,
+                        key_strip_prefix: key_strip_prefix.clone(),
+                        key_decode: key_decode.unwrap_or(KeyDecode::Utf8),
+                        encode,
+                    })),
+                    _ => None,
+                }
+            }
+            Step::Time { format, offset, .. } => {
+                let f = TimeFormat::parse(format).map_err(|e| cx.error(&sp.key("format"), Code::TimeFormat, e).hint = None).ok();
+                let o = match offset {
+                    Some(o) => parse_offset(o).map_err(|e| cx.error(&sp.key("offset"), Code::TimeFormat, e).hint = None).ok(),
+                    None => Some(UtcOffset::UTC),
+                };
+                f.zip(o).map(|(f, o)| StepKind::Time(f, o))
+            }
+            Step::Nonce { format, .. } => Some(StepKind::Nonce(format.unwrap_or(NonceFormat::Uuid))),
+        };
+        if let Some(kind) = kind {
+            plans.push(StepPlan { name: name.clone(), kind });
+        }
+        names.push(name);
+    }
+    (plans, names, binary)
+}
+
+fn step_name(step: &Step) -> &str {
+    match step {
+        Step::Template { name, .. }
+        | Step::Canonical { name, .. }
+        | Step::Digest { name, .. }
+        | Step::Time { name, .. }
+        | Step::Nonce { name, .. } => name,
+    }
+}
+
+fn alg_name(alg: DigestAlg) -> &'static str {
+    match alg {
+        DigestAlg::Md5 => "md5",
+        DigestAlg::Sha1 => "sha1",
+        DigestAlg::Sha256 => "sha256",
+        DigestAlg::Sha512 => "sha512",
+        DigestAlg::HmacMd5 => "hmac-md5",
+        DigestAlg::HmacSha1 => "hmac-sha1",
+        DigestAlg::HmacSha256 => "hmac-sha256",
+        DigestAlg::HmacSha512 => "hmac-sha512",
+        DigestAlg::RsaSha256 => "rsa-sha256",
+    }
+}
+
+/// A binary value may only be used as a whole-template reference (where bytes are allowed).
+fn check_binary(cx: &mut Cx<'_>, t: &CompiledTemplate, binary: &[String], path: &DocPath, bytes_ok: bool) {
+    if let Some(p) = t.as_ref_path() {
+        if bytes_ok && p.len() == 1 {
+            return;
+        }
+    }
+    let source = t.source();
+    for b in binary {
+        if source.contains(&format!("{{{{{b}}}}}")) || source.contains(&format!("{b}.")) || source.contains(&format!(" {b}")) {
+            cx.error(path, Code::BinaryInTemplate, format!("'{b}' holds raw bytes (`encode: raw`) and cannot be written into text"))
+                .hint = Some(format!("use '{{{{{b}}}}}' alone as a digest's `key` or `input`, or give step '{b}' a text encoding such as hex"));
+        }
+    }
+}
+
+fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        if start > 0 {
+            pieces.push(PairPiece::Text(rest.get(..start).unwrap_or_default().to_string()));
+        }
+        let after = rest.get(start..).unwrap_or_default();
+        if let Some(r) = after.strip_prefix("{key}") {
+            pieces.push(PairPiece::Key);
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("{value}") {
+            pieces.push(PairPiece::Value);
+            rest = r;
+        } else {
+            return Err(format!("'{text}' has a placeholder other than {{key}} and {{value}}"));
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(PairPiece::Text(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+/// Compiles a signing recipe, recording located problems.
+pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Option<SignPlan> {
+    let before = cx.problems.len();
+    let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), RECIPE_ROOTS);
+    let scope = Scope { roots: RECIPE_ROOTS, extra: &names };
+    let mut place = Vec::new();
+    for (i, p) in recipe.place.iter().enumerate() {
+        let pp = path.key("place").index(i).key("value");
+        if let Some(t) = cx.template(&p.value, &pp, &scope) {
+            check_binary(cx, &t, &binary, &pp, false);
+            place.push((p.to, p.name.clone(), t));
+        }
+    }
+    (cx.problems.len() == before).then_some(SignPlan { steps, place })
+}
+
+/// Compiles a verification recipe, recording located problems.
+pub fn compile_verify(cx: &mut Cx<'_>, recipe: &VerifyRecipe, path: &DocPath) -> Option<VerifyPlan> {
+    let before = cx.problems.len();
+    let roots: Vec<&str> = RECIPE_ROOTS.iter().chain(VERIFY_ROOTS).copied().collect();
+    let src = &recipe.signature;
+    if src.header.is_some() == src.field.is_some() {
+        cx.error(&path.key("signature"), Code::Conflict, "the signature needs exactly one of `header` and `field`");
+    }
+    if src.split.is_some() && src.pairs.is_some() {
+        cx.error(&path.key("signature"), Code::Conflict, "use either `split` or `pairs`, not both");
+    }
+    let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
+    let scope = Scope { roots: &roots, extra: &names };
+    let expect = cx.template(&recipe.expect, &path.key("expect"), &scope);
+    let mut rsa_step = None;
+    if let Some(t) = &expect {
+        let target = t.as_ref_path().and_then(|p| match p { [one] => Some(one.clone()), _ => None });
+        let rsa_index = steps.iter().position(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256) && Some(&s.name) == target.as_ref());
+        let has_rsa = steps.iter().any(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256));
+        if has_rsa && rsa_index.is_none() {
+            cx.error(&path.key("expect"), Code::SigningKey, "an rsa-sha256 verification must be checked with the public key: `expect` must be exactly the rsa step, like '{{sig}}'");
+        }
+        rsa_step = rsa_index;
+        check_binary(cx, t, &binary, &path.key("expect"), false);
+    }
+    let timestamp = recipe.timestamp.as_ref().and_then(|ts| {
+        let tp = path.key("timestamp");
+        let value = cx.template(&ts.value, &tp.key("value"), &scope);
+        let format = TimeFormat::parse(ts.format.as_deref().unwrap_or("unix_seconds"))
+            .map_err(|e| cx.error(&tp.key("format"), Code::TimeFormat, e).hint = None)
+            .ok();
+        let offset = parse_offset(ts.offset.as_deref().unwrap_or("+00:00"))
+            .map_err(|e| cx.error(&tp.key("offset"), Code::TimeFormat, e).hint = None)
+            .ok();
+        let tolerance = cx.duration(ts.tolerance.as_deref().unwrap_or("5m"), &tp.key("tolerance"));
+        Some(TimestampPlan { value: value?, format: format?, offset: offset?, tolerance: tolerance? })
+    });
+    let replay = recipe.replay.as_ref().and_then(|r| {
+        let rp = path.key("replay");
+        let key = cx.template(&r.key, &rp.key("key"), &scope);
+        let ttl = cx.duration(r.ttl.as_deref().unwrap_or("24h"), &rp.key("ttl"));
+        key.zip(ttl)
+    });
+    let expect = expect?;
+    (cx.problems.len() == before).then_some(VerifyPlan {
+        source: recipe.signature.clone(),
+        steps,
+        expect,
+        rsa_step,
+        ignore_case: recipe.ignore_case,
+        timestamp,
+        replay,
+        reject_status: recipe.reject_status.unwrap_or(401),
+    })
+}
+
+// ---------------------------------------------------------------- run
+
+/// The parts of an HTTP request a recipe reads.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    /// Method, upper case.
+    pub method: String,
+    /// The full URL.
+    pub url: String,
+    /// The path (without query).
+    pub path: String,
+    /// Query parameters, in order, decoded.
+    pub query: Vec<(String, String)>,
+    /// Form fields, in order, decoded.
+    pub form: Vec<(String, String)>,
+    /// Headers, in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The exact body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Everything a recipe run needs besides the request.
+#[derive(Debug, Clone)]
+pub struct RunEnv<'a> {
+    /// Credential values by name.
+    pub credentials: &'a Map<String, Value>,
+    /// Settings by name.
+    pub settings: &'a Map<String, Value>,
+    /// The platform identifier.
+    pub platform: &'a str,
+    /// The clock of this request.
+    pub now: OffsetDateTime,
+    /// A fixed nonce (previews, tests); random when absent.
+    pub nonce: Option<String>,
+}
+
+/// What a recipe run computed: every step's value, in order. Binary values are hex-encoded here
+/// for display.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Step name → value (text, or `hex:...` for raw bytes).
+    pub steps: Vec<(String, String)>,
+}
+
+/// Why a recipe could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecipeError {
+    /// A step failed (bad key, template error...).
+    #[error("signing step '{step}' failed: {message}")]
+    Step {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why a delivery was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No signature where the recipe says it is.
+    #[error("the delivery carries no signature in {0}")]
+    Missing(String),
+    /// The signature does not match.
+    #[error("the signature does not match")]
+    Mismatch,
+    /// The timestamp is missing or malformed.
+    #[error("the delivery's timestamp is missing or malformed: {0}")]
+    BadTimestamp(String),
+    /// The timestamp is outside the window.
+    #[error("the delivery's timestamp is {skew_secs}s away from now, more than the {tolerance_secs}s allowed")]
+    Stale {
+        /// Distance from now, seconds.
+        skew_secs: i64,
+        /// Allowed distance, seconds.
+        tolerance_secs: u64,
+    },
+    /// The recipe itself failed.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+}
+
+struct Run<'a> {
+    ctx: Value,
+    bytes: HashMap<String, Vec<u8>>,
+    parts: &'a Parts,
+    trace: Trace,
+}
+
+fn pairs_object(pairs: &[(String, String)], lowercase: bool) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        let k = if lowercase { k.to_ascii_lowercase() } else { k.clone() };
+        m.entry(k).or_insert_with(|| Value::String(v.clone()));
+    }
+    Value::Object(m)
+}
+
+impl<'a> Run<'a> {
+    fn new(parts: &'a Parts, env: &RunEnv<'_>, signature: Option<Map<String, Value>>) -> Self {
+        let mut ctx = Map::new();
+        ctx.insert("method".into(), Value::String(parts.method.clone()));
+        ctx.insert("url".into(), Value::String(parts.url.clone()));
+        ctx.insert("path".into(), Value::String(parts.path.clone()));
+        ctx.insert("query".into(), pairs_object(&parts.query, false));
+        ctx.insert("form".into(), pairs_object(&parts.form, false));
+        ctx.insert("headers".into(), pairs_object(&parts.headers, true));
+        ctx.insert("body".into(), Value::String(String::from_utf8_lossy(&parts.body).into_owned()));
+        ctx.insert("credentials".into(), Value::Object(env.credentials.clone()));
+        ctx.insert("settings".into(), Value::Object(env.settings.clone()));
+        ctx.insert("platform".into(), Value::String(env.platform.to_string()));
+        if let Some(sig) = signature {
+            ctx.insert("signature".into(), Value::Object(sig));
+        }
+        Run { ctx: Value::Object(ctx), bytes: HashMap::new(), parts, trace: Trace::default() }
+    }
+
+    fn set(&mut self, name: &str, value: Vec<u8>, text: bool) {
+        let shown = if text { String::from_utf8_lossy(&value).into_owned() } else { format!("hex:{}", hex::encode(&value)) };
+        if text {
+            if let Value::Object(m) = &mut self.ctx {
+                m.insert(name.to_string(), Value::String(shown.clone()));
+            }
+        }
+        self.trace.steps.push((name.to_string(), shown));
+        self.bytes.insert(name.to_string(), value);
+    }
+
+    fn render(&self, t: &CompiledTemplate, step: &str) -> Result<String, RecipeError> {
+        t.render(&self.ctx).map_err(|message| RecipeError::Step { step: step.to_string(), message })
+    }
+
+    /// Bytes of a template: exact bytes for a whole-template reference to a step or the body.
+    fn render_bytes(&self, t: &CompiledTemplate, step: &str) -> Result<Vec<u8>, RecipeError> {
+        if let Some([one]) = t.as_ref_path() {
+            if let Some(b) = self.bytes.get(one) {
+                return Ok(b.clone());
+            }
+            if one == "body" {
+                return Ok(self.parts.body.clone());
+            }
+        }
+        Ok(self.render(t, step)?.into_bytes())
+    }
+
+    fn steps(&mut self, steps: &[StepPlan], env: &RunEnv<'_>) -> Result<(), RecipeError> {
+        for s in steps {
+            let fail = |message: String| RecipeError::Step { step: s.name.clone(), message };
+            match &s.kind {
+                StepKind::Template(t) => {
+                    let v = self.render(t, &s.name)?;
+                    self.set(&s.name, v.into_bytes(), true);
+                }
+                StepKind::Canonical(c) => {
+                    let v = canonical(c, self.parts);
+                    self.set(&s.name, v.into_bytes(), true);
+                }
+                StepKind::Time(f, o) => {
+                    let v = f.format(env.now, *o);
+                    self.set(&s.name, v.into_bytes(), true);
+                }
+                StepKind::Nonce(f) => {
+                    let v = env.nonce.clone().unwrap_or_else(|| fresh_nonce(*f));
+                    self.set(&s.name, v.into_bytes(), true);
+                }
+                StepKind::Digest(d) => {
+                    let input = self.render_bytes(&d.input, &s.name)?;
+                    let key = match &d.key {
+                        Some(k) => Some(decode_key(&self.render_bytes(k, &s.name)?, d).map_err(fail)?),
+                        None => None,
+                    };
+                    let out = digest(d.alg, &input, key.as_deref()).map_err(fail)?;
+                    match encode(&out, d.encode) {
+                        Some(text) => self.set(&s.name, text.into_bytes(), true),
+                        None => self.set(&s.name, out, false),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fresh_nonce(f: NonceFormat) -> String {
+    let id = uuid::Uuid::new_v4();
+    match f {
+        NonceFormat::Uuid => id.to_string(),
+        NonceFormat::Hex => id.simple().to_string(),
+        NonceFormat::Alnum => {
+            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            id.as_bytes()
+                .iter()
+                .map(|b| char::from(ALPHABET.get(usize::from(*b) % ALPHABET.len()).copied().unwrap_or(b'0')))
+                .collect()
+        }
+    }
+}
+
+fn decode_key(raw: &[u8], d: &DigestPlan) -> Result<Vec<u8>, String> {
+    let mut raw = raw;
+    if let Some(prefix) = &d.key_strip_prefix {
+        raw = raw.strip_prefix(prefix.as_bytes()).unwrap_or(raw);
+    }
+    let text = || std::str::from_utf8(raw).map_err(|_| "the key is not text".to_string());
+    let unpadded = |t: &str| t.trim().trim_end_matches('=').to_string();
+    match d.key_decode {
+        KeyDecode::Utf8 => Ok(raw.to_vec()),
+        KeyDecode::Hex => hex::decode(text()?.trim()).map_err(|_| "the key is not valid hex".into()),
+        KeyDecode::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(unpadded(text()?))
+            .map_err(|_| "the key is not valid base64".into()),
+        KeyDecode::Base64url => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(unpadded(text()?))
+            .map_err(|_| "the key is not valid base64url".into()),
+    }
+}
+
+fn hmac_of<M: Mac + KeyInit>(key: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
+    let mut mac = <M as KeyInit>::new_from_slice(key).map_err(|_| "the HMAC key is not usable".to_string())?;
+    mac.update(input);
+    Ok(mac.finalize().into_bytes().to_vec())
+}
+
+type KeyCache<K> = LazyLock<Mutex<HashMap<[u8; 32], Arc<K>>>>;
+static PRIVATE_KEYS: KeyCache<rsa::PrivateKey> = LazyLock::new(Default::default);
+static PUBLIC_KEYS: KeyCache<rsa::PublicKey> = LazyLock::new(Default::default);
+
+fn cached<K>(cache: &KeyCache<K>, pem: &[u8], parse: impl FnOnce(&str) -> Result<K, String>) -> Result<Arc<K>, String> {
+    let id: [u8; 32] = sha2::Sha256::digest(pem).into();
+    if let Some(k) = cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return Ok(k);
+    }
+    let text = std::str::from_utf8(pem).map_err(|_| "the RSA key is not PEM text".to_string())?;
+    let key = Arc::new(parse(text.trim())?);
+    if let Ok(mut m) = cache.lock() {
+        m.insert(id, key.clone());
+    }
+    Ok(key)
+}
+
+fn private_key(pem: &[u8]) -> Result<Arc<rsa::PrivateKey>, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    cached(&PRIVATE_KEYS, pem, |text| {
+        rsa::PrivateKey::from_pkcs8_pem(text)
+            .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(text))
+            .map_err(|_| "the key is not an RSA private key in PEM (PKCS#8 or PKCS#1)".to_string())
+    })
+}
+
+fn public_key(pem: &[u8]) -> Result<Arc<rsa::PublicKey>, String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    cached(&PUBLIC_KEYS, pem, |text| {
+        rsa::PublicKey::from_public_key_pem(text)
+            .or_else(|_| rsa::PublicKey::from_pkcs1_pem(text))
+            .map_err(|_| "the key is not an RSA public key in PEM (SPKI or PKCS#1)".to_string())
+    })
+}
+
+fn digest(alg: DigestAlg, input: &[u8], key: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let key = key.unwrap_or_default();
+    Ok(match alg {
+        DigestAlg::Md5 => md5::Md5::digest(input).to_vec(),
+        DigestAlg::Sha1 => sha1::Sha1::digest(input).to_vec(),
+        DigestAlg::Sha256 => sha2::Sha256::digest(input).to_vec(),
+        DigestAlg::Sha512 => sha2::Sha512::digest(input).to_vec(),
+        DigestAlg::HmacMd5 => hmac_of::<hmac::Hmac<md5::Md5>>(key, input)?,
+        DigestAlg::HmacSha1 => hmac_of::<hmac::Hmac<sha1::Sha1>>(key, input)?,
+        DigestAlg::HmacSha256 => hmac_of::<hmac::Hmac<sha2::Sha256>>(key, input)?,
+        DigestAlg::HmacSha512 => hmac_of::<hmac::Hmac<sha2::Sha512>>(key, input)?,
+        DigestAlg::RsaSha256 => {
+            use rsa::signature::{SignatureEncoding, Signer};
+            let k = private_key(key)?;
+            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(rsa::PrivateKey::clone(&k));
+            signer.try_sign(input).map_err(|e| format!("RSA signing failed: {e}"))?.to_vec()
+        }
+    })
+}
+
+fn encode(bytes: &[u8], e: Encoding) -> Option<String> {
+    Some(match e {
+        Encoding::Hex => hex::encode(bytes),
+        Encoding::HexUpper => hex::encode_upper(bytes),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(bytes),
+        Encoding::Base64url => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        Encoding::Raw => return None,
+    })
+}
+
+fn decode(text: &str, e: Encoding) -> Option<Vec<u8>> {
+    let t = text.trim();
+    match e {
+        Encoding::Hex | Encoding::HexUpper => hex::decode(t).ok(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD.decode(t.trim_end_matches('=')).ok(),
+        Encoding::Base64url => base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')).ok(),
+        Encoding::Raw => Some(t.as_bytes().to_vec()),
+    }
+}
+
+fn collapse_ws(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for src in &c.from {
+        match src {
+            ParamSource::Query => pairs.extend(parts.query.iter().cloned()),
+            ParamSource::Form => pairs.extend(parts.form.iter().cloned()),
+            ParamSource::Headers => pairs.extend(parts.headers.iter().cloned()),
+            ParamSource::Json => {
+                if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&parts.body) {
+                    pairs.extend(m.into_iter().map(|(k, v)| (k, crate::template::text_of(&v))));
+                }
+            }
+        }
+    }
+    let mut pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let k = if c.lowercase_keys { k.to_ascii_lowercase() } else { k };
+            let v = if c.trim_values { collapse_ws(&v) } else { v };
+            (k, v)
+        })
+        .filter(|(k, v)| {
+            (c.include.is_empty() || c.include.iter().any(|i| i == k))
+                && !c.exclude.iter().any(|x| x == k)
+                && !(c.skip_empty && v.is_empty())
+        })
+        .map(|(k, v)| match c.encode {
+            UrlEncoding::None => (k, v),
+            UrlEncoding::Form => (percent_encode(&k, true), percent_encode(&v, true)),
+            UrlEncoding::Rfc3986 => (percent_encode(&k, false), percent_encode(&v, false)),
+        })
+        .collect();
+    match c.sort {
+        SortOrder::Key => pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes())),
+        SortOrder::KeyValue => pairs.sort_by(|a, b| (a.0.as_bytes(), a.1.as_bytes()).cmp(&(b.0.as_bytes(), b.1.as_bytes()))),
+        SortOrder::None => {}
+    }
+    if c.repeated == Repeated::Join {
+        let mut joined: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            match joined.iter_mut().find(|(jk, _)| *jk == k) {
+                Some((_, jv)) => {
+                    jv.push_str(&c.repeated_separator);
+                    jv.push_str(&v);
+                }
+                None => joined.push((k, v)),
+            }
+        }
+        pairs = joined;
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(&c.separator);
+        }
+        for piece in &c.pair {
+            match piece {
+                PairPiece::Text(t) => out.push_str(t),
+                PairPiece::Key => out.push_str(k),
+                PairPiece::Value => out.push_str(v),
+            }
+        }
+    }
+    out
+}
+
+impl SignPlan {
+    /// Runs the steps over `parts` and returns the values to place, with the trace.
+    pub fn run(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(Vec<(PlaceTarget, String, String)>, Trace), RecipeError> {
+        let mut run = Run::new(parts, env, None);
+        run.steps(&self.steps, env)?;
+        let mut placed = Vec::new();
+        for (target, name, t) in &self.place {
+            placed.push((*target, name.clone(), run.render(t, name)?));
+        }
+        Ok((placed, run.trace))
+    }
+}
+
+impl VerifyPlan {
+    /// The supplied signature candidates and the `k=v` pairs read with them.
+    fn candidates(&self, parts: &Parts) -> Result<(Vec<String>, Map<String, Value>), Rejection> {
+        let (raw, where_) = if let Some(h) = &self.source.header {
+            let v = parts.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.clone());
+            (v, format!("header {h}"))
+        } else {
+            let f = self.source.field.clone().unwrap_or_default();
+            let v = parts.form.iter().chain(&parts.query).find(|(k, _)| *k == f).map(|(_, v)| v.clone());
+            (v, format!("field {f}"))
+        };
+        let raw = raw.filter(|v| !v.trim().is_empty()).ok_or(Rejection::Missing(where_))?;
+        let mut pairs = Map::new();
+        let candidates = if let Some(p) = &self.source.pairs {
+            let sep = p.separator.as_deref().unwrap_or(",");
+            let assign = p.assign.as_deref().unwrap_or("=");
+            let mut found = Vec::new();
+            for item in raw.split(sep) {
+                if let Some((k, v)) = item.trim().split_once(assign) {
+                    if k == p.key {
+                        found.push(v.to_string());
+                    }
+                    pairs.entry(k.to_string()).or_insert_with(|| Value::String(v.to_string()));
+                }
+            }
+            found
+        } else if let Some(s) = &self.source.split {
+            raw.split(s.as_str()).filter(|c| !c.is_empty()).map(str::to_string).collect()
+        } else {
+            vec![raw]
+        };
+        Ok((candidates, pairs))
+    }
+
+    /// The value a genuine signature equals (for previews and tests), with the trace.
+    pub fn expected(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(String, Trace), Rejection> {
+        let pairs = self.candidates(parts).map(|(_, p)| p).unwrap_or_default();
+        let mut run = Run::new(parts, env, Some(pairs));
+        run.steps(&self.steps, env)?;
+        let v = run.render(&self.expect, "expect")?;
+        Ok((v, run.trace))
+    }
+
+    /// Verifies a delivery: signature (any candidate), then the timestamp window. The replay
+    /// guard is the caller's (it needs the store); its key is [`VerifyPlan::replay_key`].
+    pub fn verify(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(), Rejection> {
+        let (candidates, pairs) = self.candidates(parts)?;
+        let mut run = Run::new(parts, env, Some(pairs));
+        run.steps(&self.steps, env)?;
+        let matched = match self.rsa_step.and_then(|i| self.steps.get(i)) {
+            Some(StepPlan { kind: StepKind::Digest(d), name }) => {
+                let input = run.render_bytes(&d.input, name)?;
+                let key = match &d.key {
+                    Some(k) => decode_key(&run.render_bytes(k, name)?, d)
+                        .map_err(|message| RecipeError::Step { step: name.clone(), message })?,
+                    None => Vec::new(),
+                };
+                let key = public_key(&key).map_err(|message| RecipeError::Step { step: name.clone(), message })?;
+                let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(rsa::PublicKey::clone(&key));
+                candidates.iter().any(|c| {
+                    use rsa::signature::Verifier;
+                    decode(c, d.encode)
+                        .and_then(|b| rsa::pkcs1v15::Signature::try_from(b.as_slice()).ok())
+                        .is_some_and(|sig| verifier.verify(&input, &sig).is_ok())
+                })
+            }
+            _ => {
+                let expected = run.render(&self.expect, "expect")?;
+                let expected = if self.ignore_case { expected.to_ascii_lowercase() } else { expected };
+                // Every candidate is compared, so timing does not reveal which one matched.
+                candidates.iter().fold(false, |acc, c| {
+                    let c = if self.ignore_case { c.to_ascii_lowercase() } else { c.clone() };
+                    let eq = bool::from(c.as_bytes().ct_eq(expected.as_bytes()));
+                    acc | eq
+                })
+            }
+        };
+        if !matched {
+            return Err(Rejection::Mismatch);
+        }
+        if let Some(ts) = &self.timestamp {
+            let text = run.render(&ts.value, "timestamp")?;
+            if text.trim().is_empty() {
+                return Err(Rejection::BadTimestamp("no timestamp".into()));
+            }
+            let at = ts.format.parse_time(&text, ts.offset).map_err(Rejection::BadTimestamp)?;
+            let skew = (env.now - at).whole_seconds();
+            let tolerance = ts.tolerance.as_secs();
+            if skew.unsigned_abs() > tolerance {
+                return Err(Rejection::Stale { skew_secs: skew, tolerance_secs: tolerance });
+            }
+        }
+        Ok(())
+    }
+
+    /// The replay-guard key of a delivery, if the recipe has a guard.
+    pub fn replay_key(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<Option<String>, Rejection> {
+        let Some((t, _)) = &self.replay else { return Ok(None) };
+        let pairs = self.candidates(parts).map(|(_, p)| p).unwrap_or_default();
+        let run = Run::new(parts, env, Some(pairs));
+        Ok(Some(run.render(t, "replay")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_patterns() {
+        assert_eq!(compile_pair("{key}={value}").unwrap(), vec![PairPiece::Key, PairPiece::Text("=".into()), PairPiece::Value]);
+        assert_eq!(compile_pair("{key}{value}").unwrap(), vec![PairPiece::Key, PairPiece::Value]);
+        assert!(compile_pair("{k}={v}").is_err());
+    }
+
+    #[test]
+    fn canonical_sorts_filters_and_joins() {
+        let parts = Parts {
+            query: vec![("b".into(), "2".into()), ("a".into(), "x y".into()), ("sign".into(), "zz".into()), ("e".into(), "".into()), ("a".into(), "0".into())],
+            ..Parts::default()
+        };
+        let plan = CanonicalPlan {
+            from: vec![ParamSource::Query],
+            include: vec![],
+            exclude: vec!["sign".into()],
+            skip_empty: true,
+            lowercase_keys: false,
+            trim_values: false,
+            encode: UrlEncoding::Rfc3986,
+            sort: SortOrder::KeyValue,
+            repeated: Repeated::Repeat,
+            repeated_separator: ",".into(),
+            pair: compile_pair("{key}={value}").unwrap(),
+            separator: "&".into(),
+        };
+        assert_eq!(canonical(&plan, &parts), "a=0&a=x%20y&b=2");
+        let joined = CanonicalPlan { repeated: Repeated::Join, sort: SortOrder::Key, encode: UrlEncoding::None, ..plan };
+        assert_eq!(canonical(&joined, &parts), "a=x y,0&b=2");
+    }
+
+    #[test]
+    fn digests_match_published_values() {
+        // RFC 1321 / FIPS 180 test strings, and RFC 4231 test case 2 for HMAC-SHA256.
+        assert_eq!(hex::encode(digest(DigestAlg::Md5, b"abc", None).unwrap()), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(hex::encode(digest(DigestAlg::Sha1, b"abc", None).unwrap()), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex::encode(digest(DigestAlg::HmacSha256, b"what do ya want for nothing?", Some(b"Jefe")).unwrap()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

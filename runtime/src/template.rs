@@ -1,0 +1,528 @@
+//! Templates: compiled once at load, rendered per request without parsing.
+//!
+//! Templates are Handlebars with HTML escaping off and a fixed set of helpers. A template
+//! without `{{` is kept as literal text, and a template that is exactly one reference such as
+//! `{{body}}` is kept as that reference, so the common cases never touch the Handlebars engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use handlebars::template::{Parameter, TemplateElement};
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, Output, PathSeg, RenderContext, RenderError,
+    RenderErrorReason, Renderable, Template,
+};
+use serde_json::Value;
+
+use crate::timefmt::{TimeFormat, parse_offset};
+
+/// Helpers entrepot adds to Handlebars.
+pub const HELPERS: &[&str] = &[
+    "join",
+    "json",
+    "urlencode",
+    "default",
+    "upper",
+    "lower",
+    "now",
+    "uuid",
+    "fen_to_yuan",
+    "yuan_to_fen",
+];
+
+/// Helpers Handlebars itself provides.
+const BUILTIN_HELPERS: &[&str] = &[
+    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
+    "not", "len",
+];
+
+/// Helpers that change the context inside their block, so names there are relative to it.
+const SCOPING_HELPERS: &[&str] = &["each", "with"];
+
+/// Root key of the render context holding the request's clock, as Unix milliseconds.
+pub const NOW_KEY: &str = "_now_ms";
+/// Root key of the render context holding the request's nonce.
+pub const NONCE_KEY: &str = "_nonce";
+
+static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
+    let mut r = Handlebars::new();
+    r.register_escape_fn(handlebars::no_escape);
+    r.register_helper("join", Box::new(join));
+    r.register_helper("json", Box::new(json));
+    r.register_helper("urlencode", Box::new(urlencode));
+    r.register_helper("default", Box::new(default));
+    r.register_helper("upper", Box::new(upper));
+    r.register_helper("lower", Box::new(lower));
+    r.register_helper("now", Box::new(now));
+    r.register_helper("uuid", Box::new(uuid));
+    r.register_helper("fen_to_yuan", Box::new(fen_to_yuan));
+    r.register_helper("yuan_to_fen", Box::new(yuan_to_fen));
+    r
+});
+
+/// A template ready to render.
+#[derive(Debug, Clone)]
+pub struct CompiledTemplate {
+    source: String,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Literal(String),
+    Ref(Vec<String>),
+    Engine(Arc<Template>),
+}
+
+/// What a template refers to, found at compile time.
+#[derive(Debug, Default, Clone)]
+pub struct Analysis {
+    /// Helper names called.
+    pub helpers: Vec<String>,
+    /// Variable paths read at the top level (outside `each`/`with` blocks), as segments.
+    pub paths: Vec<Vec<String>>,
+    /// Literal time formats and offsets given to `now`.
+    pub now_args: Vec<String>,
+}
+
+/// A problem with a template, found at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateProblem {
+    /// What is wrong.
+    pub message: String,
+    /// A suggested fix.
+    pub hint: Option<String>,
+    /// Whether it is a syntax error (otherwise an unknown helper).
+    pub syntax: bool,
+}
+
+impl CompiledTemplate {
+    /// Parses a template. Syntax errors and unknown helpers are problems.
+    pub fn compile(source: &str) -> Result<(Self, Analysis), TemplateProblem> {
+        if !source.contains("{{") {
+            return Ok((
+                CompiledTemplate {
+                    source: source.to_string(),
+                    body: Body::Literal(source.to_string()),
+                },
+                Analysis::default(),
+            ));
+        }
+        let template = Template::compile(source).map_err(|e| TemplateProblem {
+            message: format!("template does not parse: {}", e.reason()),
+            hint: Some("templates use {{name}}, {{helper arg 'text'}} and {{#if x}}...{{/if}}".into()),
+            syntax: true,
+        })?;
+        let mut analysis = Analysis::default();
+        analyse(&template.elements, 0, &mut analysis);
+        for name in &analysis.helpers {
+            if !HELPERS.contains(&name.as_str()) && !BUILTIN_HELPERS.contains(&name.as_str()) {
+                let known = HELPERS.iter().chain(BUILTIN_HELPERS).copied();
+                return Err(TemplateProblem {
+                    message: format!("unknown template helper '{name}'"),
+                    hint: Some(match crate::diagnostics::did_you_mean(name, known) {
+                        Some(best) => format!("did you mean '{best}'?"),
+                        None => format!("available helpers: {}", HELPERS.join(", ")),
+                    }),
+                    syntax: false,
+                });
+            }
+        }
+        let body = match single_ref(&template) {
+            Some(path) => Body::Ref(path),
+            None => Body::Engine(Arc::new(template)),
+        };
+        Ok((
+            CompiledTemplate {
+                source: source.to_string(),
+                body,
+            },
+            analysis,
+        ))
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// When the template is exactly one reference (`{{a.b}}`), its path.
+    pub fn as_ref_path(&self) -> Option<&[String]> {
+        match &self.body {
+            Body::Ref(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// When the template has no placeholders, its text.
+    pub fn as_literal(&self) -> Option<&str> {
+        match &self.body {
+            Body::Literal(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Renders over `data`. Missing values render as empty text.
+    pub fn render(&self, data: &Value) -> Result<String, String> {
+        match &self.body {
+            Body::Literal(s) => Ok(s.clone()),
+            Body::Ref(path) => Ok(lookup(data, path).map(text_of).unwrap_or_default()),
+            Body::Engine(template) => {
+                let ctx = Context::wraps(data).map_err(|e| e.to_string())?;
+                let mut rc = RenderContext::new(None);
+                let mut out = StringOut(String::new());
+                template
+                    .render(&REGISTRY, &ctx, &mut rc, &mut out)
+                    .map_err(|e| render_error_text(&e))?;
+                Ok(out.0)
+            }
+        }
+    }
+}
+
+fn render_error_text(e: &RenderError) -> String {
+    // The reason names the helper or value; the template text is known to the caller.
+    e.reason().to_string()
+}
+
+/// Looks a path of keys up in a JSON value; numeric keys index arrays.
+pub fn lookup<'v>(data: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(data, |v, k| match v {
+        Value::Object(m) => m.get(k),
+        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// The text a value renders as: strings as they are, `null` as nothing, others as JSON.
+pub fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+struct StringOut(String);
+
+impl Output for StringOut {
+    fn write(&mut self, seg: &str) -> Result<(), std::io::Error> {
+        self.0.push_str(seg);
+        Ok(())
+    }
+}
+
+fn path_segments(segs: &[PathSeg]) -> Option<Vec<String>> {
+    segs.iter()
+        .map(|s| match s {
+            PathSeg::Named(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn single_ref(template: &Template) -> Option<Vec<String>> {
+    let [TemplateElement::Expression(h)] = template.elements.as_slice() else {
+        return None;
+    };
+    if !h.params.is_empty() || !h.hash.is_empty() {
+        return None;
+    }
+    match &h.name {
+        Parameter::Path(handlebars::Path::Relative((segs, _))) => path_segments(segs),
+        Parameter::Name(n) if !HELPERS.contains(&n.as_str()) && !BUILTIN_HELPERS.contains(&n.as_str()) => {
+            Some(vec![n.clone()])
+        }
+        _ => None,
+    }
+}
+
+fn analyse(elements: &[TemplateElement], depth: usize, out: &mut Analysis) {
+    for e in elements {
+        match e {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                analyse_call(&h.name, &h.params, &h.hash, depth, out);
+            }
+            TemplateElement::HelperBlock(h) => {
+                let name = match &h.name {
+                    Parameter::Name(n) => n.clone(),
+                    _ => String::new(),
+                };
+                out.helpers.push(name.clone());
+                for p in h.params.iter().chain(h.hash.values()) {
+                    analyse_param(p, depth, out);
+                }
+                let inner = if SCOPING_HELPERS.contains(&name.as_str()) { depth + 1 } else { depth };
+                if let Some(t) = &h.template {
+                    analyse(&t.elements, inner, out);
+                }
+                if let Some(t) = &h.inverse {
+                    analyse(&t.elements, depth, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn analyse_call(
+    name: &Parameter,
+    params: &[Parameter],
+    hash: &HashMap<String, Parameter>,
+    depth: usize,
+    out: &mut Analysis,
+) {
+    match name {
+        Parameter::Name(n) if !params.is_empty() || !hash.is_empty() => {
+            out.helpers.push(n.clone());
+            if n == "now" {
+                for p in params.iter().chain(hash.values()) {
+                    if let Parameter::Literal(Value::String(s)) = p {
+                        out.now_args.push(s.clone());
+                    }
+                }
+            }
+        }
+        Parameter::Name(n) if HELPERS.contains(&n.as_str()) => out.helpers.push(n.clone()),
+        other => analyse_param(other, depth, out),
+    }
+    for p in params.iter().chain(hash.values()) {
+        analyse_param(p, depth, out);
+    }
+}
+
+fn analyse_param(p: &Parameter, depth: usize, out: &mut Analysis) {
+    match p {
+        Parameter::Name(n) if depth == 0 => out.paths.push(vec![n.clone()]),
+        Parameter::Path(handlebars::Path::Relative((segs, _))) if depth == 0 => {
+            if let Some(path) = path_segments(segs) {
+                out.paths.push(path);
+            }
+        }
+        Parameter::Subexpression(sub) => {
+            analyse(std::slice::from_ref(sub.element.as_ref()), depth, out);
+        }
+        _ => {}
+    }
+}
+
+// ---- helpers ----
+
+fn param_value<'a>(h: &'a Helper<'_>, i: usize) -> Option<&'a Value> {
+    h.param(i).map(|p| p.value())
+}
+
+fn join(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let sep = param_value(h, 1).and_then(Value::as_str).unwrap_or(",");
+    let text = match param_value(h, 0) {
+        Some(Value::Array(items)) => items.iter().map(text_of).collect::<Vec<_>>().join(sep),
+        Some(other) => text_of(other),
+        None => String::new(),
+    };
+    out.write(&text)?;
+    Ok(())
+}
+
+fn json(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
+    out.write(&serde_json::to_string(&v).unwrap_or_default())?;
+    Ok(())
+}
+
+/// RFC 3986 percent-encoding: only `A-Za-z0-9-_.~` kept.
+pub fn percent_encode(text: &str, space_as_plus: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            b' ' if space_as_plus => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn urlencode(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    out.write(&percent_encode(&text, false))?;
+    Ok(())
+}
+
+fn default(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let v = param_value(h, 0).filter(|v| !v.is_null() && v.as_str() != Some(""));
+    let chosen = v.or_else(|| param_value(h, 1)).map(text_of).unwrap_or_default();
+    out.write(&chosen)?;
+    Ok(())
+}
+
+fn upper(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    out.write(&param_value(h, 0).map(text_of).unwrap_or_default().to_uppercase())?;
+    Ok(())
+}
+
+fn lower(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    out.write(&param_value(h, 0).map(text_of).unwrap_or_default().to_lowercase())?;
+    Ok(())
+}
+
+static TIME_FORMATS: LazyLock<RwLock<HashMap<String, TimeFormat>>> = LazyLock::new(Default::default);
+
+/// A compiled time format, parsed at most once per distinct text.
+pub fn cached_format(text: &str) -> Result<TimeFormat, String> {
+    if let Some(f) = TIME_FORMATS.read().ok().and_then(|m| m.get(text).cloned()) {
+        return Ok(f);
+    }
+    let f = TimeFormat::parse(text)?;
+    if let Ok(mut m) = TIME_FORMATS.write() {
+        m.insert(text.to_string(), f.clone());
+    }
+    Ok(f)
+}
+
+fn fail(helper: &str, message: String) -> RenderError {
+    RenderErrorReason::Other(format!("{helper}: {message}")).into()
+}
+
+fn now(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let ms = ctx
+        .data()
+        .get(NOW_KEY)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| fail("now", "no clock in this context".into()))?;
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| fail("now", e.to_string()))?;
+    let format = param_value(h, 0).and_then(Value::as_str).unwrap_or("unix_seconds");
+    let format = cached_format(format).map_err(|e| fail("now", e))?;
+    let offset = match h.hash_get("tz").map(|v| v.value()) {
+        Some(Value::String(tz)) => parse_offset(tz).map_err(|e| fail("now", e))?,
+        _ => time::UtcOffset::UTC,
+    };
+    out.write(&format.format(at, offset))?;
+    Ok(())
+}
+
+fn uuid(_: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    match ctx.data().get(NONCE_KEY).and_then(Value::as_str) {
+        Some(fixed) => out.write(fixed)?,
+        None => out.write(&uuid::Uuid::new_v4().to_string())?,
+    }
+    Ok(())
+}
+
+/// Integer fen written as a yuan decimal with two places: 1250 → `12.50`, -5 → `-0.05`.
+pub fn fen_to_yuan_text(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// A yuan decimal read exactly as integer fen: `12.5` → 1250. More than two decimals, or
+/// anything that is not a decimal number, is an error (no silent rounding of money).
+pub fn yuan_text_to_fen(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let frac = frac.trim_end_matches('0');
+    let ok = !whole.is_empty()
+        && whole.chars().all(|c| c.is_ascii_digit())
+        && frac.chars().all(|c| c.is_ascii_digit())
+        && frac.len() <= 2;
+    if !ok {
+        return Err(format!("'{text}' is not an amount in yuan with at most two decimals"));
+    }
+    let whole: i64 = whole.parse().map_err(|_| format!("'{text}' is too large"))?;
+    let frac: i64 = format!("{frac:0<2}").parse().unwrap_or(0);
+    let fen = whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(|| format!("'{text}' is too large"))?;
+    Ok(if neg { -fen } else { fen })
+}
+
+fn fen_to_yuan(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
+    let fen = match &v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| fail("fen_to_yuan", format!("{v} is not an integer amount in fen")))?;
+    out.write(&fen_to_yuan_text(fen))?;
+    Ok(())
+}
+
+fn yuan_to_fen(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    let fen = yuan_text_to_fen(&text).map_err(|e| fail("yuan_to_fen", e))?;
+    out.write(&fen.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(t: &str, data: Value) -> String {
+        CompiledTemplate::compile(t).unwrap().0.render(&data).unwrap()
+    }
+
+    #[test]
+    fn literal_ref_and_engine_bodies() {
+        let (t, _) = CompiledTemplate::compile("plain").unwrap();
+        assert_eq!(t.as_literal(), Some("plain"));
+        let (t, _) = CompiledTemplate::compile("{{input.sku}}").unwrap();
+        assert_eq!(t.as_ref_path(), Some(&["input".to_string(), "sku".to_string()][..]));
+        assert_eq!(render("{{input.sku}}", json!({"input": {"sku": 7}})), "7");
+        assert_eq!(render("a{{x}}<b>", json!({"x": "<&>"})), "a<&><b>");
+    }
+
+    #[test]
+    fn helpers_render() {
+        let data = json!({"ids": ["a", "b", "c"], "o": {"k": "v w"}, NOW_KEY: 1_451_620_800_000i64, NONCE_KEY: "n-1"});
+        assert_eq!(render("{{join ids ','}}", data.clone()), "a,b,c");
+        assert_eq!(render("{{json o}}", data.clone()), r#"{"k":"v w"}"#);
+        assert_eq!(render("{{urlencode o.k}}", data.clone()), "v%20w");
+        assert_eq!(render("{{default missing 'x'}}", data.clone()), "x");
+        assert_eq!(render("{{now 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}", data.clone()), "2016-01-01 12:00:00");
+        assert_eq!(render("{{uuid}}", data.clone()), "n-1");
+        assert_eq!(render("{{fen_to_yuan 1250}}", data.clone()), "12.50");
+        assert_eq!(render("{{yuan_to_fen '0.5'}}", data), "50");
+    }
+
+    #[test]
+    fn money_is_exact() {
+        assert_eq!(fen_to_yuan_text(-5), "-0.05");
+        assert_eq!(fen_to_yuan_text(100), "1.00");
+        assert_eq!(yuan_text_to_fen("19.99").unwrap(), 1999);
+        assert_eq!(yuan_text_to_fen("19.90").unwrap(), 1990);
+        assert_eq!(yuan_text_to_fen("-3").unwrap(), -300);
+        assert!(yuan_text_to_fen("1.999").is_err());
+        assert!(yuan_text_to_fen("abc").is_err());
+        assert!(yuan_text_to_fen("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn unknown_helper_suggests() {
+        let err = CompiledTemplate::compile("{{jion input.ids ','}}").unwrap_err();
+        assert_eq!(err.message, "unknown template helper 'jion'");
+        assert_eq!(err.hint.as_deref(), Some("did you mean 'join'?"));
+        assert!(CompiledTemplate::compile("{{#if x}}").unwrap_err().syntax);
+    }
+
+    #[test]
+    fn analysis_finds_top_level_paths() {
+        let (_, a) = CompiledTemplate::compile(
+            "{{credentials.key}}{{#each input.items}}{{this.id}}{{/each}}{{join (lower settings.x) ','}}",
+        )
+        .unwrap();
+        let paths: Vec<String> = a.paths.iter().map(|p| p.join(".")).collect();
+        assert!(paths.contains(&"credentials.key".to_string()), "{paths:?}");
+        assert!(paths.contains(&"input.items".to_string()), "{paths:?}");
+        assert!(paths.contains(&"settings.x".to_string()), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.contains("this")), "{paths:?}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Time formats the platforms use, compiled once from a small pattern language:
+//! `unix_seconds`, `unix_millis`, or a pattern of `yyyy`, `MM`, `dd`, `HH`, `mm`, `ss`, `SSS`,
+//! `Z` (`+0800`), `XXX` (`+08:00`) and `'quoted'` literal text.
+
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
+/// One piece of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// `yyyy`
+    Year,
+    /// `MM`
+    Month,
+    /// `dd`
+    Day,
+    /// `HH`
+    Hour,
+    /// `mm`
+    Minute,
+    /// `ss`
+    Second,
+    /// `SSS`
+    Millis,
+    /// `Z`: `+0800`
+    OffsetCompact,
+    /// `XXX`: `+08:00`
+    OffsetColon,
+    /// Literal text.
+    Literal(String),
+}
+
+/// A compiled time format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// Seconds since the Unix epoch.
+    UnixSeconds,
+    /// Milliseconds since the Unix epoch.
+    UnixMillis,
+    /// A pattern.
+    Pattern(Vec<Piece>),
+}
+
+/// Parses a UTC offset written `+08:00`, `+0800`, `-05:30` or `Z`.
+pub fn parse_offset(text: &str) -> Result<UtcOffset, String> {
+    if text == "Z" || text == "z" {
+        return Ok(UtcOffset::UTC);
+    }
+    let bad = || format!("'{text}' is not a UTC offset (write it like +08:00 or -05:30)");
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1i8, text.get(1..).unwrap_or_default()),
+        Some(b'-') => (-1i8, text.get(1..).unwrap_or_default()),
+        _ => return Err(bad()),
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let hours: i8 = digits.get(..2).and_then(|h| h.parse().ok()).ok_or_else(bad)?;
+    let minutes: i8 = digits.get(2..).and_then(|m| m.parse().ok()).ok_or_else(bad)?;
+    UtcOffset::from_hms(sign * hours, sign * minutes, 0).map_err(|_| bad())
+}
+
+impl TimeFormat {
+    /// Compiles a format, or says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "unix_seconds" => return Ok(TimeFormat::UnixSeconds),
+            "unix_millis" => return Ok(TimeFormat::UnixMillis),
+            _ => {}
+        }
+        let chars: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        let mut i = 0;
+        let run = |i: usize, c: char| chars.iter().skip(i).take_while(|x| **x == c).count();
+        while let Some(&c) = chars.get(i) {
+            let n = run(i, c);
+            let piece = match (c, n) {
+                ('y', 4) => Piece::Year,
+                ('M', 2) => Piece::Month,
+                ('d', 2) => Piece::Day,
+                ('H', 2) => Piece::Hour,
+                ('m', 2) => Piece::Minute,
+                ('s', 2) => Piece::Second,
+                ('S', 3) => Piece::Millis,
+                ('Z', 1) => Piece::OffsetCompact,
+                ('X', 3) => Piece::OffsetColon,
+                ('\'', _) => {
+                    let end = chars
+                        .iter()
+                        .skip(i + 1)
+                        .position(|x| *x == '\'')
+                        .ok_or_else(|| format!("unclosed quote in time format '{text}'"))?;
+                    let lit: String = chars.iter().skip(i + 1).take(end).collect();
+                    i += end + 2;
+                    pieces.push(Piece::Literal(lit));
+                    continue;
+                }
+                (c, n) if c.is_ascii_alphabetic() => {
+                    let token: String = std::iter::repeat_n(c, n).collect();
+                    return Err(format!(
+                        "unknown field '{token}' in time format '{text}' (use yyyy, MM, dd, HH, mm, ss, SSS, Z, XXX, or quote literal letters like 'T')"
+                    ));
+                }
+                (c, n) => Piece::Literal(std::iter::repeat_n(c, n).collect()),
+            };
+            pieces.push(piece);
+            i += n;
+        }
+        Ok(TimeFormat::Pattern(pieces))
+    }
+
+    /// Writes `at` in this format, in the offset given.
+    pub fn format(&self, at: OffsetDateTime, offset: UtcOffset) -> String {
+        let at = at.to_offset(offset);
+        match self {
+            TimeFormat::UnixSeconds => at.unix_timestamp().to_string(),
+            TimeFormat::UnixMillis => (at.unix_timestamp_nanos() / 1_000_000).to_string(),
+            TimeFormat::Pattern(pieces) => {
+                let mut out = String::with_capacity(24);
+                for p in pieces {
+                    match p {
+                        Piece::Year => out.push_str(&format!("{:04}", at.year())),
+                        Piece::Month => out.push_str(&format!("{:02}", u8::from(at.month()))),
+                        Piece::Day => out.push_str(&format!("{:02}", at.day())),
+                        Piece::Hour => out.push_str(&format!("{:02}", at.hour())),
+                        Piece::Minute => out.push_str(&format!("{:02}", at.minute())),
+                        Piece::Second => out.push_str(&format!("{:02}", at.second())),
+                        Piece::Millis => out.push_str(&format!("{:03}", at.millisecond())),
+                        Piece::OffsetCompact | Piece::OffsetColon => {
+                            let (h, m, _) = offset.as_hms();
+                            let sign = if offset.is_negative() { '-' } else { '+' };
+                            let sep = if *p == Piece::OffsetColon { ":" } else { "" };
+                            out.push_str(&format!("{sign}{:02}{sep}{:02}", h.abs(), m.abs()));
+                        }
+                        Piece::Literal(l) => out.push_str(l),
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Reads a time written in this format; `offset` applies when the pattern has no zone.
+    pub fn parse_time(&self, text: &str, offset: UtcOffset) -> Result<OffsetDateTime, String> {
+        let bad = || format!("'{text}' does not match the expected time format");
+        match self {
+            TimeFormat::UnixSeconds => {
+                let secs: i64 = text.trim().parse().map_err(|_| bad())?;
+                OffsetDateTime::from_unix_timestamp(secs).map_err(|_| bad())
+            }
+            TimeFormat::UnixMillis => {
+                let ms: i128 = text.trim().parse().map_err(|_| bad())?;
+                OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).map_err(|_| bad())
+            }
+            TimeFormat::Pattern(pieces) => {
+                let (mut y, mut mo, mut d, mut h, mut mi, mut s, mut ms) = (1970, 1, 1, 0, 0, 0, 0);
+                let mut zone = offset;
+                let mut rest = text;
+                let take = |n: usize, rest: &mut &str| -> Result<i32, String> {
+                    let digits = rest.get(..n).ok_or_else(bad)?;
+                    if !digits.chars().all(|c| c.is_ascii_digit()) {
+                        return Err(bad());
+                    }
+                    *rest = rest.get(n..).unwrap_or_default();
+                    digits.parse().map_err(|_| bad())
+                };
+                for p in pieces {
+                    match p {
+                        Piece::Year => y = take(4, &mut rest)?,
+                        Piece::Month => mo = take(2, &mut rest)?,
+                        Piece::Day => d = take(2, &mut rest)?,
+                        Piece::Hour => h = take(2, &mut rest)?,
+                        Piece::Minute => mi = take(2, &mut rest)?,
+                        Piece::Second => s = take(2, &mut rest)?,
+                        Piece::Millis => ms = take(3, &mut rest)?,
+                        Piece::OffsetCompact | Piece::OffsetColon => {
+                            let len = if rest.starts_with('Z') {
+                                1
+                            } else if *p == Piece::OffsetColon {
+                                6
+                            } else {
+                                5
+                            };
+                            zone = parse_offset(rest.get(..len).ok_or_else(bad)?)?;
+                            rest = rest.get(len..).unwrap_or_default();
+                        }
+                        Piece::Literal(l) => {
+                            rest = rest.strip_prefix(l.as_str()).ok_or_else(bad)?;
+                        }
+                    }
+                }
+                if !rest.is_empty() {
+                    return Err(bad());
+                }
+                let month = u8::try_from(mo)
+                    .ok()
+                    .and_then(|m| time::Month::try_from(m).ok())
+                    .ok_or_else(bad)?;
+                let small = |v: i32| u8::try_from(v).map_err(|_| bad());
+                let date = time::Date::from_calendar_date(y, month, small(d)?).map_err(|_| bad())?;
+                let clock = time::Time::from_hms_milli(
+                    small(h)?,
+                    small(mi)?,
+                    small(s)?,
+                    u16::try_from(ms).map_err(|_| bad())?,
+                )
+                .map_err(|_| bad())?;
+                Ok(PrimitiveDateTime::new(date, clock).assume_offset(zone))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn formats_platform_timestamps() {
+        // 2016-01-01 04:00:00 UTC is 12:00 in UTC+8; unix 1451620800 (date -d @1451620800).
+        let at = datetime!(2016-01-01 04:00:00.683 UTC);
+        let cst = parse_offset("+08:00").unwrap();
+        let f = |p: &str, o| TimeFormat::parse(p).unwrap().format(at, o);
+        assert_eq!(f("yyyy-MM-dd HH:mm:ss", cst), "2016-01-01 12:00:00");
+        assert_eq!(f("yyyy-MM-dd HH:mm:ss.SSSZ", cst), "2016-01-01 12:00:00.683+0800");
+        assert_eq!(f("yyyyMMdd'T'HHmmss'Z'", UtcOffset::UTC), "20160101T040000Z");
+        assert_eq!(f("yyyy-MM-dd'T'HH:mm:ssXXX", cst), "2016-01-01T12:00:00+08:00");
+        assert_eq!(f("unix_seconds", cst), "1451620800");
+        assert_eq!(f("unix_millis", cst), "1451620800683");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        let cst = parse_offset("+0800").unwrap();
+        let fmt = TimeFormat::parse("yyyy-MM-dd HH:mm:ss").unwrap();
+        let at = fmt.parse_time("2016-01-01 12:00:00", cst).unwrap();
+        assert_eq!(at.unix_timestamp(), 1_451_620_800);
+        assert!(fmt.parse_time("2016-01-01 12:00", cst).is_err());
+        assert!(fmt.parse_time("2016-13-01 12:00:00", cst).is_err());
+        let z = TimeFormat::parse("yyyy-MM-dd HH:mm:ss.SSSZ").unwrap();
+        let at = z.parse_time("2021-05-07 09:20:39.683+0800", UtcOffset::UTC).unwrap();
+        assert_eq!(at.unix_timestamp(), 1_620_350_439);
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let err = TimeFormat::parse("yyyy-MM-ddTHH").unwrap_err();
+        assert!(err.contains("'T'"), "{err}");
+        assert!(parse_offset("8").is_err());
+        assert!(TimeFormat::parse("yyyy'T").is_err());
+    }
+}
