@@ -1,1 +1,16 @@
+//! Integration tests: one binary, a module per area.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
+mod support;
+
+mod cases;
+mod cli;
+mod layout;
+mod schemas;
+mod server;

@@ -25,23 +25,74 @@ pub const EVENTS: &[&str] = &[
 
 /// The canonical schema files: path under `schemas/canonical/` and content.
 pub const SCHEMA_FILES: &[(&str, &str)] = &[
-    ("index.json", include_str!("../../schemas/canonical/index.json")),
-    ("common.json", include_str!("../../schemas/canonical/common.json")),
-    ("product.list.json", include_str!("../../schemas/canonical/product.list.json")),
-    ("product.get.json", include_str!("../../schemas/canonical/product.get.json")),
-    ("inventory.get.json", include_str!("../../schemas/canonical/inventory.get.json")),
-    ("order.create.json", include_str!("../../schemas/canonical/order.create.json")),
-    ("order.get.json", include_str!("../../schemas/canonical/order.get.json")),
-    ("order.cancel.json", include_str!("../../schemas/canonical/order.cancel.json")),
-    ("logistics.get.json", include_str!("../../schemas/canonical/logistics.get.json")),
-    ("events/envelope.json", include_str!("../../schemas/canonical/events/envelope.json")),
-    ("events/product.changed.json", include_str!("../../schemas/canonical/events/product.changed.json")),
-    ("events/product.offline.json", include_str!("../../schemas/canonical/events/product.offline.json")),
-    ("events/inventory.changed.json", include_str!("../../schemas/canonical/events/inventory.changed.json")),
-    ("events/inventory.low.json", include_str!("../../schemas/canonical/events/inventory.low.json")),
-    ("events/order.status_changed.json", include_str!("../../schemas/canonical/events/order.status_changed.json")),
-    ("events/order.shipped.json", include_str!("../../schemas/canonical/events/order.shipped.json")),
-    ("events/order.cancelled.json", include_str!("../../schemas/canonical/events/order.cancelled.json")),
+    (
+        "index.json",
+        include_str!("../../schemas/canonical/index.json"),
+    ),
+    (
+        "common.json",
+        include_str!("../../schemas/canonical/common.json"),
+    ),
+    (
+        "product.list.json",
+        include_str!("../../schemas/canonical/product.list.json"),
+    ),
+    (
+        "product.get.json",
+        include_str!("../../schemas/canonical/product.get.json"),
+    ),
+    (
+        "inventory.get.json",
+        include_str!("../../schemas/canonical/inventory.get.json"),
+    ),
+    (
+        "order.create.json",
+        include_str!("../../schemas/canonical/order.create.json"),
+    ),
+    (
+        "order.get.json",
+        include_str!("../../schemas/canonical/order.get.json"),
+    ),
+    (
+        "order.cancel.json",
+        include_str!("../../schemas/canonical/order.cancel.json"),
+    ),
+    (
+        "logistics.get.json",
+        include_str!("../../schemas/canonical/logistics.get.json"),
+    ),
+    (
+        "events/envelope.json",
+        include_str!("../../schemas/canonical/events/envelope.json"),
+    ),
+    (
+        "events/product.changed.json",
+        include_str!("../../schemas/canonical/events/product.changed.json"),
+    ),
+    (
+        "events/product.offline.json",
+        include_str!("../../schemas/canonical/events/product.offline.json"),
+    ),
+    (
+        "events/inventory.changed.json",
+        include_str!("../../schemas/canonical/events/inventory.changed.json"),
+    ),
+    (
+        "events/inventory.low.json",
+        include_str!("../../schemas/canonical/events/inventory.low.json"),
+    ),
+    (
+        "events/order.status_changed.json",
+        include_str!("../../schemas/canonical/events/order.status_changed.json"),
+    ),
+    (
+        "events/order.shipped.json",
+        include_str!("../../schemas/canonical/events/order.shipped.json"),
+    ),
+    (
+        "events/order.cancelled.json",
+        include_str!("../../schemas/canonical/events/order.cancelled.json"),
+    ),
 ];
 
 #[cfg(test)]
@@ -50,10 +101,23 @@ mod tests {
 
     #[test]
     fn index_lists_exactly_the_canonical_names() {
-        let (_, index) = SCHEMA_FILES.iter().find(|(n, _)| *n == "index.json").unwrap();
+        let (_, index) = SCHEMA_FILES
+            .iter()
+            .find(|(n, _)| *n == "index.json")
+            .unwrap();
         let index: serde_json::Value = serde_json::from_str(index).unwrap();
-        let ops: Vec<&str> = index["operations"].as_object().unwrap().keys().map(String::as_str).collect();
-        let events: Vec<&str> = index["events"].as_object().unwrap().keys().map(String::as_str).collect();
+        let ops: Vec<&str> = index["operations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let events: Vec<&str> = index["events"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(ops, OPERATIONS);
         assert_eq!(events, EVENTS);
     }
@@ -61,7 +125,8 @@ mod tests {
     #[test]
     fn every_schema_is_json() {
         for (name, text) in SCHEMA_FILES {
-            serde_json::from_str::<serde_json::Value>(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
 }

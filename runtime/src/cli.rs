@@ -104,14 +104,22 @@ fn print_diagnostics(diagnostics: &[Diagnostic], format: Format) {
             }
         }
         Format::Json => {
-            eprintln!("{}", serde_json::to_string_pretty(diagnostics).unwrap_or_default());
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(diagnostics).unwrap_or_default()
+            );
         }
     }
 }
 
 fn is_gateway_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    matches!(name, "entrepot.yaml" | "entrepot.yml") || name.ends_with(".entrepot.yaml") || name.ends_with(".entrepot.yml")
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    matches!(name, "entrepot.yaml" | "entrepot.yml")
+        || name.ends_with(".entrepot.yaml")
+        || name.ends_with(".entrepot.yml")
 }
 
 /// Checks files; returns every diagnostic.
@@ -128,7 +136,8 @@ pub fn validate_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
         Ok(f) => f,
         Err(d) => return vec![d],
     };
-    let (gateways, platforms): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|f| is_gateway_file(f));
+    let (gateways, platforms): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.into_iter().partition(|f| is_gateway_file(f));
     let mut diagnostics = Vec::new();
     for g in gateways {
         if let Err(mut d) = load_gateway(&g, true, &process_env) {
@@ -203,7 +212,10 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     let state = crate::server::AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -214,10 +226,7 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         gateway.listen,
         state,
         |addr| tracing::info!(%addr, "listening"),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        },
+        shutdown_signal(),
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,4 +235,27 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `kill` and container runtimes send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -251,7 +251,10 @@ mod tests {
         let d = Diagnostic::error(
             Code::UnknownHelper,
             Path::new("platforms/x.yaml"),
-            Pos { line: 14, column: 7 },
+            Pos {
+                line: 14,
+                column: 7,
+            },
             "operations.order.create.request.form.skuIds".into(),
             "unknown template helper 'jion'".into(),
         )

@@ -191,7 +191,8 @@ pub struct JsonPathExpr {
 impl JsonPathExpr {
     /// Parses a JSONPath such as `$.data.items[*]`.
     pub fn parse(source: &str) -> Result<Self, String> {
-        let query = jsonpath_rust::parser::parse_json_path(source).map_err(|e| one_line(&e.to_string()))?;
+        let query =
+            jsonpath_rust::parser::parse_json_path(source).map_err(|e| one_line(&e.to_string()))?;
         Ok(JsonPathExpr {
             source: source.to_string(),
             query: Arc::new(query),
@@ -223,11 +224,19 @@ fn one_line(report: &str) -> String {
         .find_map(|l| l.find("--> ").and_then(|i| l.get(i + 4..)))
         .and_then(|pos| pos.rsplit(':').next())
         .map(|col| format!("at character {col}"));
-    let expected = report.lines().find_map(|l| l.trim().strip_prefix("= ")).map(str::to_string);
+    let expected = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .map(str::to_string);
     match (at, expected) {
         (Some(at), Some(exp)) => format!("{at}: {exp}"),
         (Some(at), None) => at,
-        _ => report.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+        _ => report
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -241,7 +250,12 @@ mod tests {
         let p = JsonPathExpr::parse("$.result[*].skuId").unwrap();
         let doc = json!({"result": [{"skuId": "a"}, {"skuId": "b"}]});
         assert_eq!(p.query(&doc), vec![&json!("a"), &json!("b")]);
-        assert_eq!(JsonPathExpr::parse("$.code").unwrap().first(&json!({"code": 200})), Some(&json!(200)));
+        assert_eq!(
+            JsonPathExpr::parse("$.code")
+                .unwrap()
+                .first(&json!({"code": 200})),
+            Some(&json!(200))
+        );
         for bad in ["$.result[*", "result", "$..", "$.a[?(@.x ==]"] {
             assert!(JsonPathExpr::parse(bad).is_err(), "{bad} should not parse");
         }

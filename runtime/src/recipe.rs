@@ -124,7 +124,12 @@ struct DigestPlan {
 
 // ---------------------------------------------------------------- compile
 
-fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]) -> (Vec<StepPlan>, Vec<String>, Vec<String>) {
+fn compile_steps(
+    cx: &mut Cx<'_>,
+    steps: &[Step],
+    path: &DocPath,
+    roots: &[&str],
+) -> (Vec<StepPlan>, Vec<String>, Vec<String>) {
     let mut plans = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut binary: Vec<String> = Vec::new();
@@ -136,7 +141,10 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                 .hint = Some("give every step a name of its own that is not a request part (method, body, headers...)".into());
         }
         let scope_names = names.clone();
-        let scope = Scope { roots, extra: &scope_names };
+        let scope = Scope {
+            roots,
+            extra: &scope_names,
+        };
         let kind = match step {
             Step::Template { template, .. } => {
                 let t = cx.template(template, &sp.key("template"), &scope);
@@ -145,7 +153,21 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                 }
                 t.map(StepKind::Template)
             }
-            Step::Canonical { from, include, exclude, skip_empty, lowercase_keys, trim_values, encode, sort, repeated, repeated_separator, pair, separator, .. } => {
+            Step::Canonical {
+                from,
+                include,
+                exclude,
+                skip_empty,
+                lowercase_keys,
+                trim_values,
+                encode,
+                sort,
+                repeated,
+                repeated_separator,
+                pair,
+                separator,
+                ..
+            } => {
                 let pair_text = pair.as_deref().unwrap_or("{key}={value}");
                 match compile_pair(pair_text) {
                     Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
@@ -158,7 +180,9 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                         encode: encode.unwrap_or(UrlEncoding::None),
                         sort: sort.unwrap_or(SortOrder::Key),
                         repeated: repeated.unwrap_or(Repeated::Repeat),
-                        repeated_separator: repeated_separator.clone().unwrap_or_else(|| ",".into()),
+                        repeated_separator: repeated_separator
+                            .clone()
+                            .unwrap_or_else(|| ",".into()),
                         pair,
                         separator: separator.clone().unwrap_or_else(|| "&".into()),
                     })),
@@ -169,16 +193,29 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                     }
                 }
             }
-            Step::Digest { alg, input, key, key_strip_prefix, key_decode, encode, .. } => {
+            Step::Digest {
+                alg,
+                input,
+                key,
+                key_strip_prefix,
+                key_decode,
+                encode,
+                ..
+            } => {
                 let input_t = cx.template(input, &sp.key("input"), &scope);
-                let key_t = key.as_ref().and_then(|k| cx.template(k, &sp.key("key"), &scope));
+                let key_t = key
+                    .as_ref()
+                    .and_then(|k| cx.template(k, &sp.key("key"), &scope));
                 if let Some(t) = &input_t {
                     check_binary(cx, t, &binary, &sp.key("input"), true);
                 }
                 if let Some(t) = &key_t {
                     check_binary(cx, t, &binary, &sp.key("key"), true);
                 }
-                let keyed = !matches!(alg, DigestAlg::Md5 | DigestAlg::Sha1 | DigestAlg::Sha256 | DigestAlg::Sha512);
+                let keyed = !matches!(
+                    alg,
+                    DigestAlg::Md5 | DigestAlg::Sha1 | DigestAlg::Sha256 | DigestAlg::Sha512
+                );
                 if keyed && key.is_none() {
                     cx.error(&sp, Code::SigningKey, format!("algorithm {} needs a `key`", alg_name(*alg)))
                         .hint = Some("add `key: \"{{credentials.app_secret}}\"` (or the credential holding the key)".into());
@@ -187,7 +224,11 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                     cx.error(&sp.key("key"), Code::SigningKey, format!("algorithm {} takes no key", alg_name(*alg)))
                         .hint = Some("to mix a secret into a plain digest, put it in `input`, or use an hmac-* algorithm".into());
                 }
-                let encode = encode.unwrap_or(if *alg == DigestAlg::RsaSha256 { Encoding::Base64 } else { Encoding::Hex });
+                let encode = encode.unwrap_or(if *alg == DigestAlg::RsaSha256 {
+                    Encoding::Base64
+                } else {
+                    Encoding::Hex
+                });
                 if encode == Encoding::Raw {
                     binary.push(name.clone());
                 }
@@ -204,17 +245,26 @@ fn compile_steps(cx: &mut Cx<'_>, steps: &[Step], path: &DocPath, roots: &[&str]
                 }
             }
             Step::Time { format, offset, .. } => {
-                let f = TimeFormat::parse(format).map_err(|e| cx.error(&sp.key("format"), Code::TimeFormat, e).hint = None).ok();
+                let f = TimeFormat::parse(format)
+                    .map_err(|e| cx.error(&sp.key("format"), Code::TimeFormat, e).hint = None)
+                    .ok();
                 let o = match offset {
-                    Some(o) => parse_offset(o).map_err(|e| cx.error(&sp.key("offset"), Code::TimeFormat, e).hint = None).ok(),
+                    Some(o) => parse_offset(o)
+                        .map_err(|e| cx.error(&sp.key("offset"), Code::TimeFormat, e).hint = None)
+                        .ok(),
                     None => Some(UtcOffset::UTC),
                 };
                 f.zip(o).map(|(f, o)| StepKind::Time(f, o))
             }
-            Step::Nonce { format, .. } => Some(StepKind::Nonce(format.unwrap_or(NonceFormat::Uuid))),
+            Step::Nonce { format, .. } => {
+                Some(StepKind::Nonce(format.unwrap_or(NonceFormat::Uuid)))
+            }
         };
         if let Some(kind) = kind {
-            plans.push(StepPlan { name: name.clone(), kind });
+            plans.push(StepPlan {
+                name: name.clone(),
+                kind,
+            });
         }
         names.push(name);
     }
@@ -246,17 +296,30 @@ fn alg_name(alg: DigestAlg) -> &'static str {
 }
 
 /// A binary value may only be used as a whole-template reference (where bytes are allowed).
-fn check_binary(cx: &mut Cx<'_>, t: &CompiledTemplate, binary: &[String], path: &DocPath, bytes_ok: bool) {
-    if let Some(p) = t.as_ref_path() {
-        if bytes_ok && p.len() == 1 {
-            return;
-        }
+fn check_binary(
+    cx: &mut Cx<'_>,
+    t: &CompiledTemplate,
+    binary: &[String],
+    path: &DocPath,
+    bytes_ok: bool,
+) {
+    if bytes_ok && t.as_ref_path().is_some_and(|p| p.len() == 1) {
+        return;
     }
     let source = t.source();
     for b in binary {
-        if source.contains(&format!("{{{{{b}}}}}")) || source.contains(&format!("{b}.")) || source.contains(&format!(" {b}")) {
-            cx.error(path, Code::BinaryInTemplate, format!("'{b}' holds raw bytes (`encode: raw`) and cannot be written into text"))
-                .hint = Some(format!("use '{{{{{b}}}}}' alone as a digest's `key` or `input`, or give step '{b}' a text encoding such as hex"));
+        if source.contains(&format!("{{{{{b}}}}}"))
+            || source.contains(&format!("{b}."))
+            || source.contains(&format!(" {b}"))
+        {
+            cx.error(
+                path,
+                Code::BinaryInTemplate,
+                format!("'{b}' holds raw bytes (`encode: raw`) and cannot be written into text"),
+            )
+            .hint = Some(format!(
+                "use '{{{{{b}}}}}' alone as a digest's `key` or `input`, or give step '{b}' a text encoding such as hex"
+            ));
         }
     }
 }
@@ -266,7 +329,9 @@ fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
     let mut rest = text;
     while let Some(start) = rest.find('{') {
         if start > 0 {
-            pieces.push(PairPiece::Text(rest.get(..start).unwrap_or_default().to_string()));
+            pieces.push(PairPiece::Text(
+                rest.get(..start).unwrap_or_default().to_string(),
+            ));
         }
         let after = rest.get(start..).unwrap_or_default();
         if let Some(r) = after.strip_prefix("{key}") {
@@ -276,7 +341,9 @@ fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
             pieces.push(PairPiece::Value);
             rest = r;
         } else {
-            return Err(format!("'{text}' has a placeholder other than {{key}} and {{value}}"));
+            return Err(format!(
+                "'{text}' has a placeholder other than {{key}} and {{value}}"
+            ));
         }
     }
     if !rest.is_empty() {
@@ -289,7 +356,10 @@ fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
 pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Option<SignPlan> {
     let before = cx.problems.len();
     let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), RECIPE_ROOTS);
-    let scope = Scope { roots: RECIPE_ROOTS, extra: &names };
+    let scope = Scope {
+        roots: RECIPE_ROOTS,
+        extra: &names,
+    };
     let mut place = Vec::new();
     for (i, p) in recipe.place.iter().enumerate() {
         let pp = path.key("place").index(i).key("value");
@@ -302,24 +372,47 @@ pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Opt
 }
 
 /// Compiles a verification recipe, recording located problems.
-pub fn compile_verify(cx: &mut Cx<'_>, recipe: &VerifyRecipe, path: &DocPath) -> Option<VerifyPlan> {
+pub fn compile_verify(
+    cx: &mut Cx<'_>,
+    recipe: &VerifyRecipe,
+    path: &DocPath,
+) -> Option<VerifyPlan> {
     let before = cx.problems.len();
     let roots: Vec<&str> = RECIPE_ROOTS.iter().chain(VERIFY_ROOTS).copied().collect();
     let src = &recipe.signature;
     if src.header.is_some() == src.field.is_some() {
-        cx.error(&path.key("signature"), Code::Conflict, "the signature needs exactly one of `header` and `field`");
+        cx.error(
+            &path.key("signature"),
+            Code::Conflict,
+            "the signature needs exactly one of `header` and `field`",
+        );
     }
     if src.split.is_some() && src.pairs.is_some() {
-        cx.error(&path.key("signature"), Code::Conflict, "use either `split` or `pairs`, not both");
+        cx.error(
+            &path.key("signature"),
+            Code::Conflict,
+            "use either `split` or `pairs`, not both",
+        );
     }
     let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
-    let scope = Scope { roots: &roots, extra: &names };
+    let scope = Scope {
+        roots: &roots,
+        extra: &names,
+    };
     let expect = cx.template(&recipe.expect, &path.key("expect"), &scope);
     let mut rsa_step = None;
     if let Some(t) = &expect {
-        let target = t.as_ref_path().and_then(|p| match p { [one] => Some(one.clone()), _ => None });
-        let rsa_index = steps.iter().position(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256) && Some(&s.name) == target.as_ref());
-        let has_rsa = steps.iter().any(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256));
+        let target = t.as_ref_path().and_then(|p| match p {
+            [one] => Some(one.clone()),
+            _ => None,
+        });
+        let rsa_index = steps.iter().position(|s| {
+            matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256)
+                && Some(&s.name) == target.as_ref()
+        });
+        let has_rsa = steps
+            .iter()
+            .any(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256));
         if has_rsa && rsa_index.is_none() {
             cx.error(&path.key("expect"), Code::SigningKey, "an rsa-sha256 verification must be checked with the public key: `expect` must be exactly the rsa step, like '{{sig}}'");
         }
@@ -335,8 +428,16 @@ pub fn compile_verify(cx: &mut Cx<'_>, recipe: &VerifyRecipe, path: &DocPath) ->
         let offset = parse_offset(ts.offset.as_deref().unwrap_or("+00:00"))
             .map_err(|e| cx.error(&tp.key("offset"), Code::TimeFormat, e).hint = None)
             .ok();
-        let tolerance = cx.duration(ts.tolerance.as_deref().unwrap_or("5m"), &tp.key("tolerance"));
-        Some(TimestampPlan { value: value?, format: format?, offset: offset?, tolerance: tolerance? })
+        let tolerance = cx.duration(
+            ts.tolerance.as_deref().unwrap_or("5m"),
+            &tp.key("tolerance"),
+        );
+        Some(TimestampPlan {
+            value: value?,
+            format: format?,
+            offset: offset?,
+            tolerance: tolerance?,
+        })
     });
     let replay = recipe.replay.as_ref().and_then(|r| {
         let rp = path.key("replay");
@@ -427,7 +528,9 @@ pub enum Rejection {
     #[error("the delivery's timestamp is missing or malformed: {0}")]
     BadTimestamp(String),
     /// The timestamp is outside the window.
-    #[error("the delivery's timestamp is {skew_secs}s away from now, more than the {tolerance_secs}s allowed")]
+    #[error(
+        "the delivery's timestamp is {skew_secs}s away from now, more than the {tolerance_secs}s allowed"
+    )]
     Stale {
         /// Distance from now, seconds.
         skew_secs: i64,
@@ -449,7 +552,11 @@ struct Run<'a> {
 fn pairs_object(pairs: &[(String, String)], lowercase: bool) -> Value {
     let mut m = Map::new();
     for (k, v) in pairs {
-        let k = if lowercase { k.to_ascii_lowercase() } else { k.clone() };
+        let k = if lowercase {
+            k.to_ascii_lowercase()
+        } else {
+            k.clone()
+        };
         m.entry(k).or_insert_with(|| Value::String(v.clone()));
     }
     Value::Object(m)
@@ -464,29 +571,42 @@ impl<'a> Run<'a> {
         ctx.insert("query".into(), pairs_object(&parts.query, false));
         ctx.insert("form".into(), pairs_object(&parts.form, false));
         ctx.insert("headers".into(), pairs_object(&parts.headers, true));
-        ctx.insert("body".into(), Value::String(String::from_utf8_lossy(&parts.body).into_owned()));
+        ctx.insert(
+            "body".into(),
+            Value::String(String::from_utf8_lossy(&parts.body).into_owned()),
+        );
         ctx.insert("credentials".into(), Value::Object(env.credentials.clone()));
         ctx.insert("settings".into(), Value::Object(env.settings.clone()));
         ctx.insert("platform".into(), Value::String(env.platform.to_string()));
         if let Some(sig) = signature {
             ctx.insert("signature".into(), Value::Object(sig));
         }
-        Run { ctx: Value::Object(ctx), bytes: HashMap::new(), parts, trace: Trace::default() }
+        Run {
+            ctx: Value::Object(ctx),
+            bytes: HashMap::new(),
+            parts,
+            trace: Trace::default(),
+        }
     }
 
     fn set(&mut self, name: &str, value: Vec<u8>, text: bool) {
-        let shown = if text { String::from_utf8_lossy(&value).into_owned() } else { format!("hex:{}", hex::encode(&value)) };
-        if text {
-            if let Value::Object(m) = &mut self.ctx {
-                m.insert(name.to_string(), Value::String(shown.clone()));
-            }
+        let shown = if text {
+            String::from_utf8_lossy(&value).into_owned()
+        } else {
+            format!("hex:{}", hex::encode(&value))
+        };
+        if text && let Value::Object(m) = &mut self.ctx {
+            m.insert(name.to_string(), Value::String(shown.clone()));
         }
         self.trace.steps.push((name.to_string(), shown));
         self.bytes.insert(name.to_string(), value);
     }
 
     fn render(&self, t: &CompiledTemplate, step: &str) -> Result<String, RecipeError> {
-        t.render(&self.ctx).map_err(|message| RecipeError::Step { step: step.to_string(), message })
+        t.render(&self.ctx).map_err(|message| RecipeError::Step {
+            step: step.to_string(),
+            message,
+        })
     }
 
     /// Bytes of a template: exact bytes for a whole-template reference to a step or the body.
@@ -504,7 +624,10 @@ impl<'a> Run<'a> {
 
     fn steps(&mut self, steps: &[StepPlan], env: &RunEnv<'_>) -> Result<(), RecipeError> {
         for s in steps {
-            let fail = |message: String| RecipeError::Step { step: s.name.clone(), message };
+            let fail = |message: String| RecipeError::Step {
+                step: s.name.clone(),
+                message,
+            };
             match &s.kind {
                 StepKind::Template(t) => {
                     let v = self.render(t, &s.name)?;
@@ -525,7 +648,9 @@ impl<'a> Run<'a> {
                 StepKind::Digest(d) => {
                     let input = self.render_bytes(&d.input, &s.name)?;
                     let key = match &d.key {
-                        Some(k) => Some(decode_key(&self.render_bytes(k, &s.name)?, d).map_err(fail)?),
+                        Some(k) => {
+                            Some(decode_key(&self.render_bytes(k, &s.name)?, d).map_err(fail)?)
+                        }
                         None => None,
                     };
                     let out = digest(d.alg, &input, key.as_deref()).map_err(fail)?;
@@ -546,10 +671,18 @@ fn fresh_nonce(f: NonceFormat) -> String {
         NonceFormat::Uuid => id.to_string(),
         NonceFormat::Hex => id.simple().to_string(),
         NonceFormat::Alnum => {
-            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            const ALPHABET: &[u8] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
             id.as_bytes()
                 .iter()
-                .map(|b| char::from(ALPHABET.get(usize::from(*b) % ALPHABET.len()).copied().unwrap_or(b'0')))
+                .map(|b| {
+                    char::from(
+                        ALPHABET
+                            .get(usize::from(*b) % ALPHABET.len())
+                            .copied()
+                            .unwrap_or(b'0'),
+                    )
+                })
                 .collect()
         }
     }
@@ -564,7 +697,9 @@ fn decode_key(raw: &[u8], d: &DigestPlan) -> Result<Vec<u8>, String> {
     let unpadded = |t: &str| t.trim().trim_end_matches('=').to_string();
     match d.key_decode {
         KeyDecode::Utf8 => Ok(raw.to_vec()),
-        KeyDecode::Hex => hex::decode(text()?.trim()).map_err(|_| "the key is not valid hex".into()),
+        KeyDecode::Hex => {
+            hex::decode(text()?.trim()).map_err(|_| "the key is not valid hex".into())
+        }
         KeyDecode::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(unpadded(text()?))
             .map_err(|_| "the key is not valid base64".into()),
@@ -575,7 +710,8 @@ fn decode_key(raw: &[u8], d: &DigestPlan) -> Result<Vec<u8>, String> {
 }
 
 fn hmac_of<M: Mac + KeyInit>(key: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
-    let mut mac = <M as KeyInit>::new_from_slice(key).map_err(|_| "the HMAC key is not usable".to_string())?;
+    let mut mac = <M as KeyInit>::new_from_slice(key)
+        .map_err(|_| "the HMAC key is not usable".to_string())?;
     mac.update(input);
     Ok(mac.finalize().into_bytes().to_vec())
 }
@@ -584,7 +720,11 @@ type KeyCache<K> = LazyLock<Mutex<HashMap<[u8; 32], Arc<K>>>>;
 static PRIVATE_KEYS: KeyCache<rsa::PrivateKey> = LazyLock::new(Default::default);
 static PUBLIC_KEYS: KeyCache<rsa::PublicKey> = LazyLock::new(Default::default);
 
-fn cached<K>(cache: &KeyCache<K>, pem: &[u8], parse: impl FnOnce(&str) -> Result<K, String>) -> Result<Arc<K>, String> {
+fn cached<K>(
+    cache: &KeyCache<K>,
+    pem: &[u8],
+    parse: impl FnOnce(&str) -> Result<K, String>,
+) -> Result<Arc<K>, String> {
     let id: [u8; 32] = sha2::Sha256::digest(pem).into();
     if let Some(k) = cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
         return Ok(k);
@@ -632,7 +772,10 @@ fn digest(alg: DigestAlg, input: &[u8], key: Option<&[u8]>) -> Result<Vec<u8>, S
             use rsa::signature::{SignatureEncoding, Signer};
             let k = private_key(key)?;
             let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(rsa::PrivateKey::clone(&k));
-            signer.try_sign(input).map_err(|e| format!("RSA signing failed: {e}"))?.to_vec()
+            signer
+                .try_sign(input)
+                .map_err(|e| format!("RSA signing failed: {e}"))?
+                .to_vec()
         }
     })
 }
@@ -651,8 +794,12 @@ fn decode(text: &str, e: Encoding) -> Option<Vec<u8>> {
     let t = text.trim();
     match e {
         Encoding::Hex | Encoding::HexUpper => hex::decode(t).ok(),
-        Encoding::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD.decode(t.trim_end_matches('=')).ok(),
-        Encoding::Base64url => base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')).ok(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(t.trim_end_matches('='))
+            .ok(),
+        Encoding::Base64url => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.trim_end_matches('='))
+            .ok(),
         Encoding::Raw => Some(t.as_bytes().to_vec()),
     }
 }
@@ -670,7 +817,10 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
             ParamSource::Headers => pairs.extend(parts.headers.iter().cloned()),
             ParamSource::Json => {
                 if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&parts.body) {
-                    pairs.extend(m.into_iter().map(|(k, v)| (k, crate::template::text_of(&v))));
+                    pairs.extend(
+                        m.into_iter()
+                            .map(|(k, v)| (k, crate::template::text_of(&v))),
+                    );
                 }
             }
         }
@@ -678,7 +828,11 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
     let mut pairs: Vec<(String, String)> = pairs
         .into_iter()
         .map(|(k, v)| {
-            let k = if c.lowercase_keys { k.to_ascii_lowercase() } else { k };
+            let k = if c.lowercase_keys {
+                k.to_ascii_lowercase()
+            } else {
+                k
+            };
             let v = if c.trim_values { collapse_ws(&v) } else { v };
             (k, v)
         })
@@ -695,7 +849,9 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
         .collect();
     match c.sort {
         SortOrder::Key => pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes())),
-        SortOrder::KeyValue => pairs.sort_by(|a, b| (a.0.as_bytes(), a.1.as_bytes()).cmp(&(b.0.as_bytes(), b.1.as_bytes()))),
+        SortOrder::KeyValue => pairs.sort_by(|a, b| {
+            (a.0.as_bytes(), a.1.as_bytes()).cmp(&(b.0.as_bytes(), b.1.as_bytes()))
+        }),
         SortOrder::None => {}
     }
     if c.repeated == Repeated::Join {
@@ -727,9 +883,16 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
     out
 }
 
+/// A value a signing recipe places: where, under which name, and the value.
+pub type Placed = (PlaceTarget, String, String);
+
 impl SignPlan {
     /// Runs the steps over `parts` and returns the values to place, with the trace.
-    pub fn run(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(Vec<(PlaceTarget, String, String)>, Trace), RecipeError> {
+    pub fn run(
+        &self,
+        parts: &Parts,
+        env: &RunEnv<'_>,
+    ) -> Result<(Vec<Placed>, Trace), RecipeError> {
         let mut run = Run::new(parts, env, None);
         run.steps(&self.steps, env)?;
         let mut placed = Vec::new();
@@ -744,14 +907,25 @@ impl VerifyPlan {
     /// The supplied signature candidates and the `k=v` pairs read with them.
     fn candidates(&self, parts: &Parts) -> Result<(Vec<String>, Map<String, Value>), Rejection> {
         let (raw, where_) = if let Some(h) = &self.source.header {
-            let v = parts.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.clone());
+            let v = parts
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(h))
+                .map(|(_, v)| v.clone());
             (v, format!("header {h}"))
         } else {
             let f = self.source.field.clone().unwrap_or_default();
-            let v = parts.form.iter().chain(&parts.query).find(|(k, _)| *k == f).map(|(_, v)| v.clone());
+            let v = parts
+                .form
+                .iter()
+                .chain(&parts.query)
+                .find(|(k, _)| *k == f)
+                .map(|(_, v)| v.clone());
             (v, format!("field {f}"))
         };
-        let raw = raw.filter(|v| !v.trim().is_empty()).ok_or(Rejection::Missing(where_))?;
+        let raw = raw
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(Rejection::Missing(where_))?;
         let mut pairs = Map::new();
         let candidates = if let Some(p) = &self.source.pairs {
             let sep = p.separator.as_deref().unwrap_or(",");
@@ -762,12 +936,17 @@ impl VerifyPlan {
                     if k == p.key {
                         found.push(v.to_string());
                     }
-                    pairs.entry(k.to_string()).or_insert_with(|| Value::String(v.to_string()));
+                    pairs
+                        .entry(k.to_string())
+                        .or_insert_with(|| Value::String(v.to_string()));
                 }
             }
             found
         } else if let Some(s) = &self.source.split {
-            raw.split(s.as_str()).filter(|c| !c.is_empty()).map(str::to_string).collect()
+            raw.split(s.as_str())
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
         } else {
             vec![raw]
         };
@@ -790,15 +969,26 @@ impl VerifyPlan {
         let mut run = Run::new(parts, env, Some(pairs));
         run.steps(&self.steps, env)?;
         let matched = match self.rsa_step.and_then(|i| self.steps.get(i)) {
-            Some(StepPlan { kind: StepKind::Digest(d), name }) => {
+            Some(StepPlan {
+                kind: StepKind::Digest(d),
+                name,
+            }) => {
                 let input = run.render_bytes(&d.input, name)?;
                 let key = match &d.key {
-                    Some(k) => decode_key(&run.render_bytes(k, name)?, d)
-                        .map_err(|message| RecipeError::Step { step: name.clone(), message })?,
+                    Some(k) => decode_key(&run.render_bytes(k, name)?, d).map_err(|message| {
+                        RecipeError::Step {
+                            step: name.clone(),
+                            message,
+                        }
+                    })?,
                     None => Vec::new(),
                 };
-                let key = public_key(&key).map_err(|message| RecipeError::Step { step: name.clone(), message })?;
-                let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(rsa::PublicKey::clone(&key));
+                let key = public_key(&key).map_err(|message| RecipeError::Step {
+                    step: name.clone(),
+                    message,
+                })?;
+                let verifier =
+                    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(rsa::PublicKey::clone(&key));
                 candidates.iter().any(|c| {
                     use rsa::signature::Verifier;
                     decode(c, d.encode)
@@ -808,10 +998,18 @@ impl VerifyPlan {
             }
             _ => {
                 let expected = run.render(&self.expect, "expect")?;
-                let expected = if self.ignore_case { expected.to_ascii_lowercase() } else { expected };
+                let expected = if self.ignore_case {
+                    expected.to_ascii_lowercase()
+                } else {
+                    expected
+                };
                 // Every candidate is compared, so timing does not reveal which one matched.
                 candidates.iter().fold(false, |acc, c| {
-                    let c = if self.ignore_case { c.to_ascii_lowercase() } else { c.clone() };
+                    let c = if self.ignore_case {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c.clone()
+                    };
                     let eq = bool::from(c.as_bytes().ct_eq(expected.as_bytes()));
                     acc | eq
                 })
@@ -825,11 +1023,17 @@ impl VerifyPlan {
             if text.trim().is_empty() {
                 return Err(Rejection::BadTimestamp("no timestamp".into()));
             }
-            let at = ts.format.parse_time(&text, ts.offset).map_err(Rejection::BadTimestamp)?;
+            let at = ts
+                .format
+                .parse_time(&text, ts.offset)
+                .map_err(Rejection::BadTimestamp)?;
             let skew = (env.now - at).whole_seconds();
             let tolerance = ts.tolerance.as_secs();
             if skew.unsigned_abs() > tolerance {
-                return Err(Rejection::Stale { skew_secs: skew, tolerance_secs: tolerance });
+                return Err(Rejection::Stale {
+                    skew_secs: skew,
+                    tolerance_secs: tolerance,
+                });
             }
         }
         Ok(())
@@ -837,7 +1041,9 @@ impl VerifyPlan {
 
     /// The replay-guard key of a delivery, if the recipe has a guard.
     pub fn replay_key(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<Option<String>, Rejection> {
-        let Some((t, _)) = &self.replay else { return Ok(None) };
+        let Some((t, _)) = &self.replay else {
+            return Ok(None);
+        };
         let pairs = self.candidates(parts).map(|(_, p)| p).unwrap_or_default();
         let run = Run::new(parts, env, Some(pairs));
         Ok(Some(run.render(t, "replay")?))
@@ -850,15 +1056,31 @@ mod tests {
 
     #[test]
     fn pair_patterns() {
-        assert_eq!(compile_pair("{key}={value}").unwrap(), vec![PairPiece::Key, PairPiece::Text("=".into()), PairPiece::Value]);
-        assert_eq!(compile_pair("{key}{value}").unwrap(), vec![PairPiece::Key, PairPiece::Value]);
+        assert_eq!(
+            compile_pair("{key}={value}").unwrap(),
+            vec![
+                PairPiece::Key,
+                PairPiece::Text("=".into()),
+                PairPiece::Value
+            ]
+        );
+        assert_eq!(
+            compile_pair("{key}{value}").unwrap(),
+            vec![PairPiece::Key, PairPiece::Value]
+        );
         assert!(compile_pair("{k}={v}").is_err());
     }
 
     #[test]
     fn canonical_sorts_filters_and_joins() {
         let parts = Parts {
-            query: vec![("b".into(), "2".into()), ("a".into(), "x y".into()), ("sign".into(), "zz".into()), ("e".into(), "".into()), ("a".into(), "0".into())],
+            query: vec![
+                ("b".into(), "2".into()),
+                ("a".into(), "x y".into()),
+                ("sign".into(), "zz".into()),
+                ("e".into(), "".into()),
+                ("a".into(), "0".into()),
+            ],
             ..Parts::default()
         };
         let plan = CanonicalPlan {
@@ -876,17 +1098,35 @@ mod tests {
             separator: "&".into(),
         };
         assert_eq!(canonical(&plan, &parts), "a=0&a=x%20y&b=2");
-        let joined = CanonicalPlan { repeated: Repeated::Join, sort: SortOrder::Key, encode: UrlEncoding::None, ..plan };
+        let joined = CanonicalPlan {
+            repeated: Repeated::Join,
+            sort: SortOrder::Key,
+            encode: UrlEncoding::None,
+            ..plan
+        };
         assert_eq!(canonical(&joined, &parts), "a=x y,0&b=2");
     }
 
     #[test]
     fn digests_match_published_values() {
         // RFC 1321 / FIPS 180 test strings, and RFC 4231 test case 2 for HMAC-SHA256.
-        assert_eq!(hex::encode(digest(DigestAlg::Md5, b"abc", None).unwrap()), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hex::encode(digest(DigestAlg::Sha1, b"abc", None).unwrap()), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(
-            hex::encode(digest(DigestAlg::HmacSha256, b"what do ya want for nothing?", Some(b"Jefe")).unwrap()),
+            hex::encode(digest(DigestAlg::Md5, b"abc", None).unwrap()),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(
+            hex::encode(digest(DigestAlg::Sha1, b"abc", None).unwrap()),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        assert_eq!(
+            hex::encode(
+                digest(
+                    DigestAlg::HmacSha256,
+                    b"what do ya want for nothing?",
+                    Some(b"Jefe")
+                )
+                .unwrap()
+            ),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

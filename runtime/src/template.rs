@@ -110,7 +110,9 @@ impl CompiledTemplate {
         }
         let template = Template::compile(source).map_err(|e| TemplateProblem {
             message: format!("template does not parse: {}", e.reason()),
-            hint: Some("templates use {{name}}, {{helper arg 'text'}} and {{#if x}}...{{/if}}".into()),
+            hint: Some(
+                "templates use {{name}}, {{helper arg 'text'}} and {{#if x}}...{{/if}}".into(),
+            ),
             syntax: true,
         })?;
         let mut analysis = Analysis::default();
@@ -229,8 +231,21 @@ fn single_ref(template: &Template) -> Option<Vec<String>> {
         return None;
     }
     match &h.name {
-        Parameter::Path(handlebars::Path::Relative((segs, _))) => path_segments(segs),
-        Parameter::Name(n) if !HELPERS.contains(&n.as_str()) && !BUILTIN_HELPERS.contains(&n.as_str()) => {
+        Parameter::Path(handlebars::Path::Relative((segs, _))) => {
+            let path = path_segments(segs)?;
+            match path.as_slice() {
+                [one]
+                    if HELPERS.contains(&one.as_str())
+                        || BUILTIN_HELPERS.contains(&one.as_str()) =>
+                {
+                    None
+                }
+                _ => Some(path),
+            }
+        }
+        Parameter::Name(n)
+            if !HELPERS.contains(&n.as_str()) && !BUILTIN_HELPERS.contains(&n.as_str()) =>
+        {
             Some(vec![n.clone()])
         }
         _ => None,
@@ -252,7 +267,11 @@ fn analyse(elements: &[TemplateElement], depth: usize, out: &mut Analysis) {
                 for p in h.params.iter().chain(h.hash.values()) {
                     analyse_param(p, depth, out);
                 }
-                let inner = if SCOPING_HELPERS.contains(&name.as_str()) { depth + 1 } else { depth };
+                let inner = if SCOPING_HELPERS.contains(&name.as_str()) {
+                    depth + 1
+                } else {
+                    depth
+                };
                 if let Some(t) = &h.template {
                     analyse(&t.elements, inner, out);
                 }
@@ -284,6 +303,11 @@ fn analyse_call(
             }
         }
         Parameter::Name(n) if HELPERS.contains(&n.as_str()) => out.helpers.push(n.clone()),
+        Parameter::Path(handlebars::Path::Relative((segs, _))) if matches!(segs.as_slice(), [PathSeg::Named(n)] if HELPERS.contains(&n.as_str())) => {
+            if let [PathSeg::Named(n)] = segs.as_slice() {
+                out.helpers.push(n.clone());
+            }
+        }
         other => analyse_param(other, depth, out),
     }
     for p in params.iter().chain(hash.values()) {
@@ -312,7 +336,13 @@ fn param_value<'a>(h: &'a Helper<'_>, i: usize) -> Option<&'a Value> {
     h.param(i).map(|p| p.value())
 }
 
-fn join(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn join(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let sep = param_value(h, 1).and_then(Value::as_str).unwrap_or(",");
     let text = match param_value(h, 0) {
         Some(Value::Array(items)) => items.iter().map(text_of).collect::<Vec<_>>().join(sep),
@@ -323,7 +353,13 @@ fn join(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mu
     Ok(())
 }
 
-fn json(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn json(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
     out.write(&serde_json::to_string(&v).unwrap_or_default())?;
     Ok(())
@@ -334,7 +370,9 @@ pub fn percent_encode(text: &str, space_as_plus: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
             b' ' if space_as_plus => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -342,30 +380,68 @@ pub fn percent_encode(text: &str, space_as_plus: bool) -> String {
     out
 }
 
-fn urlencode(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn urlencode(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let text = param_value(h, 0).map(text_of).unwrap_or_default();
     out.write(&percent_encode(&text, false))?;
     Ok(())
 }
 
-fn default(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn default(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let v = param_value(h, 0).filter(|v| !v.is_null() && v.as_str() != Some(""));
-    let chosen = v.or_else(|| param_value(h, 1)).map(text_of).unwrap_or_default();
+    let chosen = v
+        .or_else(|| param_value(h, 1))
+        .map(text_of)
+        .unwrap_or_default();
     out.write(&chosen)?;
     Ok(())
 }
 
-fn upper(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
-    out.write(&param_value(h, 0).map(text_of).unwrap_or_default().to_uppercase())?;
+fn upper(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    out.write(
+        &param_value(h, 0)
+            .map(text_of)
+            .unwrap_or_default()
+            .to_uppercase(),
+    )?;
     Ok(())
 }
 
-fn lower(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
-    out.write(&param_value(h, 0).map(text_of).unwrap_or_default().to_lowercase())?;
+fn lower(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    out.write(
+        &param_value(h, 0)
+            .map(text_of)
+            .unwrap_or_default()
+            .to_lowercase(),
+    )?;
     Ok(())
 }
 
-static TIME_FORMATS: LazyLock<RwLock<HashMap<String, TimeFormat>>> = LazyLock::new(Default::default);
+static TIME_FORMATS: LazyLock<RwLock<HashMap<String, TimeFormat>>> =
+    LazyLock::new(Default::default);
 
 /// A compiled time format, parsed at most once per distinct text.
 pub fn cached_format(text: &str) -> Result<TimeFormat, String> {
@@ -383,7 +459,13 @@ fn fail(helper: &str, message: String) -> RenderError {
     RenderErrorReason::Other(format!("{helper}: {message}")).into()
 }
 
-fn now(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn now(
+    h: &Helper,
+    _: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let ms = ctx
         .data()
         .get(NOW_KEY)
@@ -391,7 +473,9 @@ fn now(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &m
         .ok_or_else(|| fail("now", "no clock in this context".into()))?;
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map_err(|e| fail("now", e.to_string()))?;
-    let format = param_value(h, 0).and_then(Value::as_str).unwrap_or("unix_seconds");
+    let format = param_value(h, 0)
+        .and_then(Value::as_str)
+        .unwrap_or("unix_seconds");
     let format = cached_format(format).map_err(|e| fail("now", e))?;
     let offset = match h.hash_get("tz").map(|v| v.value()) {
         Some(Value::String(tz)) => parse_offset(tz).map_err(|e| fail("now", e))?,
@@ -401,7 +485,13 @@ fn now(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &m
     Ok(())
 }
 
-fn uuid(_: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn uuid(
+    _: &Helper,
+    _: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     match ctx.data().get(NONCE_KEY).and_then(Value::as_str) {
         Some(fixed) => out.write(fixed)?,
         None => out.write(&uuid::Uuid::new_v4().to_string())?,
@@ -431,9 +521,13 @@ pub fn yuan_text_to_fen(text: &str) -> Result<i64, String> {
         && frac.chars().all(|c| c.is_ascii_digit())
         && frac.len() <= 2;
     if !ok {
-        return Err(format!("'{text}' is not an amount in yuan with at most two decimals"));
+        return Err(format!(
+            "'{text}' is not an amount in yuan with at most two decimals"
+        ));
     }
-    let whole: i64 = whole.parse().map_err(|_| format!("'{text}' is too large"))?;
+    let whole: i64 = whole
+        .parse()
+        .map_err(|_| format!("'{text}' is too large"))?;
     let frac: i64 = format!("{frac:0<2}").parse().unwrap_or(0);
     let fen = whole
         .checked_mul(100)
@@ -442,19 +536,36 @@ pub fn yuan_text_to_fen(text: &str) -> Result<i64, String> {
     Ok(if neg { -fen } else { fen })
 }
 
-fn fen_to_yuan(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn fen_to_yuan(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
     let fen = match &v {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
-    .ok_or_else(|| fail("fen_to_yuan", format!("{v} is not an integer amount in fen")))?;
+    .ok_or_else(|| {
+        fail(
+            "fen_to_yuan",
+            format!("{v} is not an integer amount in fen"),
+        )
+    })?;
     out.write(&fen_to_yuan_text(fen))?;
     Ok(())
 }
 
-fn yuan_to_fen(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn yuan_to_fen(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let text = param_value(h, 0).map(text_of).unwrap_or_default();
     let fen = yuan_text_to_fen(&text).map_err(|e| fail("yuan_to_fen", e))?;
     out.write(&fen.to_string())?;
@@ -467,7 +578,11 @@ mod tests {
     use serde_json::json;
 
     fn render(t: &str, data: Value) -> String {
-        CompiledTemplate::compile(t).unwrap().0.render(&data).unwrap()
+        CompiledTemplate::compile(t)
+            .unwrap()
+            .0
+            .render(&data)
+            .unwrap()
     }
 
     #[test]
@@ -475,7 +590,10 @@ mod tests {
         let (t, _) = CompiledTemplate::compile("plain").unwrap();
         assert_eq!(t.as_literal(), Some("plain"));
         let (t, _) = CompiledTemplate::compile("{{input.sku}}").unwrap();
-        assert_eq!(t.as_ref_path(), Some(&["input".to_string(), "sku".to_string()][..]));
+        assert_eq!(
+            t.as_ref_path(),
+            Some(&["input".to_string(), "sku".to_string()][..])
+        );
         assert_eq!(render("{{input.sku}}", json!({"input": {"sku": 7}})), "7");
         assert_eq!(render("a{{x}}<b>", json!({"x": "<&>"})), "a<&><b>");
     }
@@ -487,7 +605,10 @@ mod tests {
         assert_eq!(render("{{json o}}", data.clone()), r#"{"k":"v w"}"#);
         assert_eq!(render("{{urlencode o.k}}", data.clone()), "v%20w");
         assert_eq!(render("{{default missing 'x'}}", data.clone()), "x");
-        assert_eq!(render("{{now 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}", data.clone()), "2016-01-01 12:00:00");
+        assert_eq!(
+            render("{{now 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}", data.clone()),
+            "2016-01-01 12:00:00"
+        );
         assert_eq!(render("{{uuid}}", data.clone()), "n-1");
         assert_eq!(render("{{fen_to_yuan 1250}}", data.clone()), "12.50");
         assert_eq!(render("{{yuan_to_fen '0.5'}}", data), "50");

@@ -55,8 +55,14 @@ pub fn parse_offset(text: &str) -> Result<UtcOffset, String> {
     if digits.len() != 4 || !digits.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    let hours: i8 = digits.get(..2).and_then(|h| h.parse().ok()).ok_or_else(bad)?;
-    let minutes: i8 = digits.get(2..).and_then(|m| m.parse().ok()).ok_or_else(bad)?;
+    let hours: i8 = digits
+        .get(..2)
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(bad)?;
+    let minutes: i8 = digits
+        .get(2..)
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(bad)?;
     UtcOffset::from_hms(sign * hours, sign * minutes, 0).map_err(|_| bad())
 }
 
@@ -197,7 +203,8 @@ impl TimeFormat {
                     .and_then(|m| time::Month::try_from(m).ok())
                     .ok_or_else(bad)?;
                 let small = |v: i32| u8::try_from(v).map_err(|_| bad());
-                let date = time::Date::from_calendar_date(y, month, small(d)?).map_err(|_| bad())?;
+                let date =
+                    time::Date::from_calendar_date(y, month, small(d)?).map_err(|_| bad())?;
                 let clock = time::Time::from_hms_milli(
                     small(h)?,
                     small(mi)?,
@@ -223,9 +230,18 @@ mod tests {
         let cst = parse_offset("+08:00").unwrap();
         let f = |p: &str, o| TimeFormat::parse(p).unwrap().format(at, o);
         assert_eq!(f("yyyy-MM-dd HH:mm:ss", cst), "2016-01-01 12:00:00");
-        assert_eq!(f("yyyy-MM-dd HH:mm:ss.SSSZ", cst), "2016-01-01 12:00:00.683+0800");
-        assert_eq!(f("yyyyMMdd'T'HHmmss'Z'", UtcOffset::UTC), "20160101T040000Z");
-        assert_eq!(f("yyyy-MM-dd'T'HH:mm:ssXXX", cst), "2016-01-01T12:00:00+08:00");
+        assert_eq!(
+            f("yyyy-MM-dd HH:mm:ss.SSSZ", cst),
+            "2016-01-01 12:00:00.683+0800"
+        );
+        assert_eq!(
+            f("yyyyMMdd'T'HHmmss'Z'", UtcOffset::UTC),
+            "20160101T040000Z"
+        );
+        assert_eq!(
+            f("yyyy-MM-dd'T'HH:mm:ssXXX", cst),
+            "2016-01-01T12:00:00+08:00"
+        );
         assert_eq!(f("unix_seconds", cst), "1451620800");
         assert_eq!(f("unix_millis", cst), "1451620800683");
     }
@@ -239,7 +255,9 @@ mod tests {
         assert!(fmt.parse_time("2016-01-01 12:00", cst).is_err());
         assert!(fmt.parse_time("2016-13-01 12:00:00", cst).is_err());
         let z = TimeFormat::parse("yyyy-MM-dd HH:mm:ss.SSSZ").unwrap();
-        let at = z.parse_time("2021-05-07 09:20:39.683+0800", UtcOffset::UTC).unwrap();
+        let at = z
+            .parse_time("2021-05-07 09:20:39.683+0800", UtcOffset::UTC)
+            .unwrap();
         assert_eq!(at.unix_timestamp(), 1_620_350_439);
     }
 

@@ -56,12 +56,20 @@ pub struct TargetSettings {
 }
 
 /// Compiles a gateway document. `base` is the directory relative paths are resolved against.
-pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> Result<GatewaySettings, Vec<Diagnostic>> {
+pub fn compile_gateway(
+    mut doc: SourceDoc,
+    base: &Path,
+    env: EnvLookup<'_>,
+) -> Result<GatewaySettings, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     config::expand_env_in(&mut doc, &DocPath::root(), env, &mut problems);
     match &*GATEWAY_STRUCTURE {
         Ok(s) => problems.extend(s.check(&doc)),
-        Err(e) => problems.push(doc.at(&DocPath::root(), Code::Gateway, format!("internal error: the gateway schema does not compile: {e}"))),
+        Err(e) => problems.push(doc.at(
+            &DocPath::root(),
+            Code::Gateway,
+            format!("internal error: the gateway schema does not compile: {e}"),
+        )),
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -71,15 +79,22 @@ pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> R
     let listen_text = file.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
         problems.push(
-            doc.at(&DocPath::root().key("listen"), Code::Gateway, format!("'{listen_text}' is not an address and port"))
-                .with_hint("write it like 127.0.0.1:8080 or 0.0.0.0:8080"),
+            doc.at(
+                &DocPath::root().key("listen"),
+                Code::Gateway,
+                format!("'{listen_text}' is not an address and port"),
+            )
+            .with_hint("write it like 127.0.0.1:8080 or 0.0.0.0:8080"),
         )
     });
     let store_url = env("ENTREPOT_STORE_URL")
         .filter(|s| !s.is_empty())
         .or_else(|| file.store.as_ref().map(|s| s.url.clone()))
         .unwrap_or_else(|| DEFAULT_STORE_URL.into());
-    if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) {
+    if !(store_url.starts_with("sqlite:")
+        || store_url.starts_with("postgres://")
+        || store_url.starts_with("postgresql://"))
+    {
         problems.push(
             doc.at(&DocPath::root().key("store").key("url"), Code::Gateway, "the store URL must start with sqlite:, postgres:// or postgresql://")
                 .with_hint("use sqlite://data/entrepot.db for one instance, postgres://user@host/db for several"),
@@ -90,7 +105,11 @@ pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> R
         let tp = DocPath::root().key("targets").key(name.clone());
         for (i, e) in t.events.iter().enumerate() {
             if !canonical::EVENTS.contains(&e.as_str()) {
-                let mut d = doc.at(&tp.key("events").index(i), Code::UnknownEvent, format!("unknown canonical event '{e}'"));
+                let mut d = doc.at(
+                    &tp.key("events").index(i),
+                    Code::UnknownEvent,
+                    format!("unknown canonical event '{e}'"),
+                );
                 if let Some(best) = did_you_mean(e, canonical::EVENTS.iter().copied()) {
                     d = d.with_hint(format!("did you mean '{best}'?"));
                 }
@@ -98,17 +117,27 @@ pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> R
             }
         }
         if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
-            problems.push(doc.at(&tp.key("url"), Code::Gateway, "a target URL must start with http:// or https://"));
+            problems.push(doc.at(
+                &tp.key("url"),
+                Code::Gateway,
+                "a target URL must start with http:// or https://",
+            ));
         }
         targets.push(TargetSettings {
             name: name.clone(),
             url: t.url.clone(),
             events: t.events.clone(),
-            headers: t.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: t
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             max_attempts: t.max_attempts.unwrap_or(10),
         });
     }
-    let Ok(listen) = listen else { return Err(problems) };
+    let Ok(listen) = listen else {
+        return Err(problems);
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -117,16 +146,28 @@ pub fn compile_gateway(mut doc: SourceDoc, base: &Path, env: EnvLookup<'_>) -> R
         listen,
         store_url,
         platforms_dir: base.join(file.platforms_dir.as_deref().unwrap_or("platforms")),
-        admin_token: file.admin.and_then(|a| a.token).filter(|t| !t.is_empty()).map(Secret::new),
+        admin_token: file
+            .admin
+            .and_then(|a| a.token)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
         targets,
     })
 }
 
 /// Loads the gateway file at `path`, or the embedded default (relative to the current
 /// directory) when `path` is the default name and does not exist.
-pub fn load_gateway(path: &Path, explicit: bool, env: EnvLookup<'_>) -> Result<GatewaySettings, Vec<Diagnostic>> {
+pub fn load_gateway(
+    path: &Path,
+    explicit: bool,
+    env: EnvLookup<'_>,
+) -> Result<GatewaySettings, Vec<Diagnostic>> {
     if !explicit && !path.exists() {
-        let doc = config::source::parse(Path::new("<embedded entrepot.yaml>"), EMBEDDED_DEFAULT.to_string()).map_err(|d| vec![d])?;
+        let doc = config::source::parse(
+            Path::new("<embedded entrepot.yaml>"),
+            EMBEDDED_DEFAULT.to_string(),
+        )
+        .map_err(|d| vec![d])?;
         return compile_gateway(doc, Path::new("."), env);
     }
     let doc = config::source::read(path).map_err(|d| vec![d])?;

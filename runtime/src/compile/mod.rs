@@ -20,8 +20,8 @@ use crate::config::source::{DocPath, SourceDoc};
 use crate::config::{self, EnvLookup};
 use crate::diagnostics::{Code, Diagnostic, did_you_mean};
 use crate::plan::{
-    AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, JsonPathExpr, JsonTemplate,
-    MappingPlan, MappingSource, OperationPlan, PlatformPlan, Plan, RequestPlan,
+    AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, JsonPathExpr, JsonTemplate, MappingPlan,
+    MappingSource, OperationPlan, Plan, PlatformPlan, RequestPlan,
 };
 use crate::template::CompiledTemplate;
 use crate::timefmt::{TimeFormat, parse_offset};
@@ -115,9 +115,15 @@ pub fn compile_docs(docs: Vec<SourceDoc>, env: EnvLookup<'_>) -> Compiled {
                         doc.at(
                             &DocPath::root().key("platform"),
                             Code::DuplicatePlatform,
-                            format!("platform '{}' is already defined in {}", plan.name, first.display()),
+                            format!(
+                                "platform '{}' is already defined in {}",
+                                plan.name,
+                                first.display()
+                            ),
                         )
-                        .with_hint("each platform is described by exactly one file; rename one of them"),
+                        .with_hint(
+                            "each platform is described by exactly one file; rename one of them",
+                        ),
                     );
                     ok = false;
                 }
@@ -133,7 +139,9 @@ pub fn compile_docs(docs: Vec<SourceDoc>, env: EnvLookup<'_>) -> Compiled {
                                     file.display()
                                 ),
                             )
-                            .with_hint("prefix callback paths with the platform name, like /NAME/notify"),
+                            .with_hint(
+                                "prefix callback paths with the platform name, like /NAME/notify",
+                            ),
                         );
                         ok = false;
                     }
@@ -158,7 +166,12 @@ pub fn compile_platform(
     env: EnvLookup<'_>,
 ) -> Result<(PlatformPlan, SourceDoc), Vec<Diagnostic>> {
     let mut problems = Vec::new();
-    config::expand_env_in(&mut doc, &DocPath::root().key("settings"), env, &mut problems);
+    config::expand_env_in(
+        &mut doc,
+        &DocPath::root().key("settings"),
+        env,
+        &mut problems,
+    );
     let structure = match &*PLATFORM_STRUCTURE {
         Ok(s) => s,
         Err(e) => {
@@ -220,7 +233,12 @@ pub struct Cx<'a> {
 
 impl Cx<'_> {
     /// Records a problem at the value at `path`.
-    pub fn error(&mut self, path: &DocPath, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error(
+        &mut self,
+        path: &DocPath,
+        code: Code,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.problems.push(self.doc.at(path, code, message));
         let last = self.problems.len() - 1;
         #[allow(clippy::indexing_slicing)] // just pushed
@@ -228,7 +246,12 @@ impl Cx<'_> {
     }
 
     /// Records a problem at the key of the entry at `path`.
-    pub fn error_key(&mut self, path: &DocPath, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error_key(
+        &mut self,
+        path: &DocPath,
+        code: Code,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.problems.push(self.doc.at_key(path, code, message));
         let last = self.problems.len() - 1;
         #[allow(clippy::indexing_slicing)] // just pushed
@@ -237,7 +260,11 @@ impl Cx<'_> {
 
     fn platform(&mut self) -> PlatformPlan {
         let f = self.file;
-        let name_ok = f.platform.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        let name_ok = f
+            .platform
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
             && f.platform
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
@@ -247,7 +274,8 @@ impl Cx<'_> {
                 Code::PlatformName,
                 format!("'{}' is not a valid platform identifier", f.platform),
             )
-            .hint = Some("use lowercase letters, digits, '_' and '-', starting with a letter".into());
+            .hint =
+                Some("use lowercase letters, digits, '_' and '-', starting with a letter".into());
         }
         let settings: serde_json::Map<String, Value> = f
             .settings
@@ -262,8 +290,12 @@ impl Cx<'_> {
                     Some(best) => format!("did you mean '{best}'?"),
                     None => format!("canonical operations: {}", canonical::OPERATIONS.join(", ")),
                 };
-                self.error_key(&path, Code::UnknownOperation, format!("unknown canonical operation '{name}'"))
-                    .hint = Some(hint);
+                self.error_key(
+                    &path,
+                    Code::UnknownOperation,
+                    format!("unknown canonical operation '{name}'"),
+                )
+                .hint = Some(hint);
                 continue;
             }
             if let Some(plan) = self.operation(name, op, &path) {
@@ -306,22 +338,37 @@ impl Cx<'_> {
         })
     }
 
-    fn request(&mut self, base: &RequestSpec, op: &RequestSpec, op_path: &DocPath) -> Option<RequestPlan> {
+    fn request(
+        &mut self,
+        base: &RequestSpec,
+        op: &RequestSpec,
+        op_path: &DocPath,
+    ) -> Option<RequestPlan> {
         let base_path = DocPath::root().key("request");
         let op_req = op_path.key("request");
-        let scope = Scope { roots: REQUEST_ROOTS, extra: &[] };
+        let scope = Scope {
+            roots: REQUEST_ROOTS,
+            extra: &[],
+        };
         let url_src = match (&op.url, &base.url) {
             (Some(u), _) => Some((u, op_req.key("url"))),
             (None, Some(u)) => Some((u, base_path.key("url"))),
             (None, None) => None,
         };
         let Some((url_src, url_path)) = url_src else {
-            self.error(&op_req, Code::MissingKey, "no request URL: neither the operation nor the platform's `request` sets `url`")
-                .hint = Some("add `url: \"{{settings.base_url}}/...\"` under `request:`".into());
+            self.error(
+                &op_req,
+                Code::MissingKey,
+                "no request URL: neither the operation nor the platform's `request` sets `url`",
+            )
+            .hint = Some("add `url: \"{{settings.base_url}}/...\"` under `request:`".into());
             return None;
         };
         let url = self.template(url_src, &url_path, &scope);
-        let merged = |key: &str, a: &IndexMap<String, String>, b: &IndexMap<String, String>, cx: &mut Self| {
+        let merged = |key: &str,
+                      a: &IndexMap<String, String>,
+                      b: &IndexMap<String, String>,
+                      cx: &mut Self| {
             let mut out: IndexMap<String, (String, DocPath)> = IndexMap::new();
             for (k, v) in a {
                 out.insert(k.clone(), (v.clone(), base_path.key(key).key(k.clone())));
@@ -346,8 +393,12 @@ impl Cx<'_> {
             (false, None) => BodyPlan::Form(form),
             (true, Some(j)) => BodyPlan::Json(j),
             (false, Some(_)) => {
-                self.error(&op_req, Code::Conflict, "the request has both `form` fields and a `json` body")
-                    .hint = Some("a request body is either a form or JSON; remove one of them".into());
+                self.error(
+                    &op_req,
+                    Code::Conflict,
+                    "the request has both `form` fields and a `json` body",
+                )
+                .hint = Some("a request body is either a form or JSON; remove one of them".into());
                 BodyPlan::None
             }
         };
@@ -381,21 +432,34 @@ impl Cx<'_> {
             ),
             Value::Object(map) => JsonTemplate::Object(
                 map.iter()
-                    .map(|(k, v)| (k.clone(), self.json_template(v, &path.key(k.clone()), scope)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.json_template(v, &path.key(k.clone()), scope),
+                        )
+                    })
                     .collect(),
             ),
             other => JsonTemplate::Value(other.clone()),
         }
     }
 
-    fn answer(&mut self, base: &ResponseSpec, op: Option<&ResponseSpec>, op_path: &DocPath) -> AnswerPlan {
+    fn answer(
+        &mut self,
+        base: &ResponseSpec,
+        op: Option<&ResponseSpec>,
+        op_path: &DocPath,
+    ) -> AnswerPlan {
         let base_path = DocPath::root().key("response");
         let op_path = op_path.key("answer");
         let pick = |f: fn(&ResponseSpec) -> bool| match op {
             Some(o) if f(o) => (o, op_path.clone()),
             _ => (base, base_path.clone()),
         };
-        let format = op.and_then(|o| o.format).or(base.format).unwrap_or(BodyFormat::Json);
+        let format = op
+            .and_then(|o| o.format)
+            .or(base.format)
+            .unwrap_or(BodyFormat::Json);
         let (s_spec, s_path) = pick(|r| r.success.is_some());
         let (e_spec, e_path) = pick(|r| r.error.is_some());
         let mut plan = AnswerPlan {
@@ -410,25 +474,47 @@ impl Cx<'_> {
         if let Some(s) = &s_spec.success {
             let sp = s_path.key("success");
             plan.success_status = s.status.clone();
-            plan.success_path = s.path.as_ref().and_then(|p| self.json_path(p, &sp.key("path")));
-            plan.success_values = s.equals.iter().chain(&s.one_of).map(crate::template::text_of).collect();
+            plan.success_path = s
+                .path
+                .as_ref()
+                .and_then(|p| self.json_path(p, &sp.key("path")));
+            plan.success_values = s
+                .equals
+                .iter()
+                .chain(&s.one_of)
+                .map(crate::template::text_of)
+                .collect();
             if s.equals.is_some() && !s.one_of.is_empty() {
                 self.error(&sp, Code::Conflict, "both `equals` and `one_of` are set")
                     .hint = Some("put every success value in `one_of`".into());
             }
             if s.path.is_some() && plan.success_values.is_empty() {
-                self.error(&sp, Code::MissingKey, "`path` is set but no success value is given")
-                    .hint = Some("add `equals: VALUE` (or `one_of: [...]`)".into());
+                self.error(
+                    &sp,
+                    Code::MissingKey,
+                    "`path` is set but no success value is given",
+                )
+                .hint = Some("add `equals: VALUE` (or `one_of: [...]`)".into());
             }
             if s.path.is_none() && !plan.success_values.is_empty() {
-                self.error(&sp, Code::MissingKey, "a success value is given but no `path` to read it from")
-                    .hint = Some("add `path: $.code` (the JSONPath of the business code)".into());
+                self.error(
+                    &sp,
+                    Code::MissingKey,
+                    "a success value is given but no `path` to read it from",
+                )
+                .hint = Some("add `path: $.code` (the JSONPath of the business code)".into());
             }
         }
         if let Some(e) = &e_spec.error {
             let ep = e_path.key("error");
-            plan.error_code = e.code.as_ref().and_then(|p| self.json_path(p, &ep.key("code")));
-            plan.error_message = e.message.as_ref().and_then(|p| self.json_path(p, &ep.key("message")));
+            plan.error_code = e
+                .code
+                .as_ref()
+                .and_then(|p| self.json_path(p, &ep.key("code")));
+            plan.error_message = e
+                .message
+                .as_ref()
+                .and_then(|p| self.json_path(p, &ep.key("message")));
             plan.retryable = e.retryable.clone();
         }
         plan
@@ -438,34 +524,62 @@ impl Cx<'_> {
         let before = self.problems.len();
         let sources = [m.path.is_some(), m.value.is_some(), m.template.is_some()];
         if sources.iter().filter(|s| **s).count() > 1 {
-            self.error(path, Code::Mapping, "a mapping takes its value from only one of `path`, `value` and `template`");
+            self.error(
+                path,
+                Code::Mapping,
+                "a mapping takes its value from only one of `path`, `value` and `template`",
+            );
         }
-        if m.fields.is_none() && m.each.is_none() && !sources.iter().any(|s| *s) && m.default.is_none() {
+        if m.fields.is_none()
+            && m.each.is_none()
+            && !sources.iter().any(|s| *s)
+            && m.default.is_none()
+        {
             self.error(path, Code::Mapping, "this mapping produces nothing")
                 .hint = Some("give it a `path`, `value`, `template`, `fields` or `each`".into());
         }
         if m.fields.is_some() && (m.kind.is_some() || m.map.is_some() || m.id.is_some()) {
-            self.error(path, Code::Mapping, "a mapping with `fields` builds an object, so `type`, `map` and `id` do not apply");
+            self.error(
+                path,
+                Code::Mapping,
+                "a mapping with `fields` builds an object, so `type`, `map` and `id` do not apply",
+            );
         }
         if let Some(kind) = &m.id {
-            let ok = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let ok = !kind.is_empty()
+                && kind
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !ok {
-                self.error(&path.key("id"), Code::IdKind, format!("'{kind}' is not a valid entity kind"))
-                    .hint = Some("use lowercase letters, digits and '_', like spu, sku or order".into());
+                self.error(
+                    &path.key("id"),
+                    Code::IdKind,
+                    format!("'{kind}' is not a valid entity kind"),
+                )
+                .hint =
+                    Some("use lowercase letters, digits and '_', like spu, sku or order".into());
             }
         }
         let _ = in_item;
         let source = if let Some(p) = &m.path {
-            self.json_path(p, &path.key("path")).map(MappingSource::Path)
+            self.json_path(p, &path.key("path"))
+                .map(MappingSource::Path)
         } else if let Some(v) = &m.value {
             Some(MappingSource::Value(v.clone()))
         } else if let Some(t) = &m.template {
-            let scope = Scope { roots: MAPPING_ROOTS, extra: &[] };
-            self.template(t, &path.key("template"), &scope).map(MappingSource::Template)
+            let scope = Scope {
+                roots: MAPPING_ROOTS,
+                extra: &[],
+            };
+            self.template(t, &path.key("template"), &scope)
+                .map(MappingSource::Template)
         } else {
             Some(MappingSource::Current)
         };
-        let each = m.each.as_ref().and_then(|p| self.json_path(p, &path.key("each")));
+        let each = m
+            .each
+            .as_ref()
+            .and_then(|p| self.json_path(p, &path.key("each")));
         let fields = m.fields.as_ref().map(|fields| {
             fields
                 .iter()
@@ -499,22 +613,36 @@ impl Cx<'_> {
         let before = self.problems.len();
         let path_ok = cb.path.starts_with('/')
             && cb.path.len() > 1
-            && cb.path.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+            && cb
+                .path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
             && !cb.path.contains("//")
             && !cb.path.ends_with('/');
         if !path_ok {
             self.error(&path.key("path"), Code::CallbackPath, format!("'{}' is not a valid callback path", cb.path))
                 .hint = Some("write it like /platform/notify: starting with '/', letters, digits, '-', '_', '.' and single '/' separators".into());
         } else if earlier.iter().any(|e| e.path == cb.path) {
-            self.error(&path.key("path"), Code::DuplicateCallbackPath, format!("callback path '{}' is declared twice in this file", cb.path));
+            self.error(
+                &path.key("path"),
+                Code::DuplicateCallbackPath,
+                format!("callback path '{}' is declared twice in this file", cb.path),
+            );
         }
         let disc_path = path.key("event_type");
         let d = &cb.event_type;
         if d.path.is_some() == d.header.is_some() {
-            self.error(&disc_path, Code::Conflict, "the event type needs exactly one of `path` and `header`");
+            self.error(
+                &disc_path,
+                Code::Conflict,
+                "the event type needs exactly one of `path` and `header`",
+            );
         }
         let disc = DiscriminatorPlan {
-            path: d.path.as_ref().and_then(|p| self.json_path(p, &disc_path.key("path"))),
+            path: d
+                .path
+                .as_ref()
+                .and_then(|p| self.json_path(p, &disc_path.key("path"))),
             header: d.header.as_ref().map(|h| h.to_ascii_lowercase()),
             map: d.map.clone(),
         };
@@ -524,15 +652,24 @@ impl Cx<'_> {
         let mut events = IndexMap::new();
         for (event, m) in &cb.events {
             let ep = path.key("events").key(event.clone());
-            if self.check_event(event, &ep) {
-                if let Some(plan) = self.mapping(m, &ep, false) {
-                    events.insert(event.clone(), plan);
-                }
+            if self.check_event(event, &ep)
+                && let Some(plan) = self.mapping(m, &ep, false)
+            {
+                events.insert(event.clone(), plan);
             }
         }
-        let scope = Scope { roots: CALLBACK_ROOTS, extra: &[] };
-        let dedupe_key = cb.dedupe_key.as_ref().and_then(|t| self.template(t, &path.key("dedupe_key"), &scope));
-        let verify = cb.verify.as_ref().and_then(|v| crate::recipe::compile_verify(self, v, &path.key("verify")));
+        let scope = Scope {
+            roots: CALLBACK_ROOTS,
+            extra: &[],
+        };
+        let dedupe_key = cb
+            .dedupe_key
+            .as_ref()
+            .and_then(|t| self.template(t, &path.key("dedupe_key"), &scope));
+        let verify = cb
+            .verify
+            .as_ref()
+            .and_then(|v| crate::recipe::compile_verify(self, v, &path.key("verify")));
         let ack = cb.ack.as_ref();
         if self.problems.len() != before {
             return None;
@@ -560,8 +697,12 @@ impl Cx<'_> {
             Some(best) => format!("did you mean '{best}'?"),
             None => format!("canonical events: {}", canonical::EVENTS.join(", ")),
         };
-        self.error(path, Code::UnknownEvent, format!("unknown canonical event '{event}'"))
-            .hint = Some(hint);
+        self.error(
+            path,
+            Code::UnknownEvent,
+            format!("unknown canonical event '{event}'"),
+        )
+        .hint = Some(hint);
         false
     }
 
@@ -570,19 +711,32 @@ impl Cx<'_> {
         match JsonPathExpr::parse(source) {
             Ok(p) => Some(p),
             Err(e) => {
-                self.error(path, Code::JsonPath, format!("'{source}' is not a valid JSONPath: {e}"))
-                    .hint = Some("JSONPaths start with $, like $.data.items[*].skuId".into());
+                self.error(
+                    path,
+                    Code::JsonPath,
+                    format!("'{source}' is not a valid JSONPath: {e}"),
+                )
+                .hint = Some("JSONPaths start with $, like $.data.items[*].skuId".into());
                 None
             }
         }
     }
 
     /// Compiles a template and checks what it refers to, recording located problems.
-    pub fn template(&mut self, source: &str, path: &DocPath, scope: &Scope<'_>) -> Option<CompiledTemplate> {
+    pub fn template(
+        &mut self,
+        source: &str,
+        path: &DocPath,
+        scope: &Scope<'_>,
+    ) -> Option<CompiledTemplate> {
         let (template, analysis) = match CompiledTemplate::compile(source) {
             Ok(t) => t,
             Err(p) => {
-                let code = if p.syntax { Code::TemplateSyntax } else { Code::UnknownHelper };
+                let code = if p.syntax {
+                    Code::TemplateSyntax
+                } else {
+                    Code::UnknownHelper
+                };
                 let d = self.error(path, code, p.message);
                 d.hint = p.hint;
                 return None;
@@ -596,35 +750,64 @@ impl Cx<'_> {
             }
             let known = scope.roots.contains(&root.as_str()) || scope.extra.contains(root);
             if !known {
-                let names = scope.roots.iter().copied().chain(scope.extra.iter().map(String::as_str));
+                let names = scope
+                    .roots
+                    .iter()
+                    .copied()
+                    .chain(scope.extra.iter().map(String::as_str));
                 let hint = match did_you_mean(root, names) {
                     Some(best) => format!("did you mean '{best}'?"),
                     None => {
-                        let all: Vec<&str> = scope.roots.iter().copied().chain(scope.extra.iter().map(String::as_str)).collect();
+                        let mut all: Vec<&str> = scope.roots.to_vec();
+                        for e in scope.extra {
+                            if !all.contains(&e.as_str()) {
+                                all.push(e);
+                            }
+                        }
                         format!("available here: {}", all.join(", "))
                     }
                 };
-                self.error(path, Code::UnknownVariable, format!("unknown variable '{}' in template", var.join(".")))
-                    .hint = Some(hint);
+                self.error(
+                    path,
+                    Code::UnknownVariable,
+                    format!("unknown variable '{}' in template", var.join(".")),
+                )
+                .hint = Some(hint);
                 continue;
             }
             let second = var.get(1).map(String::as_str);
             match (root.as_str(), second) {
                 ("credentials", Some(name)) if !self.file.credentials.iter().any(|c| c == name) => {
-                    let hint = match did_you_mean(name, self.file.credentials.iter().map(String::as_str)) {
-                        Some(best) => format!("did you mean '{best}'? otherwise add '{name}' to `credentials:`"),
+                    let hint = match did_you_mean(
+                        name,
+                        self.file.credentials.iter().map(String::as_str),
+                    ) {
+                        Some(best) => format!(
+                            "did you mean '{best}'? otherwise add '{name}' to `credentials:`"
+                        ),
                         None => format!("add '{name}' to the platform's `credentials:` list"),
                     };
-                    self.error(path, Code::UndeclaredCredential, format!("credential '{name}' is not declared"))
-                        .hint = Some(hint);
+                    self.error(
+                        path,
+                        Code::UndeclaredCredential,
+                        format!("credential '{name}' is not declared"),
+                    )
+                    .hint = Some(hint);
                 }
                 ("settings", Some(name)) if !self.file.settings.contains_key(name) => {
-                    let hint = match did_you_mean(name, self.file.settings.keys().map(String::as_str)) {
-                        Some(best) => format!("did you mean '{best}'? otherwise add '{name}' under `settings:`"),
-                        None => format!("add '{name}: VALUE' under the platform's `settings:`"),
-                    };
-                    self.error(path, Code::UndeclaredSetting, format!("setting '{name}' is not declared"))
-                        .hint = Some(hint);
+                    let hint =
+                        match did_you_mean(name, self.file.settings.keys().map(String::as_str)) {
+                            Some(best) => format!(
+                                "did you mean '{best}'? otherwise add '{name}' under `settings:`"
+                            ),
+                            None => format!("add '{name}: VALUE' under the platform's `settings:`"),
+                        };
+                    self.error(
+                        path,
+                        Code::UndeclaredSetting,
+                        format!("setting '{name}' is not declared"),
+                    )
+                    .hint = Some(hint);
                 }
                 _ => {}
             }
@@ -647,7 +830,8 @@ impl Cx<'_> {
         match parse_duration(text) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(path, Code::Duration, e).hint = Some("write a number and a unit: 500ms, 30s, 5m, 1h or 7d".into());
+                self.error(path, Code::Duration, e).hint =
+                    Some("write a number and a unit: 500ms, 30s, 5m, 1h or 7d".into());
                 None
             }
         }

@@ -55,8 +55,12 @@ impl Structure {
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
                 out.push(
-                    doc.at(&path, Code::MissingKey, format!("missing required key '{name}'"))
-                        .with_hint(format!("add '{name}:' here")),
+                    doc.at(
+                        &path,
+                        Code::MissingKey,
+                        format!("missing required key '{name}'"),
+                    )
+                    .with_hint(format!("add '{name}:' here")),
                 );
             }
             ValidationErrorKind::Type { kind } => {
@@ -82,7 +86,11 @@ impl Structure {
                 let mut d = doc.at(
                     &path,
                     Code::InvalidValue,
-                    format!("{} is not one of: {}", value_text(found), choices.join(", ")),
+                    format!(
+                        "{} is not one of: {}",
+                        value_text(found),
+                        choices.join(", ")
+                    ),
                 );
                 if let Some(best) = found
                     .as_str()
@@ -99,13 +107,18 @@ impl Structure {
                     format!("expected {}", value_text(expected_value)),
                 ));
             }
-            ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            ValidationErrorKind::AnyOf { context }
+            | ValidationErrorKind::OneOfNotValid { context } => {
                 if let Some(choices) = constant_choices(context, error.instance_path().as_str()) {
                     let found = error.instance();
                     let mut d = doc.at(
                         &path,
                         Code::InvalidValue,
-                        format!("{} is not one of: {}", value_text(found), choices.join(", ")),
+                        format!(
+                            "{} is not one of: {}",
+                            value_text(found),
+                            choices.join(", ")
+                        ),
                     );
                     if let Some(best) = found
                         .as_str()
@@ -197,9 +210,11 @@ impl Structure {
                     ValidationErrorKind::Type { kind } => {
                         let s = match kind {
                             TypeKind::Single(t) => t.to_string(),
-                            TypeKind::Multiple(ts) => {
-                                ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("/")
-                            }
+                            TypeKind::Multiple(ts) => ts
+                                .iter()
+                                .map(|t| t.to_string())
+                                .collect::<Vec<_>>()
+                                .join("/"),
                         };
                         if !shapes.contains(&s) {
                             shapes.push(s);
@@ -223,12 +238,16 @@ impl Structure {
 fn constant_choices(context: &[Vec<ValidationError<'static>>], at: &str) -> Option<Vec<String>> {
     let mut choices = Vec::new();
     for branch in context {
-        let [only] = branch.as_slice() else { return None };
+        let [only] = branch.as_slice() else {
+            return None;
+        };
         if only.instance_path().as_str() != at {
             return None;
         }
         match only.kind() {
-            ValidationErrorKind::Constant { expected_value } => choices.push(plain_text(expected_value)),
+            ValidationErrorKind::Constant { expected_value } => {
+                choices.push(plain_text(expected_value))
+            }
             ValidationErrorKind::Enum { options } => {
                 choices.extend(options.as_array()?.iter().map(plain_text));
             }
@@ -256,7 +275,7 @@ fn best_branch<'e>(
         .filter(|branch| {
             !branch.iter().any(|e| {
                 let here = e.instance_path().as_str() == at;
-                let tag = e.instance_path().as_str().rsplit_once('/').map(|(p, k)| (p, k));
+                let tag = e.instance_path().as_str().rsplit_once('/');
                 let shape = matches!(e.kind(), ValidationErrorKind::Type { .. }) && here;
                 let wrong_tag = matches!(
                     e.kind(),
@@ -299,9 +318,13 @@ fn quote_short(s: &str) -> String {
 }
 
 fn remove(value: &mut Value, path: &DocPath) {
-    let Some((last, parent)) = path.0.split_last() else { return };
+    let Some((last, parent)) = path.0.split_last() else {
+        return;
+    };
     let parent = DocPath(parent.to_vec());
-    if let (Some(Value::Object(map)), crate::config::source::Seg::Key(k)) = (value.pointer_mut(&parent.pointer()), last) {
+    if let (Some(Value::Object(map)), crate::config::source::Seg::Key(k)) =
+        (value.pointer_mut(&parent.pointer()), last)
+    {
         map.shift_remove(k);
     }
 }

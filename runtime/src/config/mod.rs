@@ -33,11 +33,7 @@ pub fn expand_env(text: &str, env: EnvLookup<'_>) -> Result<String, String> {
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("'{name}' is not a valid environment variable name"));
         }
         match (env(name), default) {
@@ -108,7 +104,11 @@ mod tests {
             "https://example.test/x"
         );
         assert_eq!(expand_env("${env:PORT:-8080}", &env).unwrap(), "8080");
-        assert!(expand_env("${env:NOPE}", &env).unwrap_err().contains("NOPE"));
+        assert!(
+            expand_env("${env:NOPE}", &env)
+                .unwrap_err()
+                .contains("NOPE")
+        );
         assert!(expand_env("${env:HOST", &env).is_err());
         assert_eq!(expand_env("plain {{x}}", &env).unwrap(), "plain {{x}}");
     }

@@ -254,7 +254,7 @@ pub enum ValueType {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Callback {
-    /// Path under `/callbacks`, starting with `/`, for example `/yanxuan/notify`. Unique across
+    /// Path under `/callbacks`, starting with `/`, for example `/acme/notify`. Unique across
     /// all platforms.
     pub path: String,
     /// Format of the pushed body. Default: `json`.

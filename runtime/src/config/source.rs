@@ -219,14 +219,8 @@ pub fn parse(file: &Path, text: String) -> Result<SourceDoc, Diagnostic> {
 }
 
 enum Frame {
-    Map {
-        path: DocPath,
-        key: Option<String>,
-    },
-    Seq {
-        path: DocPath,
-        next: usize,
-    },
+    Map { path: DocPath, key: Option<String> },
+    Seq { path: DocPath, next: usize },
 }
 
 #[derive(Default)]
@@ -328,12 +322,36 @@ mod tests {
         let ops = DocPath::root().key("operations").key("order.create");
         assert_eq!(doc.index.key(&ops), Pos { line: 3, column: 3 });
         let a = ops.key("request").key("form").key("a");
-        assert_eq!(doc.index.value(&a), Pos { line: 5, column: 20 });
-        assert_eq!(doc.index.key(&a), Pos { line: 5, column: 16 });
+        assert_eq!(
+            doc.index.value(&a),
+            Pos {
+                line: 5,
+                column: 18
+            }
+        );
+        assert_eq!(
+            doc.index.key(&a),
+            Pos {
+                line: 5,
+                column: 15
+            }
+        );
         let two = DocPath::root().key("list").index(1).key("two");
-        assert_eq!(doc.index.value(&two), Pos { line: 8, column: 10 });
+        assert_eq!(
+            doc.index.value(&two),
+            Pos {
+                line: 8,
+                column: 10
+            }
+        );
         // Absent paths fall back to the nearest ancestor.
-        assert_eq!(doc.index.value(&a.key("missing")), Pos { line: 5, column: 20 });
+        assert_eq!(
+            doc.index.value(&a.key("missing")),
+            Pos {
+                line: 5,
+                column: 18
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Rules about the repository itself.
+
+use crate::support::{render, root};
+use std::path::{Path, PathBuf};
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_sample_yaml_validates() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("platforms"), &mut files);
+    yaml_files(&root().join("examples"), &mut files);
+    files.push(root().join("entrepot.yaml"));
+    assert!(files.len() >= 2, "no sample files found");
+    let diagnostics = entrepot::cli::validate_paths(&files);
+    assert!(diagnostics.is_empty(), "{}", render(&diagnostics));
+}
+
+#[test]
+fn every_sample_yaml_names_its_schema() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("platforms"), &mut files);
+    yaml_files(&root().join("examples"), &mut files);
+    files.push(root().join("entrepot.yaml"));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("# yaml-language-server: $schema="),
+            "{} does not start with a yaml-language-server $schema line",
+            f.display()
+        );
+        let schema = first.split("$schema=").nth(1).unwrap().trim();
+        assert!(
+            f.parent().unwrap().join(schema).is_file(),
+            "{}: {schema} does not exist",
+            f.display()
+        );
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Platform behaviour lives in YAML: no platform's name may appear in the runtime's code.
+#[test]
+fn no_platform_name_in_runtime() {
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    yaml_files(&root().join("platforms"), &mut files);
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("platform:"))
+            .map(|n| n.trim().trim_matches(['"', '\'']).to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("{} has no platform: line", f.display()));
+        names.push(name);
+    }
+    assert!(!names.is_empty());
+    let mut sources = Vec::new();
+    rust_files(&root().join("runtime"), &mut sources);
+    let mut hits = Vec::new();
+    for src in sources {
+        let Ok(text) = std::fs::read_to_string(&src) else {
+            continue;
+        };
+        let lower = text.to_ascii_lowercase();
+        for name in &names {
+            let found = lower.match_indices(name.as_str()).any(|(i, m)| {
+                let before = lower[..i].chars().next_back();
+                let after = lower[i + m.len()..].chars().next();
+                let word =
+                    |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                !word(before) && !word(after)
+            });
+            if found {
+                hits.push(format!("{} names platform '{name}'", src.display()));
+            }
+        }
+    }
+    assert!(hits.is_empty(), "platform names in runtime/: {hits:?}");
+}

@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Diagnostics rendered as text, with paths relative to the repository root.
+pub fn render(diagnostics: &[entrepot::diagnostics::Diagnostic]) -> String {
+    let root = format!("{}/", root().display());
+    diagnostics
+        .iter()
+        .map(|d| d.to_string().replace(&root, ""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fixed environment for tests: only `CASE_REGION` is set.
+pub fn test_env(name: &str) -> Option<String> {
+    (name == "CASE_REGION").then(|| "cn-north".to_string())
+}
+
+/// A plain HTTP/1.1 GET over loopback: the whole answer and its body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await.unwrap();
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (buf, body)
+}
