@@ -14,3 +14,4 @@ mod cli;
 mod layout;
 mod schemas;
 mod server;
+mod vectors;

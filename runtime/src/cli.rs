@@ -67,6 +67,46 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the exact request an operation would send, fully built and signed, without
+    /// sending it.
+    ///
+    /// The same builder as the live engine; the clock and the nonce can be fixed so the output
+    /// is deterministic. Also prints every signing step's value, including the canonical
+    /// string that was signed. Credential values are masked as *** everywhere (the signature
+    /// itself is shown); key material derived from them is never shown.
+    Sign {
+        /// The platform file.
+        #[arg(long)]
+        platform: PathBuf,
+        /// The canonical operation, such as inventory.get.
+        #[arg(long)]
+        operation: String,
+        /// The operation's canonical input, a JSON or YAML file. Default: {}.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The request's clock, RFC 3339 (e.g. 2016-01-01T12:00:00+08:00). Default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// The request's nonce. Default: a fresh random one.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// A credentials file: platform → credential name → value (YAML or JSON). Credentials
+        /// not in it come from ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME> variables.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PreviewFormat::Text)]
+        format: PreviewFormat,
+    },
+}
+
+/// Output format of `sign`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreviewFormat {
+    /// An HTTP-like listing for people.
+    Text,
+    /// A JSON document for tools and tests.
+    Json,
 }
 
 /// Output format of diagnostics.
@@ -93,7 +133,156 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Schema { kind, out } => schema(kind, out.as_deref()),
+        Command::Sign {
+            platform,
+            operation,
+            input,
+            at,
+            nonce,
+            credentials,
+            format,
+        } => {
+            match sign_preview(
+                &platform,
+                &operation,
+                input.as_deref(),
+                at.as_deref(),
+                nonce,
+                credentials.as_deref(),
+                format,
+            ) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// Builds and signs one request without sending it; returns the preview text.
+pub fn sign_preview(
+    platform_file: &Path,
+    operation: &str,
+    input: Option<&Path>,
+    at: Option<&str>,
+    nonce: Option<String>,
+    credentials: Option<&Path>,
+    format: PreviewFormat,
+) -> Result<String, String> {
+    let compiled = compile::compile_files(&[platform_file.to_path_buf()], &process_env);
+    if compiled.has_errors() {
+        let text: Vec<String> = compiled
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return Err(format!(
+            "the platform file has problems:\n{}",
+            text.join("\n")
+        ));
+    }
+    let plan = compiled
+        .plan
+        .platforms
+        .values()
+        .next()
+        .cloned()
+        .ok_or_else(|| format!("{} defines no platform", platform_file.display()))?;
+    let op = plan.operations.get(operation).ok_or_else(|| {
+        let known: Vec<&str> = plan.operations.keys().map(String::as_str).collect();
+        format!(
+            "platform '{}' has no operation '{operation}' (it has: {})",
+            plan.name,
+            known.join(", ")
+        )
+    })?;
+    let input: serde_json::Value = match input {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            serde_yaml_ng::from_str(&text)
+                .map_err(|e| format!("{} is not JSON or YAML: {e}", p.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    let now = match at {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| {
+            format!("--at '{t}' is not an RFC 3339 time (like 2016-01-01T12:00:00+08:00): {e}")
+        })?,
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let sets = match credentials {
+        Some(p) => crate::credentials::read_file(p)?,
+        None => Default::default(),
+    };
+    let creds = crate::credentials::resolve(&plan, &sets, &process_env);
+    let built = crate::engine::build::build(
+        &plan,
+        op,
+        &crate::engine::build::BuildInput {
+            input: &input,
+            credentials: &creds,
+            now,
+            nonce,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    // Mask every field before formatting, so escaping cannot hide a secret from the mask.
+    let mask = |t: &str| crate::credentials::mask(t, &creds);
+    let body = mask(&String::from_utf8_lossy(&built.body));
+    let mut built = built;
+    built.url = mask(&built.url);
+    for (_, v) in built.headers.iter_mut().chain(built.trace.steps.iter_mut()) {
+        *v = mask(v);
+    }
+    let method = crate::engine::build::method_text(built.method);
+    let out = match format {
+        PreviewFormat::Json => {
+            let doc = serde_json::json!({
+                "platform": plan.name,
+                "operation": operation,
+                "request": {
+                    "method": method,
+                    "url": built.url,
+                    "headers": built.headers,
+                    "content_type": built.content_type,
+                    "body": body,
+                },
+                "signing": built.trace.steps.iter().map(|(k, v)| serde_json::json!({"step": k, "value": v})).collect::<Vec<_>>(),
+            });
+            let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        PreviewFormat::Text => {
+            let mut text = format!("{method} {}\n", built.url);
+            if let Some(ct) = &built.content_type {
+                text.push_str(&format!("Content-Type: {ct}\n"));
+            }
+            for (k, v) in &built.headers {
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            text.push('\n');
+            if !body.is_empty() {
+                text.push_str(&body);
+                text.push('\n');
+            }
+            if !built.trace.steps.is_empty() {
+                text.push_str("\n# signing steps\n");
+                for (k, v) in &built.trace.steps {
+                    text.push_str(&format!("{k} = {v:?}\n"));
+                }
+            }
+            text
+        }
+    };
+    Ok(out)
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic], format: Format) {

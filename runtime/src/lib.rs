@@ -7,6 +7,9 @@
 //! - [`compile`]: checks configuration purely and builds the immutable [`plan::Plan`],
 //!   collecting every problem as a located [`diagnostics::Diagnostic`].
 //! - [`plan`]: the compiled platforms (templates, JSONPaths, recipes parsed once).
+//! - [`engine`]: builds and signs requests (a pure function of plan, input, clock, nonce and
+//!   credentials).
+//! - [`credentials`]: where credential values come from, and masking them in output.
 //! - [`template`]: Handlebars templates compiled once, with the integration helpers.
 //! - [`recipe`]: signing and verification recipes.
 //! - [`timefmt`]: the time formats platforms use.
@@ -19,7 +22,9 @@ pub mod canonical;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod credentials;
 pub mod diagnostics;
+pub mod engine;
 pub mod plan;
 pub mod recipe;
 pub mod schema;

@@ -78,6 +78,8 @@ struct TimestampPlan {
 struct StepPlan {
     name: String,
     kind: StepKind,
+    /// Key material (a raw value, or one used as a later step's key): never shown in traces.
+    secret: bool,
 }
 
 #[derive(Debug)]
@@ -264,9 +266,24 @@ fn compile_steps(
             plans.push(StepPlan {
                 name: name.clone(),
                 kind,
+                secret: false,
             });
         }
         names.push(name);
+    }
+    // Steps that are raw bytes or serve as a later digest's key are key material.
+    let keys: Vec<String> = plans
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Digest(d) => d.key.as_ref().and_then(|k| match k.as_ref_path() {
+                Some([one]) => Some(one.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    for p in &mut plans {
+        p.secret = binary.contains(&p.name) || keys.contains(&p.name);
     }
     (plans, names, binary)
 }
@@ -589,7 +606,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn set(&mut self, name: &str, value: Vec<u8>, text: bool) {
+    fn set(&mut self, name: &str, value: Vec<u8>, text: bool, secret: bool) {
         let shown = if text {
             String::from_utf8_lossy(&value).into_owned()
         } else {
@@ -598,7 +615,8 @@ impl<'a> Run<'a> {
         if text && let Value::Object(m) = &mut self.ctx {
             m.insert(name.to_string(), Value::String(shown.clone()));
         }
-        self.trace.steps.push((name.to_string(), shown));
+        let traced = if secret { "***".to_string() } else { shown };
+        self.trace.steps.push((name.to_string(), traced));
         self.bytes.insert(name.to_string(), value);
     }
 
@@ -622,8 +640,18 @@ impl<'a> Run<'a> {
         Ok(self.render(t, step)?.into_bytes())
     }
 
-    fn steps(&mut self, steps: &[StepPlan], env: &RunEnv<'_>) -> Result<(), RecipeError> {
-        for s in steps {
+    /// Runs `steps` in order, leaving out the one at `skip` (an RSA verification step, which is
+    /// checked against the candidates instead of computed).
+    fn steps(
+        &mut self,
+        steps: &[StepPlan],
+        env: &RunEnv<'_>,
+        skip: Option<usize>,
+    ) -> Result<(), RecipeError> {
+        for (i, s) in steps.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
             let fail = |message: String| RecipeError::Step {
                 step: s.name.clone(),
                 message,
@@ -631,19 +659,19 @@ impl<'a> Run<'a> {
             match &s.kind {
                 StepKind::Template(t) => {
                     let v = self.render(t, &s.name)?;
-                    self.set(&s.name, v.into_bytes(), true);
+                    self.set(&s.name, v.into_bytes(), true, s.secret);
                 }
                 StepKind::Canonical(c) => {
                     let v = canonical(c, self.parts);
-                    self.set(&s.name, v.into_bytes(), true);
+                    self.set(&s.name, v.into_bytes(), true, s.secret);
                 }
                 StepKind::Time(f, o) => {
                     let v = f.format(env.now, *o);
-                    self.set(&s.name, v.into_bytes(), true);
+                    self.set(&s.name, v.into_bytes(), true, s.secret);
                 }
                 StepKind::Nonce(f) => {
                     let v = env.nonce.clone().unwrap_or_else(|| fresh_nonce(*f));
-                    self.set(&s.name, v.into_bytes(), true);
+                    self.set(&s.name, v.into_bytes(), true, s.secret);
                 }
                 StepKind::Digest(d) => {
                     let input = self.render_bytes(&d.input, &s.name)?;
@@ -655,8 +683,8 @@ impl<'a> Run<'a> {
                     };
                     let out = digest(d.alg, &input, key.as_deref()).map_err(fail)?;
                     match encode(&out, d.encode) {
-                        Some(text) => self.set(&s.name, text.into_bytes(), true),
-                        None => self.set(&s.name, out, false),
+                        Some(text) => self.set(&s.name, text.into_bytes(), true, s.secret),
+                        None => self.set(&s.name, out, false, s.secret),
                     }
                 }
             }
@@ -894,7 +922,7 @@ impl SignPlan {
         env: &RunEnv<'_>,
     ) -> Result<(Vec<Placed>, Trace), RecipeError> {
         let mut run = Run::new(parts, env, None);
-        run.steps(&self.steps, env)?;
+        run.steps(&self.steps, env, None)?;
         let mut placed = Vec::new();
         for (target, name, t) in &self.place {
             placed.push((*target, name.clone(), run.render(t, name)?));
@@ -957,7 +985,7 @@ impl VerifyPlan {
     pub fn expected(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(String, Trace), Rejection> {
         let pairs = self.candidates(parts).map(|(_, p)| p).unwrap_or_default();
         let mut run = Run::new(parts, env, Some(pairs));
-        run.steps(&self.steps, env)?;
+        run.steps(&self.steps, env, self.rsa_step)?;
         let v = run.render(&self.expect, "expect")?;
         Ok((v, run.trace))
     }
@@ -967,11 +995,12 @@ impl VerifyPlan {
     pub fn verify(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(), Rejection> {
         let (candidates, pairs) = self.candidates(parts)?;
         let mut run = Run::new(parts, env, Some(pairs));
-        run.steps(&self.steps, env)?;
+        run.steps(&self.steps, env, self.rsa_step)?;
         let matched = match self.rsa_step.and_then(|i| self.steps.get(i)) {
             Some(StepPlan {
                 kind: StepKind::Digest(d),
                 name,
+                ..
             }) => {
                 let input = run.render_bytes(&d.input, name)?;
                 let key = match &d.key {

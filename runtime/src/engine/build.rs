@@ -1,0 +1,289 @@
+//! Building a request: a pure function of the plan, the input, the clock, the nonce and the
+//! credentials. No I/O, so a signed request can be printed, snapshot-tested and diffed.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::config::platform::HttpMethod;
+use crate::config::recipe::PlaceTarget;
+use crate::plan::{BodyPlan, JsonTemplate, OperationPlan, PlatformPlan};
+use crate::recipe::{Parts, RunEnv, Trace};
+use crate::template::{CompiledTemplate, NONCE_KEY, NOW_KEY, lookup, percent_encode};
+
+/// A fully built (and signed) request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltRequest {
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// The URL including the encoded query string.
+    pub url: String,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes (empty when there is none).
+    pub body: Vec<u8>,
+    /// The body's content type, when there is a body.
+    pub content_type: Option<String>,
+    /// What the signing recipe computed, step by step.
+    pub trace: Trace,
+}
+
+/// What a request is built from besides the plan.
+#[derive(Debug, Clone)]
+pub struct BuildInput<'a> {
+    /// The canonical input of the operation.
+    pub input: &'a Value,
+    /// Credential values by name.
+    pub credentials: &'a Map<String, Value>,
+    /// The clock of this request.
+    pub now: OffsetDateTime,
+    /// A fixed nonce (previews, tests); random when absent.
+    pub nonce: Option<String>,
+}
+
+/// Why a request could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A template failed to render.
+    #[error("{platform}/{operation}: cannot render {place}: {message}")]
+    Render {
+        /// Platform.
+        platform: String,
+        /// Operation.
+        operation: String,
+        /// Which part of the request.
+        place: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A credential the platform needs has no value.
+    #[error(
+        "{platform}: credential '{name}' has no value; push it to the credential store, put it in the credentials file or set {env}"
+    )]
+    MissingCredential {
+        /// Platform.
+        platform: String,
+        /// Credential name.
+        name: String,
+        /// The environment variable that would provide it.
+        env: String,
+    },
+    /// The signing recipe failed.
+    #[error("{platform}/{operation}: {source}")]
+    Sign {
+        /// Platform.
+        platform: String,
+        /// Operation.
+        operation: String,
+        /// The failure.
+        source: crate::recipe::RecipeError,
+    },
+}
+
+/// The environment variable that provides a credential: `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
+pub fn credential_env_var(platform: &str, name: &str) -> String {
+    let up = |s: &str| s.to_ascii_uppercase().replace('-', "_");
+    format!("ENTREPOT_CREDENTIAL_{}_{}", up(platform), up(name))
+}
+
+/// Builds and signs the request of `op` on `platform`.
+pub fn build(
+    platform: &PlatformPlan,
+    op: &OperationPlan,
+    bi: &BuildInput<'_>,
+) -> Result<BuiltRequest, BuildError> {
+    for name in &platform.credentials {
+        let has = bi.credentials.get(name).is_some_and(|v| !v.is_null());
+        if !has {
+            return Err(BuildError::MissingCredential {
+                platform: platform.name.clone(),
+                name: name.clone(),
+                env: credential_env_var(&platform.name, name),
+            });
+        }
+    }
+    let now_ms = i64::try_from(bi.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let mut ctx = Map::new();
+    ctx.insert("input".into(), bi.input.clone());
+    ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
+    ctx.insert("credentials".into(), Value::Object(bi.credentials.clone()));
+    ctx.insert("platform".into(), Value::String(platform.name.clone()));
+    ctx.insert("operation".into(), Value::String(op.name.clone()));
+    ctx.insert(NOW_KEY.into(), Value::from(now_ms));
+    if let Some(n) = &bi.nonce {
+        ctx.insert(NONCE_KEY.into(), Value::String(n.clone()));
+    }
+    let ctx = Value::Object(ctx);
+    let err = |place: &str, message: String| BuildError::Render {
+        platform: platform.name.clone(),
+        operation: op.name.clone(),
+        place: place.to_string(),
+        message,
+    };
+    let render = |t: &CompiledTemplate, place: &str| t.render(&ctx).map_err(|m| err(place, m));
+    let pairs = |list: &[(String, CompiledTemplate)], what: &str| {
+        list.iter()
+            .map(|(k, t)| Ok((k.clone(), render(t, &format!("{what} '{k}'"))?)))
+            .collect::<Result<Vec<_>, BuildError>>()
+    };
+    let req = &op.request;
+    let base_url = render(&req.url, "the url")?;
+    let mut query = pairs(&req.query, "query parameter")?;
+    let mut headers = pairs(&req.headers, "header")?;
+    let (mut form, json_body) = match &req.body {
+        BodyPlan::None => (None, None),
+        BodyPlan::Form(fields) => (Some(pairs(fields, "form field")?), None),
+        BodyPlan::Json(t) => (
+            None,
+            Some(render_json(t, &ctx).map_err(|m| err("the JSON body", m))?),
+        ),
+    };
+    let json_bytes = json_body.map(|v| serde_json::to_vec(&v).unwrap_or_default());
+    let body_of = |form: &Option<Vec<(String, String)>>| match (form, &json_bytes) {
+        (Some(f), _) => encode_pairs(f, true).into_bytes(),
+        (None, Some(j)) => j.clone(),
+        (None, None) => Vec::new(),
+    };
+    let mut trace = Trace::default();
+    if let Some(sign) = &req.sign {
+        let parts = Parts {
+            method: method_text(req.method).to_string(),
+            url: with_query(&base_url, &query),
+            path: url_path(&base_url),
+            query: query.clone(),
+            form: form.clone().unwrap_or_default(),
+            headers: headers.clone(),
+            body: body_of(&form),
+        };
+        let env = RunEnv {
+            credentials: bi.credentials,
+            settings: &platform.settings,
+            platform: &platform.name,
+            now: bi.now,
+            nonce: bi.nonce.clone(),
+        };
+        let (placed, t) = sign.run(&parts, &env).map_err(|source| BuildError::Sign {
+            platform: platform.name.clone(),
+            operation: op.name.clone(),
+            source,
+        })?;
+        trace = t;
+        for (target, name, value) in placed {
+            match target {
+                PlaceTarget::Query => set_pair(&mut query, name, value),
+                PlaceTarget::Form => set_pair(form.get_or_insert_with(Vec::new), name, value),
+                PlaceTarget::Header => set_header(&mut headers, name, value),
+            }
+        }
+    }
+    let content_type = match (&form, &json_bytes) {
+        (Some(_), _) => Some("application/x-www-form-urlencoded; charset=utf-8".to_string()),
+        (None, Some(_)) => Some("application/json".to_string()),
+        (None, None) => None,
+    };
+    Ok(BuiltRequest {
+        method: req.method,
+        url: with_query(&base_url, &query),
+        headers,
+        body: body_of(&form),
+        content_type,
+        trace,
+    })
+}
+
+fn set_pair(list: &mut Vec<(String, String)>, name: String, value: String) {
+    match list.iter_mut().find(|(k, _)| *k == name) {
+        Some((_, v)) => *v = value,
+        None => list.push((name, value)),
+    }
+}
+
+fn set_header(list: &mut Vec<(String, String)>, name: String, value: String) {
+    match list.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+        Some((_, v)) => *v = value,
+        None => list.push((name, value)),
+    }
+}
+
+/// The method as text.
+pub fn method_text(m: HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Delete => "DELETE",
+    }
+}
+
+/// `k=v&k=v`, percent-encoded (RFC 3986; `+` for spaces in form bodies).
+pub fn encode_pairs(pairs: &[(String, String)], form: bool) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k, form), percent_encode(v, form)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn with_query(url: &str, query: &[(String, String)]) -> String {
+    if query.is_empty() {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{}", encode_pairs(query, false))
+}
+
+/// The path of a URL: what follows the authority, up to the query; `/` when empty.
+pub fn url_path(url: &str) -> String {
+    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let path = after_scheme
+        .find('/')
+        .map(|i| after_scheme.get(i..).unwrap_or("/"))
+        .unwrap_or("/");
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.to_string()
+    }
+}
+
+fn render_json(t: &JsonTemplate, ctx: &Value) -> Result<Value, String> {
+    Ok(match t {
+        JsonTemplate::Value(v) => v.clone(),
+        JsonTemplate::Text(t) => match t.as_ref_path() {
+            // A whole-value reference keeps the referenced value's JSON type.
+            Some(path) => lookup(ctx, path).cloned().unwrap_or(Value::Null),
+            None => Value::String(t.render(ctx)?),
+        },
+        JsonTemplate::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_json(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        JsonTemplate::Object(fields) => {
+            let mut m = Map::new();
+            for (k, v) in fields {
+                m.insert(k.clone(), render_json(v, ctx)?);
+            }
+            Value::Object(m)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(url_path("https://example.amazonaws.com/"), "/");
+        assert_eq!(url_path("https://example.amazonaws.com"), "/");
+        assert_eq!(url_path("http://h:1/a/b?x=1"), "/a/b");
+        assert_eq!(
+            with_query("http://h/a", &[("k".into(), "a b&c".into())]),
+            "http://h/a?k=a%20b%26c"
+        );
+        assert_eq!(encode_pairs(&[("k".into(), "a b".into())], true), "k=a+b");
+    }
+}
