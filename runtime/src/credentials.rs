@@ -76,10 +76,10 @@ pub fn resolve(
 ) -> Map<String, Value> {
     let mut out = sets.get(&platform.name).cloned().unwrap_or_default();
     for name in &platform.credentials {
-        if !out.contains_key(name) {
-            if let Some(v) = env(&credential_env_var(&platform.name, name)) {
-                out.insert(name.clone(), Value::String(v));
-            }
+        if !out.contains_key(name)
+            && let Some(v) = env(&credential_env_var(&platform.name, name))
+        {
+            out.insert(name.clone(), Value::String(v));
         }
     }
     out
