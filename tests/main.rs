@@ -12,6 +12,7 @@ mod support;
 mod cases;
 mod cli;
 mod layout;
+mod recipe_properties;
 mod schemas;
 mod server;
 mod vectors;

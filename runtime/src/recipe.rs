@@ -554,9 +554,44 @@ pub enum Rejection {
         /// Allowed distance, seconds.
         tolerance_secs: u64,
     },
+    /// The delivery's replay key was already seen.
+    #[error("the delivery was already received (replay key seen before)")]
+    Replayed,
     /// The recipe itself failed.
     #[error(transparent)]
     Recipe(#[from] RecipeError),
+}
+
+/// Remembers replay keys until they expire. The in-memory guard serves one process; the store
+/// provides a durable one shared by several instances.
+pub trait ReplayGuard: Send + Sync {
+    /// Records `key` until `expires`; `false` when it is already recorded and not yet expired.
+    fn first_sighting(&self, key: &str, now: OffsetDateTime, expires: OffsetDateTime) -> bool;
+}
+
+/// A replay guard in memory, pruned of expired keys as it goes.
+#[derive(Debug, Default)]
+pub struct MemoryReplayGuard {
+    seen: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+impl ReplayGuard for MemoryReplayGuard {
+    fn first_sighting(&self, key: &str, now: OffsetDateTime, expires: OffsetDateTime) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            // A poisoned lock means a panic elsewhere; refusing is the safe answer.
+            return false;
+        };
+        if seen.len() > 4096 {
+            seen.retain(|_, until| *until > now);
+        }
+        match seen.get(key) {
+            Some(until) if *until > now => false,
+            _ => {
+                seen.insert(key.to_string(), expires);
+                true
+            }
+        }
+    }
 }
 
 struct Run<'a> {
@@ -1068,6 +1103,28 @@ impl VerifyPlan {
         Ok(())
     }
 
+    /// Verifies a delivery and then, when the recipe has a replay guard, records its key:
+    /// a second delivery with the same key is refused. Only verified deliveries are recorded,
+    /// so a forger cannot burn a genuine delivery's key.
+    pub fn verify_delivery(
+        &self,
+        parts: &Parts,
+        env: &RunEnv<'_>,
+        guard: &dyn ReplayGuard,
+    ) -> Result<(), Rejection> {
+        self.verify(parts, env)?;
+        if let (Some(key), Some((_, ttl))) = (self.replay_key(parts, env)?, &self.replay) {
+            if key.is_empty() {
+                return Err(Rejection::Missing("the replay key".into()));
+            }
+            let ttl = time::Duration::try_from(*ttl).unwrap_or(time::Duration::DAY);
+            if !guard.first_sighting(&key, env.now, env.now + ttl) {
+                return Err(Rejection::Replayed);
+            }
+        }
+        Ok(())
+    }
+
     /// The replay-guard key of a delivery, if the recipe has a guard.
     pub fn replay_key(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<Option<String>, Rejection> {
         let Some((t, _)) = &self.replay else {
@@ -1158,5 +1215,51 @@ mod tests {
             ),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+        // RFC 2202 test case 2 (HMAC-MD5, HMAC-SHA1), RFC 4231 test case 2 (HMAC-SHA512),
+        // FIPS 180-2 "abc" (SHA-512).
+        let jefe =
+            |alg| hex::encode(digest(alg, b"what do ya want for nothing?", Some(b"Jefe")).unwrap());
+        assert_eq!(jefe(DigestAlg::HmacMd5), "750c783e6ab0b503eaa86e310a5db738");
+        assert_eq!(
+            jefe(DigestAlg::HmacSha1),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+        assert_eq!(
+            jefe(DigestAlg::HmacSha512),
+            "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+        );
+        assert_eq!(
+            hex::encode(digest(DigestAlg::Sha512, b"abc", None).unwrap()),
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+        );
+    }
+
+    #[test]
+    fn keys_decode_as_declared() {
+        let plan = |key_decode, prefix: Option<&str>| DigestPlan {
+            alg: DigestAlg::HmacSha256,
+            input: CompiledTemplate::compile("x").unwrap().0,
+            key: None,
+            key_strip_prefix: prefix.map(str::to_string),
+            key_decode,
+            encode: Encoding::Hex,
+        };
+        assert_eq!(
+            decode_key(b"whsec_AQID", &plan(KeyDecode::Base64, Some("whsec_"))).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            decode_key(b"AQI", &plan(KeyDecode::Base64, None)).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            decode_key(b"0aFF", &plan(KeyDecode::Hex, None)).unwrap(),
+            vec![10, 255]
+        );
+        assert_eq!(
+            decode_key(b"_-8", &plan(KeyDecode::Base64url, None)).unwrap(),
+            vec![255, 239]
+        );
+        assert!(decode_key(b"zz", &plan(KeyDecode::Hex, None)).is_err());
     }
 }
