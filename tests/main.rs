@@ -15,4 +15,5 @@ mod layout;
 mod recipe_properties;
 mod schemas;
 mod server;
+mod store;
 mod vectors;

@@ -398,9 +398,6 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         config = %gateway.file.display(),
         "platforms loaded"
     );
-    let state = crate::server::AppState {
-        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -410,6 +407,27 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The gateway never runs without its store: what it acknowledges must be durable.
+    let store_options = crate::store::StoreOptions {
+        url: gateway.store_url.clone(),
+        credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
+            .filter(|k| !k.is_empty())
+            .map(crate::config::Secret::new),
+        ..Default::default()
+    };
+    let store = match runtime.block_on(crate::store::Store::open(&store_options)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("error: the gateway does not start without its store");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(store = %crate::store::redact_url(&gateway.store_url), "store open");
+    let state = crate::server::AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store),
     };
     let result = runtime.block_on(crate::server::serve(
         gateway.listen,

@@ -14,6 +14,7 @@
 //! - [`recipe`]: signing and verification recipes.
 //! - [`timefmt`]: the time formats platforms use.
 //! - [`server`]: the HTTP server.
+//! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types.
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
 //! - [`cli`]: the command line (the binary only parses arguments and calls it).
@@ -29,5 +30,6 @@ pub mod plan;
 pub mod recipe;
 pub mod schema;
 pub mod server;
+pub mod store;
 pub mod template;
 pub mod timefmt;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -17,6 +18,8 @@ use crate::plan::Plan;
 pub struct AppState {
     /// The current plan; each request takes one snapshot and uses it to the end.
     pub plan: Arc<ArcSwap<Plan>>,
+    /// The store (absent only in tests of routes that need none).
+    pub store: Option<crate::store::Store>,
 }
 
 /// The router with every route.
@@ -32,9 +35,22 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Json<Value> {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let plan = state.plan.load();
-    Json(json!({ "status": "ready", "platforms": plan.platforms.len() }))
+    let store_ok = match &state.store {
+        Some(s) => s.ping().await.is_ok(),
+        None => true,
+    };
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if store_ok { "ready" } else { "store unavailable" },
+        "platforms": plan.platforms.len(),
+    });
+    (status, Json(body))
 }
 
 async fn platforms(State(state): State<AppState>) -> Json<Value> {

@@ -58,6 +58,16 @@ impl Compiled {
 pub fn platform_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
     let mut files = Vec::new();
     for p in paths {
+        if !p.exists() {
+            return Err(Diagnostic::error(
+                Code::Io,
+                p,
+                Default::default(),
+                String::new(),
+                "no such file or directory".into(),
+            )
+            .with_hint("create it, or point `platforms_dir` in entrepot.yaml (or the validate arguments) at the platform files"));
+        }
         if p.is_dir() {
             let entries = std::fs::read_dir(p).map_err(|e| {
                 Diagnostic::error(

@@ -1,0 +1,518 @@
+//! The store conformance suite: written once, run against SQLite and PostgreSQL.
+//!
+//! PostgreSQL runs when `ENTREPOT_TEST_POSTGRES_URL` is set (`.ci/run` sets it to this
+//! machine's server); each run uses a fresh schema.
+
+use std::collections::HashSet;
+
+use entrepot::store::{
+    CredentialPut, IdemBegin, InboxOutcome, NewDelivery, NewEvent, Store, StoreError, StoreOptions,
+};
+use serde_json::{Map, Value, json};
+
+async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/entrepot.db", dir.path().display());
+    let store = Store::open(&StoreOptions {
+        url,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (store, dir)
+}
+
+fn postgres_url(announce: bool) -> Option<String> {
+    let url = std::env::var("ENTREPOT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() && announce {
+        // Written past the test harness's capture, so it shows in a normal `cargo test` run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: the PostgreSQL half of the store suite (set ENTREPOT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test to run it)"
+        );
+    }
+    url
+}
+
+async fn postgres(url: &str, schema: &str) -> Store {
+    Store::open(&StoreOptions {
+        url: url.into(),
+        schema: Some(schema.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn fresh_schema() -> String {
+    format!("entrepot_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn conformance_sqlite() {
+    let (store, _dir) = sqlite().await;
+    conformance(&store).await;
+}
+
+#[tokio::test]
+async fn conformance_postgres() {
+    let Some(url) = postgres_url(true) else {
+        return;
+    };
+    let schema = fresh_schema();
+    let store = postgres(&url, &schema).await;
+    conformance(&store).await;
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test]
+async fn concurrent_claims_sqlite() {
+    let (store, _dir) = sqlite().await;
+    // Two handles on one pool stand for two tasks; SQLite serves one instance.
+    concurrent_claims(&store, &store.clone()).await;
+}
+
+#[tokio::test]
+async fn concurrent_claims_postgres_two_instances() {
+    let Some(url) = postgres_url(false) else {
+        return;
+    };
+    let schema = fresh_schema();
+    // Two pools stand for two gateway instances.
+    let a = postgres(&url, &schema).await;
+    let b = postgres(&url, &schema).await;
+    concurrent_claims(&a, &b).await;
+    a.close().await;
+    b.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test]
+async fn survives_reopen_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/entrepot.db", dir.path().display());
+    let opts = StoreOptions {
+        url,
+        ..Default::default()
+    };
+    let store = Store::open(&opts).await.unwrap();
+    store.map_put("p", "sku", "sku_1", "P1", 1).await.unwrap();
+    store.outbox_enqueue(&[event("e1", "t")], 1).await.unwrap();
+    // Claimed, then the process "dies" without completing.
+    assert_eq!(
+        store
+            .outbox_claim("dead-instance", 10, 1_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.close().await;
+    drop(store);
+    let store = Store::open(&opts).await.unwrap();
+    assert_eq!(
+        store
+            .to_platform("p", "sku", &["sku_1".into()])
+            .await
+            .unwrap()["sku_1"],
+        "P1"
+    );
+    // Within the lease nobody gets it; after it, it is claimable again.
+    assert!(
+        store
+            .outbox_claim("new", 500, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.outbox_claim("new", 1_010, 1_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn corrupt_sqlite_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("entrepot.db");
+    std::fs::write(
+        &file,
+        b"this is not a database, just some text that fills the header page....",
+    )
+    .unwrap();
+    let err = Store::open(&StoreOptions {
+        url: format!("sqlite://{}", file.display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(
+        text.contains("not a database") && text.contains("help:"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let err = Store::open(&StoreOptions {
+        url: "postgres://u:hunter2@127.0.0.1:1/db".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("postgres://u:***@127.0.0.1:1/db"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("cannot reach the database"), "{text}");
+}
+
+fn event(id: &str, target: &str) -> NewEvent {
+    NewEvent {
+        event_id: id.into(),
+        target: target.into(),
+        event_type: "product.changed".into(),
+        payload: json!({"id": id}).to_string(),
+        idempotency_key: format!("idem-{id}"),
+        max_attempts: 3,
+    }
+}
+
+fn delivery(key: Option<&str>, verified: bool) -> NewDelivery {
+    NewDelivery {
+        platform: "p".into(),
+        route: "/p/notify".into(),
+        dedupe_key: key.map(str::to_string),
+        headers: "{}".into(),
+        body: b"{\"a\":1}".to_vec(),
+        verified,
+        rejection: (!verified).then(|| "the signature does not match".into()),
+        event_type: Some("product.changed".into()),
+        received_at: 5,
+    }
+}
+
+async fn conformance(s: &Store) {
+    s.ping().await.unwrap();
+
+    // Key mappings: unique both ways, batch lookups, allocation, paging, owners.
+    s.map_put("p", "sku", "sku_a", "A", 1).await.unwrap();
+    s.map_put("p", "sku", "sku_a", "A", 2).await.unwrap(); // same pair again: fine
+    assert!(matches!(
+        s.map_put("p", "sku", "sku_a", "B", 3).await,
+        Err(StoreError::MappingConflict { .. })
+    ));
+    assert!(matches!(
+        s.map_put("p", "sku", "sku_z", "A", 3).await,
+        Err(StoreError::MappingConflict { .. })
+    ));
+    s.map_put("q", "sku", "sku_a", "QA", 1).await.unwrap(); // another platform may share the internal id
+    let ids: Vec<String> = vec!["sku_a".into(), "sku_missing".into()];
+    let to_p = s.to_platform("p", "sku", &ids).await.unwrap();
+    assert_eq!(to_p.len(), 1);
+    assert_eq!(to_p["sku_a"], "A");
+    assert_eq!(
+        s.to_internal("p", "sku", &["A".into()]).await.unwrap()["A"],
+        "sku_a"
+    );
+    let many: Vec<String> = (0..450).map(|i| format!("P{i}")).collect();
+    let allocated = s
+        .to_internal_or_allocate("p", "spu", &many, 10)
+        .await
+        .unwrap();
+    assert_eq!(allocated.len(), 450);
+    assert!(allocated.values().all(|v| v.starts_with("spu_")));
+    assert_eq!(
+        allocated.values().collect::<HashSet<_>>().len(),
+        450,
+        "internal ids must be distinct"
+    );
+    let again = s
+        .to_internal_or_allocate("p", "spu", &many, 11)
+        .await
+        .unwrap();
+    assert_eq!(again, allocated, "allocation is stable");
+    let page1 = s.mappings("p", "spu", None, 100).await.unwrap();
+    let page2 = s
+        .mappings("p", "spu", Some(&page1.last().unwrap().0), 1000)
+        .await
+        .unwrap();
+    assert_eq!(page1.len() + page2.len(), 450);
+    assert!(page1.last().unwrap().0 < page2[0].0);
+    assert_eq!(
+        s.owners("sku", "sku_a").await.unwrap(),
+        vec![("p".into(), "A".into()), ("q".into(), "QA".into())]
+    );
+
+    // Idempotency: first caller works, a concurrent one waits, later ones get the answer.
+    assert_eq!(
+        s.idem_begin("k1", 100, 1_000).await.unwrap(),
+        IdemBegin::New
+    );
+    assert_eq!(
+        s.idem_begin("k1", 101, 1_000).await.unwrap(),
+        IdemBegin::Pending
+    );
+    s.idem_finish("k1", "{\"ok\":true}").await.unwrap();
+    assert_eq!(
+        s.idem_begin("k1", 102, 1_000).await.unwrap(),
+        IdemBegin::Done("{\"ok\":true}".into())
+    );
+    // After expiry the key is free again; an abandoned key too.
+    assert_eq!(
+        s.idem_begin("k1", 1_200, 1_000).await.unwrap(),
+        IdemBegin::New
+    );
+    s.idem_abandon("k1").await.unwrap();
+    assert_eq!(
+        s.idem_begin("k1", 1_201, 1_000).await.unwrap(),
+        IdemBegin::New
+    );
+
+    // Inbox: a delivery and its events in one go; the same dedupe key again adds nothing.
+    let first = s
+        .inbox_record(&delivery(Some("n-1"), true), &[event("ev-1", "center")], 20)
+        .await
+        .unwrap();
+    let InboxOutcome::Stored { id } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        s.inbox_record(
+            &delivery(Some("n-1"), true),
+            &[event("ev-1b", "center")],
+            21
+        )
+        .await
+        .unwrap(),
+        InboxOutcome::Duplicate { id }
+    );
+    // Rejected deliveries are recorded too, never count as the key's first sighting.
+    let forged = s
+        .inbox_record(&delivery(Some("n-2"), false), &[], 22)
+        .await
+        .unwrap();
+    assert!(matches!(forged, InboxOutcome::Stored { .. }));
+    assert!(matches!(
+        s.inbox_record(&delivery(Some("n-2"), true), &[], 23)
+            .await
+            .unwrap(),
+        InboxOutcome::Stored { .. }
+    ));
+    let recent = s.inbox_recent(Some("p"), 10).await.unwrap();
+    assert_eq!(recent.len(), 3);
+    assert!(
+        !recent[1].verified
+            && recent[1].rejection.as_deref() == Some("the signature does not match")
+    );
+
+    // Outbox: claim, fail with retry, claim again later, complete; dead letters and replay.
+    let claimed = s.outbox_claim("i1", 30, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event_id, "ev-1");
+    assert_eq!(claimed[0].inbox_id, Some(id));
+    assert_eq!(claimed[0].attempts, 1);
+    assert!(
+        s.outbox_claim("i2", 31, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased rows are not claimable"
+    );
+    assert!(
+        s.outbox_fail(claimed[0].id, "i1", "target answered 503", Some(100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.outbox_claim("i2", 99, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let retry = s.outbox_claim("i2", 100, 1_000, 10).await.unwrap();
+    assert_eq!(retry[0].attempts, 2);
+    assert_eq!(retry[0].last_error.as_deref(), Some("target answered 503"));
+    assert!(
+        !s.outbox_complete(retry[0].id, "i1", 101).await.unwrap(),
+        "a lost lease cannot complete"
+    );
+    assert!(s.outbox_complete(retry[0].id, "i2", 101).await.unwrap());
+    assert_eq!(
+        s.outbox_get(retry[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .delivered_at,
+        Some(101)
+    );
+    assert!(
+        s.outbox_claim("i3", 10_000, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "delivered rows stay delivered"
+    );
+
+    s.outbox_enqueue(&[event("ev-2", "center"), event("ev-3", "center")], 200)
+        .await
+        .unwrap();
+    for row in s.outbox_claim("i1", 200, 1_000, 10).await.unwrap() {
+        assert!(s.outbox_fail(row.id, "i1", "gave up", None).await.unwrap());
+    }
+    let dead = s.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+        vec!["ev-2", "ev-3"]
+    );
+    assert_eq!(s.replay_dead(Some(dead[0].id), 300).await.unwrap(), 1);
+    assert_eq!(s.replay_dead(None, 300).await.unwrap(), 1);
+    let replayed = s.outbox_claim("i1", 300, 1_000, 10).await.unwrap();
+    assert_eq!(replayed.len(), 2);
+    assert!(replayed.iter().all(|r| r.attempts == 1 && !r.dead));
+    // Enqueuing an event id twice keeps one.
+    s.outbox_enqueue(&[event("ev-2", "center")], 400)
+        .await
+        .unwrap();
+    assert!(
+        s.outbox_claim("i9", 400, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Flows: optimistic versions.
+    assert_eq!(
+        s.flow_save(
+            "order-1",
+            "order_saga",
+            &json!({"step": "created"}),
+            None,
+            1
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert!(matches!(
+        s.flow_save("order-1", "order_saga", &json!({}), None, 2)
+            .await,
+        Err(StoreError::Conflict { found: Some(1), .. })
+    ));
+    assert_eq!(
+        s.flow_save(
+            "order-1",
+            "order_saga",
+            &json!({"step": "paid"}),
+            Some(1),
+            3
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    assert!(matches!(
+        s.flow_save(
+            "order-1",
+            "order_saga",
+            &json!({"step": "stale"}),
+            Some(1),
+            4
+        )
+        .await,
+        Err(StoreError::Conflict {
+            expected: Some(1),
+            found: Some(2),
+            ..
+        })
+    ));
+    let f = s.flow_get("order-1").await.unwrap().unwrap();
+    assert_eq!(
+        (f.kind.as_str(), f.state["step"].as_str(), f.version),
+        ("order_saga", Some("paid"), 2)
+    );
+
+    // Credentials: versioned compare-and-set.
+    let creds = |v: &str| -> Map<String, Value> {
+        [("app_secret".to_string(), json!(v))].into_iter().collect()
+    };
+    assert_eq!(
+        s.credentials_put("p", 5, &creds("five"), 1).await.unwrap(),
+        CredentialPut::Accepted
+    );
+    assert_eq!(
+        s.credentials_put("p", 4, &creds("four"), 2).await.unwrap(),
+        CredentialPut::Stale { current: 5 }
+    );
+    assert_eq!(
+        s.credentials_put("p", 5, &creds("five again"), 2)
+            .await
+            .unwrap(),
+        CredentialPut::Stale { current: 5 }
+    );
+    assert_eq!(
+        s.credentials_put("p", 6, &creds("six"), 3).await.unwrap(),
+        CredentialPut::Accepted
+    );
+    let c = s.credentials_get("p").await.unwrap().unwrap();
+    assert_eq!(
+        (c.version, c.values["app_secret"].as_str()),
+        (6, Some("six"))
+    );
+    assert!(
+        !format!("{c:?}").contains("six"),
+        "credentials must not print their values"
+    );
+    assert!(s.credentials_get("nobody").await.unwrap().is_none());
+
+    // Replay guard: a key is refused until it expires.
+    assert!(s.replay_first_sighting("p:msg-1", 10, 100).await.unwrap());
+    assert!(!s.replay_first_sighting("p:msg-1", 50, 150).await.unwrap());
+    assert!(s.replay_first_sighting("p:msg-1", 100, 200).await.unwrap());
+    assert!(s.prune(1_000_000).await.unwrap() >= 1);
+}
+
+async fn concurrent_claims(a: &Store, b: &Store) {
+    let events: Vec<NewEvent> = (0..200)
+        .map(|i| event(&format!("c-{i}"), "center"))
+        .collect();
+    a.outbox_enqueue(&events, 1).await.unwrap();
+    let claim_all = |store: Store, owner: &'static str| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = store.outbox_claim(owner, 10, 60_000, 7).await.unwrap();
+            if batch.is_empty() {
+                return mine;
+            }
+            for row in batch {
+                mine.push(row.event_id.clone());
+                assert!(store.outbox_complete(row.id, owner, 11).await.unwrap());
+            }
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(claim_all(a.clone(), "instance-a")),
+        tokio::spawn(claim_all(b.clone(), "instance-b"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let xs: HashSet<&String> = x.iter().collect();
+    let ys: HashSet<&String> = y.iter().collect();
+    assert!(xs.is_disjoint(&ys), "a row was claimed by both");
+    assert_eq!(x.len() + y.len(), 200, "every row delivered exactly once");
+    assert_eq!(xs.len(), x.len());
+}
