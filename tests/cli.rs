@@ -57,8 +57,11 @@ fn validate_json_format_is_machine_readable() {
 fn schema_prints_the_committed_platform_schema() {
     let out = entrepot().args(["schema"]).output().unwrap();
     assert!(out.status.success());
-    let committed = std::fs::read(root().join("schemas/platform.schema.json")).unwrap();
-    assert_eq!(out.stdout, committed);
+    let committed = std::fs::read_to_string(root().join("schemas/platform.schema.json")).unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
+        "`entrepot schema` differs from schemas/platform.schema.json"
+    );
 }
 
 #[test]
@@ -157,4 +160,25 @@ fn sign_without_credentials_says_how_to_provide_them() {
             && err.contains("ENTREPOT_CREDENTIAL_VECTOR_TOP_APP_KEY"),
         "{err}"
     );
+}
+
+/// Without its store the gateway refuses to start, and says why and what to do.
+#[test]
+fn serve_refuses_to_start_without_its_store() {
+    let out = entrepot()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "ENTREPOT_STORE_URL",
+            "postgres://gw:pw-not-shown@127.0.0.1:1/entrepot",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the store at postgres://gw:***@127.0.0.1:1/entrepot"),
+        "{err}"
+    );
+    assert!(err.contains("does not start without its store"), "{err}");
+    assert!(!err.contains("pw-not-shown"), "{err}");
 }

@@ -369,6 +369,33 @@ async fn conformance(s: &Store) {
         "delivered rows stay delivered"
     );
 
+    // A crash between claim and completion: the lease runs out and another owner gets the row.
+    s.outbox_enqueue(&[event("ev-crash", "center")], 150)
+        .await
+        .unwrap();
+    let held = s.outbox_claim("crashed", 150, 1_000, 10).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(
+        s.outbox_claim("survivor", 1_149, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "lease still held"
+    );
+    let taken = s.outbox_claim("survivor", 1_150, 1_000, 10).await.unwrap();
+    assert_eq!((taken.len(), taken[0].attempts), (1, 2));
+    assert!(
+        !s.outbox_complete(taken[0].id, "crashed", 1_151)
+            .await
+            .unwrap(),
+        "the old owner lost it"
+    );
+    assert!(
+        s.outbox_complete(taken[0].id, "survivor", 1_151)
+            .await
+            .unwrap()
+    );
+
     s.outbox_enqueue(&[event("ev-2", "center"), event("ev-3", "center")], 200)
         .await
         .unwrap();

@@ -97,6 +97,15 @@ pub fn mask(text: &str, credentials: &Map<String, Value>) -> String {
     let mut out = text.to_string();
     for s in secrets {
         out = out.replace(s, "***");
+        // Also as it appears in URLs and form bodies.
+        for encoded in [
+            crate::template::percent_encode(s, true),
+            crate::template::percent_encode(s, false),
+        ] {
+            if encoded != s {
+                out = out.replace(&encoded, "***");
+            }
+        }
     }
     out
 }
@@ -112,5 +121,7 @@ mod tests {
         c.insert("b".into(), Value::String("secret-long".into()));
         c.insert("c".into(), Value::String("ab".into()));
         assert_eq!(mask("x secret-long y secret ab", &c), "x *** y *** ab");
+        c.insert("d".into(), Value::String("a/b c+d".into()));
+        assert_eq!(mask("k=a%2Fb+c%2Bd&j=a%2Fb%20c%2Bd", &c), "k=***&j=***");
     }
 }

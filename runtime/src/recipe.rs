@@ -138,9 +138,12 @@ fn compile_steps(
     for (i, step) in steps.iter().enumerate() {
         let sp = path.index(i);
         let name = step_name(step).to_string();
-        if names.contains(&name) || roots.contains(&name.as_str()) {
+        if names.contains(&name)
+            || roots.contains(&name.as_str())
+            || crate::template::HELPERS.contains(&name.as_str())
+        {
             cx.error(&sp.key("name"), Code::DuplicateStep, format!("step name '{name}' is already taken"))
-                .hint = Some("give every step a name of its own that is not a request part (method, body, headers...)".into());
+                .hint = Some("give every step a name of its own that is neither a request part (method, body, headers...) nor a template helper".into());
         }
         let scope_names = names.clone();
         let scope = Scope {
@@ -323,12 +326,11 @@ fn check_binary(
     if bytes_ok && t.as_ref_path().is_some_and(|p| p.len() == 1) {
         return;
     }
-    let source = t.source();
+    let roots: Vec<String> = CompiledTemplate::compile(t.source())
+        .map(|(_, a)| a.paths.iter().filter_map(|p| p.first().cloned()).collect())
+        .unwrap_or_default();
     for b in binary {
-        if source.contains(&format!("{{{{{b}}}}}"))
-            || source.contains(&format!("{b}."))
-            || source.contains(&format!(" {b}"))
-        {
+        if roots.contains(b) {
             cx.error(
                 path,
                 Code::BinaryInTemplate,
@@ -511,11 +513,11 @@ pub struct RunEnv<'a> {
     pub nonce: Option<String>,
 }
 
-/// What a recipe run computed: every step's value, in order. Binary values are hex-encoded here
-/// for display.
+/// What a recipe run computed: every step's value, in order. Key material (raw values and
+/// values used as a later step's key) shows as `***`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trace {
-    /// Step name → value (text, or `hex:...` for raw bytes).
+    /// Step name → value (`***` for key material).
     pub steps: Vec<(String, String)>,
 }
 
@@ -633,6 +635,12 @@ impl<'a> Run<'a> {
         if let Some(sig) = signature {
             ctx.insert("signature".into(), Value::Object(sig));
         }
+        // The `now` and `uuid` helpers read the run's clock and nonce.
+        let now_ms = i64::try_from(env.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        ctx.insert(crate::template::NOW_KEY.into(), Value::from(now_ms));
+        if let Some(n) = &env.nonce {
+            ctx.insert(crate::template::NONCE_KEY.into(), Value::String(n.clone()));
+        }
         Run {
             ctx: Value::Object(ctx),
             bytes: HashMap::new(),
@@ -736,17 +744,20 @@ fn fresh_nonce(f: NonceFormat) -> String {
         NonceFormat::Alnum => {
             const ALPHABET: &[u8] =
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-            id.as_bytes()
-                .iter()
-                .map(|b| {
-                    char::from(
-                        ALPHABET
+            // Rejection sampling: bytes of 248 and above would favour the first characters.
+            let mut out = String::with_capacity(16);
+            while out.len() < 16 {
+                for b in uuid::Uuid::new_v4().as_bytes() {
+                    if *b < 248 && out.len() < 16 {
+                        let c = ALPHABET
                             .get(usize::from(*b) % ALPHABET.len())
                             .copied()
-                            .unwrap_or(b'0'),
-                    )
-                })
-                .collect()
+                            .unwrap_or(b'0');
+                        out.push(char::from(c));
+                    }
+                }
+            }
+            out
         }
     }
 }
@@ -1028,6 +1039,10 @@ impl VerifyPlan {
     /// Verifies a delivery: signature (any candidate), then the timestamp window. The replay
     /// guard is the caller's (it needs the store); its key is [`VerifyPlan::replay_key`].
     pub fn verify(&self, parts: &Parts, env: &RunEnv<'_>) -> Result<(), Rejection> {
+        self.verify_run(parts, env).map(|_| ())
+    }
+
+    fn verify_run<'p>(&self, parts: &'p Parts, env: &RunEnv<'_>) -> Result<Run<'p>, Rejection> {
         let (candidates, pairs) = self.candidates(parts)?;
         let mut run = Run::new(parts, env, Some(pairs));
         run.steps(&self.steps, env, self.rsa_step)?;
@@ -1100,7 +1115,7 @@ impl VerifyPlan {
                 });
             }
         }
-        Ok(())
+        Ok(run)
     }
 
     /// Verifies a delivery and then, when the recipe has a replay guard, records its key:
@@ -1112,8 +1127,9 @@ impl VerifyPlan {
         env: &RunEnv<'_>,
         guard: &dyn ReplayGuard,
     ) -> Result<(), Rejection> {
-        self.verify(parts, env)?;
-        if let (Some(key), Some((_, ttl))) = (self.replay_key(parts, env)?, &self.replay) {
+        let run = self.verify_run(parts, env)?;
+        if let Some((template, ttl)) = &self.replay {
+            let key = run.render(template, "replay")?;
             if key.is_empty() {
                 return Err(Rejection::Missing("the replay key".into()));
             }
@@ -1131,7 +1147,8 @@ impl VerifyPlan {
             return Ok(None);
         };
         let pairs = self.candidates(parts).map(|(_, p)| p).unwrap_or_default();
-        let run = Run::new(parts, env, Some(pairs));
+        let mut run = Run::new(parts, env, Some(pairs));
+        run.steps(&self.steps, env, self.rsa_step)?;
         Ok(Some(run.render(t, "replay")?))
     }
 }

@@ -417,6 +417,21 @@ impl Cx<'_> {
             (None, Some(s)) => crate::recipe::compile_sign(self, s, &base_path.key("sign")),
             (None, None) => None,
         };
+        let places_form = sign.as_ref().is_some_and(|s| {
+            s.place
+                .iter()
+                .any(|(t, _, _)| *t == crate::config::recipe::PlaceTarget::Form)
+        });
+        if places_form && matches!(body, BodyPlan::Json(_)) {
+            self.error(
+                &op_req,
+                Code::Conflict,
+                "the signing recipe places a form field but the request has a JSON body",
+            )
+            .hint = Some(
+                "place the signature in a header or a query parameter, or send a form body".into(),
+            );
+        }
         Some(RequestPlan {
             method: op.method.or(base.method).unwrap_or(HttpMethod::Post),
             url: url?,

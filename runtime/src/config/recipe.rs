@@ -102,7 +102,8 @@ pub struct TimestampCheck {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayGuard {
-    /// Template giving the key, for example `{{headers.[webhook-id]}}` or a nonce field.
+    /// Template giving the key, for example `{{headers.[webhook-id]}}` or a nonce field. It
+    /// may use the recipe's steps.
     pub key: String,
     /// How long a key is remembered, for example `10m`. It should exceed the timestamp
     /// tolerance. Default: `24h`.
@@ -126,8 +127,9 @@ pub enum Step {
     Canonical {
         /// Name later steps use to refer to this value.
         name: String,
-        /// Where the parameters come from, merged in this order: `query`, `form`, `headers`,
-        /// `json` (the top-level fields of a JSON object body; non-text values as compact JSON).
+        /// Where the parameters come from, merged in the order listed: `query`, `form`,
+        /// `headers`, `json` (the top-level fields of a JSON object body; non-text values as
+        /// compact JSON).
         from: Vec<ParamSource>,
         /// Only these keys (compared after `lowercase_keys`). Default: all.
         #[serde(default)]
@@ -186,7 +188,8 @@ pub enum Step {
         #[serde(default)]
         key_decode: Option<KeyDecode>,
         /// How the result is written. `raw` keeps bytes, usable only as a whole-template
-        /// reference (a key or an input of a later digest). Default: `hex`.
+        /// reference (a key or an input of a later digest). Default: `hex` (`base64` for
+        /// `rsa-sha256`).
         #[serde(default)]
         encode: Option<Encoding>,
     },
@@ -321,7 +324,7 @@ pub enum Encoding {
 pub enum NonceFormat {
     /// A random UUID v4, hyphenated.
     Uuid,
-    /// 32 random lower-case hex digits.
+    /// A random UUID v4 without hyphens: 32 lower-case hex digits (122 random bits).
     Hex,
     /// 16 random letters and digits.
     Alnum,
