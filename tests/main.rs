@@ -11,6 +11,7 @@ mod support;
 
 mod cases;
 mod cli;
+mod engine;
 mod layout;
 mod recipe_properties;
 mod schemas;

@@ -14,6 +14,7 @@ async fn health_and_platform_listing() {
     let state = AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
         store: None,
+        engine: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -34,7 +35,7 @@ async fn health_and_platform_listing() {
     let (_, body) = http_get(addr, "/v1/platforms").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let first = &v["platforms"][0];
-    assert_eq!(first["operations"].as_array().unwrap().len(), 6, "{v}");
+    assert_eq!(first["operations"].as_array().unwrap().len(), 7, "{v}");
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -95,6 +95,66 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Base URI of the canonical schemas (their `$id`s).
+pub const BASE_URI: &str = "https://entrepot.dev/schemas/canonical/";
+
+struct Embedded;
+
+impl jsonschema::Retrieve for Embedded {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        let text = uri.as_str();
+        let name = text.strip_prefix(BASE_URI).unwrap_or(text);
+        let name = name.split('#').next().unwrap_or(name);
+        let (_, content) = SCHEMA_FILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no embedded canonical schema {text}"))?;
+        Ok(serde_json::from_str(content)?)
+    }
+}
+
+static INPUT_VALIDATORS: std::sync::LazyLock<
+    std::collections::HashMap<&'static str, jsonschema::Validator>,
+> = std::sync::LazyLock::new(|| {
+    OPERATIONS
+        .iter()
+        .filter_map(|op| {
+            let schema =
+                serde_json::json!({ "$ref": format!("{BASE_URI}{op}.json#/properties/input") });
+            jsonschema::options()
+                .with_retriever(Embedded)
+                .build(&schema)
+                .ok()
+                .map(|v| (*op, v))
+        })
+        .collect()
+});
+
+/// Problems of a canonical operation's input, each as `field: message` (empty when valid).
+pub fn input_problems(operation: &str, input: &serde_json::Value) -> Vec<String> {
+    let Some(v) = INPUT_VALIDATORS.get(operation) else {
+        return vec![format!("'{operation}' is not a canonical operation")];
+    };
+    v.iter_errors(input)
+        .map(|e| {
+            let at = e
+                .instance_path()
+                .as_str()
+                .trim_start_matches('/')
+                .replace('/', ".");
+            let at = if at.is_empty() {
+                "input".to_string()
+            } else {
+                format!("input.{at}")
+            };
+            format!("{at}: {}", e.masked())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +180,18 @@ mod tests {
             .collect();
         assert_eq!(ops, OPERATIONS);
         assert_eq!(events, EVENTS);
+    }
+
+    #[test]
+    fn every_operation_has_an_input_validator() {
+        for op in OPERATIONS {
+            assert!(INPUT_VALIDATORS.contains_key(op), "{op}");
+        }
+        assert!(input_problems("inventory.get", &serde_json::json!({"sku_ids": ["a"]})).is_empty());
+        let problems = input_problems("inventory.get", &serde_json::json!({"sku_ids": []}));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("input.sku_ids:"), "{problems:?}");
+        assert!(!input_problems("order.create", &serde_json::json!({"order_id": "o1"})).is_empty());
     }
 
     #[test]

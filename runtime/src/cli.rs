@@ -425,9 +425,25 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         }
     };
     tracing::info!(store = %crate::store::redact_url(&gateway.store_url), "store open");
+    let credentials = match &gateway.credentials_file {
+        Some(path) => match crate::credentials::read_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Default::default(),
+    };
+    let engine = Arc::new(crate::engine::Engine::new(
+        store.clone(),
+        credentials,
+        process_env,
+    ));
     let state = crate::server::AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
         store: Some(store),
+        engine: Some(engine),
     };
     let result = runtime.block_on(crate::server::serve(
         gateway.listen,

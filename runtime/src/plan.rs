@@ -38,6 +38,18 @@ pub struct PlatformPlan {
     pub operations: IndexMap<String, OperationPlan>,
     /// Callback routes.
     pub callbacks: Vec<CallbackPlan>,
+    /// What to do with unknown platform ids, by id kind (absent: allocate).
+    pub id_policies: std::collections::HashMap<String, crate::config::platform::IdPolicy>,
+}
+
+impl PlatformPlan {
+    /// The policy for unknown platform ids of `kind`.
+    pub fn id_policy(&self, kind: &str) -> crate::config::platform::IdPolicy {
+        self.id_policies
+            .get(kind)
+            .copied()
+            .unwrap_or(crate::config::platform::IdPolicy::Allocate)
+    }
 }
 
 /// One operation: the merged request and how its answer is read.
@@ -51,6 +63,131 @@ pub struct OperationPlan {
     pub answer: AnswerPlan,
     /// How the answer maps to the canonical output.
     pub output: Option<MappingPlan>,
+    /// Internal ids in the input to translate, with their kinds.
+    pub input_ids: Vec<(InputPath, String)>,
+    /// Id pairs to remember after success.
+    pub record: Vec<RecordPlan>,
+    /// How calls are sent.
+    pub transport: TransportPlan,
+}
+
+/// A path into the canonical input: fields, and `[*]` for every element of an array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputPath {
+    /// The path as written.
+    pub source: String,
+    /// Its segments.
+    pub segs: Vec<InputSeg>,
+}
+
+/// One segment of an [`InputPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSeg {
+    /// A field of an object.
+    Field(String),
+    /// Every element of an array.
+    Each,
+}
+
+impl InputPath {
+    /// Parses `lines[*].sku_id`.
+    pub fn parse(source: &str) -> Result<Self, String> {
+        let mut segs = Vec::new();
+        for part in source.split('.') {
+            let (name, each) = match part.strip_suffix("[*]") {
+                Some(n) => (n, true),
+                None => (part, false),
+            };
+            let ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "'{source}' is not an input path (write fields joined by '.', with [*] after arrays, like lines[*].sku_id)"
+                ));
+            }
+            segs.push(InputSeg::Field(name.to_string()));
+            if each {
+                segs.push(InputSeg::Each);
+            }
+        }
+        Ok(InputPath {
+            source: source.to_string(),
+            segs,
+        })
+    }
+
+    /// Every string (or number) value at this path, mutably.
+    pub fn visit_mut<'v>(&self, value: &'v mut Value, out: &mut Vec<&'v mut Value>) {
+        fn walk<'v>(segs: &[InputSeg], v: &'v mut Value, out: &mut Vec<&'v mut Value>) {
+            match segs.split_first() {
+                None => {
+                    if v.is_string() || v.is_number() {
+                        out.push(v);
+                    }
+                }
+                Some((InputSeg::Field(f), rest)) => {
+                    if let Some(child) = v.get_mut(f.as_str()) {
+                        walk(rest, child, out);
+                    }
+                }
+                Some((InputSeg::Each, rest)) => {
+                    if let Value::Array(items) = v {
+                        for item in items {
+                            walk(rest, item, out);
+                        }
+                    }
+                }
+            }
+        }
+        walk(&self.segs, value, out);
+    }
+}
+
+/// A pair of ids to remember after success.
+#[derive(Debug)]
+pub struct RecordPlan {
+    /// Id kind.
+    pub kind: String,
+    /// Template of the internal id over `input`.
+    pub internal: CompiledTemplate,
+    /// Where the platform id is in the answer.
+    pub platform: JsonPathExpr,
+}
+
+/// How calls are sent, with every default resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportPlan {
+    /// Whole-call timeout.
+    pub timeout: std::time::Duration,
+    /// Connect timeout.
+    pub connect_timeout: std::time::Duration,
+    /// Retries after a failed attempt (only when `retry_safe`).
+    pub retries: u32,
+    /// First backoff.
+    pub backoff: std::time::Duration,
+    /// Longest backoff.
+    pub backoff_max: std::time::Duration,
+    /// Whether the operation may be repeated.
+    pub retry_safe: bool,
+    /// Calls per second allowed.
+    pub qps: Option<f64>,
+    /// Calls in flight at once.
+    pub concurrency: u32,
+    /// Circuit breaker.
+    pub breaker: Option<BreakerPlan>,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerPlan {
+    /// Failure rate that opens it.
+    pub failure_rate: f64,
+    /// Calls needed before the rate counts.
+    pub min_calls: u32,
+    /// Counting window.
+    pub window: std::time::Duration,
+    /// Open time before a trial call.
+    pub cool_down: std::time::Duration,
 }
 
 /// A request, ready to build.
@@ -132,6 +269,8 @@ pub struct MappingPlan {
     pub required: bool,
     /// Entity kind for id translation.
     pub id: Option<String>,
+    /// Time pattern and offset for `type: time` values that are not RFC 3339.
+    pub time_format: Option<(crate::timefmt::TimeFormat, time::UtcOffset)>,
 }
 
 /// Where a mapped value comes from.

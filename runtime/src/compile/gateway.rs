@@ -38,6 +38,8 @@ pub struct GatewaySettings {
     pub admin_token: Option<Secret>,
     /// Event targets.
     pub targets: Vec<TargetSettings>,
+    /// Credentials file, resolved against the file's directory.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// One event target, resolved.
@@ -152,6 +154,7 @@ pub fn compile_gateway(
             .filter(|t| !t.is_empty())
             .map(Secret::new),
         targets,
+        credentials_file: file.credentials_file.as_deref().map(|f| base.join(f)),
     })
 }
 

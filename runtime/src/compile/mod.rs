@@ -20,8 +20,9 @@ use crate::config::source::{DocPath, SourceDoc};
 use crate::config::{self, EnvLookup};
 use crate::diagnostics::{Code, Diagnostic, did_you_mean};
 use crate::plan::{
-    AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, JsonPathExpr, JsonTemplate, MappingPlan,
-    MappingSource, OperationPlan, Plan, PlatformPlan, RequestPlan,
+    AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, InputPath, JsonPathExpr, JsonTemplate,
+    MappingPlan, MappingSource, OperationPlan, Plan, PlatformPlan, RecordPlan, RequestPlan,
+    TransportPlan,
 };
 use crate::template::CompiledTemplate;
 use crate::timefmt::{TimeFormat, parse_offset};
@@ -328,6 +329,103 @@ impl Cx<'_> {
             credentials: f.credentials.clone(),
             operations,
             callbacks,
+            id_policies: f.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    fn transport(
+        &mut self,
+        op_name: &str,
+        op: &crate::config::platform::TransportSpec,
+        path: &DocPath,
+    ) -> TransportPlan {
+        use crate::config::platform::TransportSpec;
+        let base: &TransportSpec = &self.file.transport;
+        let base_path = DocPath::root().key("transport");
+        let op_path = path.key("transport");
+        let dur =
+            |o: &Option<String>, b: &Option<String>, key: &str, default: u64, cx: &mut Self| {
+                let (text, p) = match (o, b) {
+                    (Some(t), _) => (t.clone(), op_path.key(key)),
+                    (None, Some(t)) => (t.clone(), base_path.key(key)),
+                    (None, None) => return std::time::Duration::from_millis(default),
+                };
+                cx.duration(&text, &p)
+                    .unwrap_or(std::time::Duration::from_millis(default))
+            };
+        let timeout = dur(&op.timeout, &base.timeout, "timeout", 10_000, self);
+        let connect_timeout = dur(
+            &op.connect_timeout,
+            &base.connect_timeout,
+            "connect_timeout",
+            3_000,
+            self,
+        );
+        let backoff = dur(&op.backoff, &base.backoff, "backoff", 200, self);
+        let backoff_max = dur(
+            &op.backoff_max,
+            &base.backoff_max,
+            "backoff_max",
+            5_000,
+            self,
+        );
+        let read_only = !matches!(op_name, "order.create" | "order.cancel");
+        let qps = op.qps.or(base.qps);
+        if let Some(q) = qps
+            && !(q > 0.0 && q.is_finite())
+        {
+            self.error(
+                &op_path.key("qps"),
+                Code::InvalidValue,
+                format!("qps must be a positive number, not {q}"),
+            );
+        }
+        let breaker_spec = op.breaker.as_ref().or(base.breaker.as_ref());
+        let breaker = match breaker_spec {
+            Some(b) if b.enabled == Some(false) => None,
+            other => {
+                let b = other.cloned().unwrap_or_default();
+                let bp = if op.breaker.is_some() {
+                    op_path.key("breaker")
+                } else {
+                    base_path.key("breaker")
+                };
+                let rate = b.failure_rate.unwrap_or(0.5);
+                if !(rate > 0.0 && rate <= 1.0) {
+                    self.error(
+                        &bp.key("failure_rate"),
+                        Code::InvalidValue,
+                        format!("failure_rate must be above 0 and at most 1, not {rate}"),
+                    );
+                }
+                let window = b
+                    .window
+                    .as_deref()
+                    .and_then(|w| self.duration(w, &bp.key("window")))
+                    .unwrap_or(std::time::Duration::from_secs(30));
+                let cool_down = b
+                    .cool_down
+                    .as_deref()
+                    .and_then(|w| self.duration(w, &bp.key("cool_down")))
+                    .unwrap_or(std::time::Duration::from_secs(15));
+                Some(crate::plan::BreakerPlan {
+                    failure_rate: rate,
+                    min_calls: b.min_calls.unwrap_or(20),
+                    window,
+                    cool_down,
+                })
+            }
+        };
+        TransportPlan {
+            timeout,
+            connect_timeout,
+            retries: op.retries.or(base.retries).unwrap_or(2),
+            backoff,
+            backoff_max,
+            retry_safe: op.retry_safe.or(base.retry_safe).unwrap_or(read_only),
+            qps,
+            concurrency: op.concurrency.or(base.concurrency).unwrap_or(64).max(1),
+            breaker,
         }
     }
 
@@ -339,13 +437,61 @@ impl Cx<'_> {
             .response
             .as_ref()
             .and_then(|m| self.mapping(m, &path.key("response"), false));
+        let mut input_ids = Vec::new();
+        for (p, kind) in &op.ids {
+            let ip = path.key("ids").key(p.clone());
+            self.check_kind(kind, &ip);
+            match InputPath::parse(p) {
+                Ok(parsed) => input_ids.push((parsed, kind.clone())),
+                Err(e) => {
+                    self.error_key(&ip, Code::InvalidValue, e);
+                }
+            }
+        }
+        let mut record = Vec::new();
+        for (i, r) in op.record.iter().enumerate() {
+            let rp = path.key("record").index(i);
+            self.check_kind(&r.kind, &rp.key("kind"));
+            let scope = Scope {
+                roots: &["input"],
+                extra: &[],
+            };
+            let internal = self.template(&r.internal, &rp.key("internal"), &scope);
+            let platform = self.json_path(&r.platform, &rp.key("platform"));
+            if let (Some(internal), Some(platform)) = (internal, platform) {
+                record.push(RecordPlan {
+                    kind: r.kind.clone(),
+                    internal,
+                    platform,
+                });
+            }
+        }
+        let transport = self.transport(name, &op.transport, path);
         let request = request?;
         (self.problems.len() == before).then(|| OperationPlan {
             name: name.to_string(),
             request,
             answer,
             output,
+            input_ids,
+            record,
+            transport,
         })
+    }
+
+    fn check_kind(&mut self, kind: &str, path: &DocPath) {
+        let ok = !kind.is_empty()
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            self.error(
+                path,
+                Code::IdKind,
+                format!("'{kind}' is not a valid entity kind"),
+            )
+            .hint = Some("use lowercase letters, digits and '_', like spu, sku or order".into());
+        }
     }
 
     fn request(
@@ -571,20 +717,30 @@ impl Cx<'_> {
             );
         }
         if let Some(kind) = &m.id {
-            let ok = !kind.is_empty()
-                && kind
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !ok {
-                self.error(
-                    &path.key("id"),
-                    Code::IdKind,
-                    format!("'{kind}' is not a valid entity kind"),
-                )
-                .hint =
-                    Some("use lowercase letters, digits and '_', like spu, sku or order".into());
-            }
+            self.check_kind(kind, &path.key("id"));
         }
+        let time_format = match (&m.format, &m.offset) {
+            (None, None) => None,
+            (f, o) => {
+                let format = match f {
+                    Some(f) => TimeFormat::parse(f)
+                        .map_err(|e| {
+                            self.error(&path.key("format"), Code::TimeFormat, e).hint = None
+                        })
+                        .ok(),
+                    None => Some(TimeFormat::UnixSeconds),
+                };
+                let offset = match o {
+                    Some(o) => parse_offset(o)
+                        .map_err(|e| {
+                            self.error(&path.key("offset"), Code::TimeFormat, e).hint = None
+                        })
+                        .ok(),
+                    None => Some(time::UtcOffset::UTC),
+                };
+                format.zip(offset)
+            }
+        };
         let _ = in_item;
         let source = if let Some(p) = &m.path {
             self.json_path(p, &path.key("path"))
@@ -626,6 +782,7 @@ impl Cx<'_> {
             default: m.default.clone(),
             required: m.required,
             id: m.id.clone(),
+            time_format,
         })
     }
 

@@ -25,6 +25,10 @@ pub struct GatewayFile {
     /// Internal systems that receive canonical events, by name.
     #[serde(default)]
     pub targets: IndexMap<String, Target>,
+    /// A credentials file (platform → credential name → value), relative to this file. Keep
+    /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
 }
 
 /// Where state lives.

@@ -46,6 +46,83 @@ pub struct PlatformFile {
     /// Routes on which this platform pushes notifications, mounted under `/callbacks/`.
     #[serde(default)]
     pub callbacks: Vec<Callback>,
+    /// How calls to this platform are sent: timeouts, retries, rate limit, concurrency cap and
+    /// circuit breaker. An operation's own `transport` overrides these field by field.
+    #[serde(default)]
+    pub transport: TransportSpec,
+    /// Id kinds (`spu`, `sku`, `order`...) → what to do with a platform id that has no internal
+    /// id yet. Kinds not listed allocate one.
+    #[serde(default)]
+    pub ids: IndexMap<String, IdPolicy>,
+}
+
+/// What happens to a platform id without an internal id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdPolicy {
+    /// Allocate a new internal id and remember the pair (products seen for the first time).
+    Allocate,
+    /// Refuse the answer with a mapping error (ids that must have been created by the mall).
+    Require,
+}
+
+/// How calls are sent. Every field is optional; defaults are given per field.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSpec {
+    /// Time allowed for the whole call, connection to last byte. Default: `10s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Time allowed to connect. Default: `3s`.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Retries after a failed attempt (timeouts, connection errors, 5xx, retryable business
+    /// codes). Only operations that are safe to repeat are retried. Default: `2`.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// First backoff; each retry doubles it, with full jitter, up to `backoff_max`.
+    /// Default: `200ms`.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest backoff. Default: `5s`.
+    #[serde(default)]
+    pub backoff_max: Option<String>,
+    /// Whether this operation may be repeated without harm. Default: true for reads
+    /// (`*.get`, `*.list`), false for `order.create` and `order.cancel` (set it to true when
+    /// the platform deduplicates them, for example by the order id).
+    #[serde(default)]
+    pub retry_safe: Option<bool>,
+    /// The platform's quota in calls per second; calls wait for their turn. Default: none.
+    #[serde(default)]
+    pub qps: Option<f64>,
+    /// Calls in flight at once. Default: 64.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Circuit breaker. Default: opens at a 50% failure rate over at least 20 calls in 30s,
+    /// half-opens after 15s.
+    #[serde(default)]
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// When the circuit breaker opens and when it tries again.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Failure rate (0 to 1) that opens the breaker. Default: `0.5`.
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// Calls needed in the window before the rate counts. Default: `20`.
+    #[serde(default)]
+    pub min_calls: Option<u32>,
+    /// Length of the counting window. Default: `30s`.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// How long the breaker stays open before letting one trial call through. Default: `15s`.
+    #[serde(default)]
+    pub cool_down: Option<String>,
+    /// Set to false to disable the breaker. Default: true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// A setting's value: a string, a number or a boolean.
@@ -186,6 +263,31 @@ pub struct Operation {
     /// How the platform's answer maps onto the canonical output of this operation.
     #[serde(default)]
     pub response: Option<Mapping>,
+    /// Internal ids in the canonical input to translate into platform ids before the request
+    /// is built: input path → id kind. Paths are field names joined by `.`, with `[*]` after
+    /// an array, such as `sku_ids[*]`, `lines[*].sku_id` or `order_id`. An id without a
+    /// mapping is refused with a clear error.
+    #[serde(default)]
+    pub ids: IndexMap<String, String>,
+    /// Pairs of ids to remember after a successful call, such as the platform's order id for
+    /// the mall's order id.
+    #[serde(default)]
+    pub record: Vec<RecordSpec>,
+    /// Transport overrides for this operation.
+    #[serde(default)]
+    pub transport: TransportSpec,
+}
+
+/// A pair of ids learnt from a successful call.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSpec {
+    /// Id kind, such as `order`.
+    pub kind: String,
+    /// Template of the internal id, over the canonical input: `{{input.order_id}}`.
+    pub internal: String,
+    /// JSONPath of the platform id in the answer: `$.result.orderId`.
+    pub platform: String,
 }
 
 /// A mapping from a platform document (an answer or a callback body) to a canonical value.
@@ -230,6 +332,14 @@ pub struct Mapping {
     /// translated between the platform's id and the mall's internal id by the key-mapping store.
     #[serde(default)]
     pub id: Option<String>,
+    /// For `type: time`: the platform's time format when it is not RFC 3339 or Unix
+    /// seconds/milliseconds, such as `yyyy-MM-dd HH:mm:ss`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// For `type: time` with a `format` that has no zone: its UTC offset, such as `+08:00`.
+    /// Default: `+00:00`.
+    #[serde(default)]
+    pub offset: Option<String>,
 }
 
 /// Conversion applied to a mapped value.

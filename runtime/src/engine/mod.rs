@@ -1,4 +1,558 @@
-//! The outbound engine: builds requests from the plan, signs them and (later) sends them and
-//! maps their answers.
+//! The outbound engine: validates a canonical input, translates its ids, builds and signs the
+//! platform's request, sends it under the transport policy, judges and decodes the answer,
+//! maps it onto the canonical model and translates the ids back.
+
+// A `Problem` is the failure path of a network call: its size does not matter next to the call.
+#![allow(clippy::result_large_err)]
 
 pub mod build;
+pub mod decode;
+pub mod mapping;
+pub mod problem;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use crate::config::platform::IdPolicy;
+use crate::credentials::CredentialSets;
+use crate::plan::{OperationPlan, PlatformPlan, TransportPlan};
+use crate::store::Store;
+use crate::template::text_of;
+use build::{BuildError, BuildInput, BuiltRequest, build, method_text};
+use problem::{Problem, ProblemKind};
+use transport::{Breaker, Pacer, backoff};
+
+/// What a call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    /// The canonical output.
+    Output(Value),
+    /// The request that would be sent (dry run).
+    DryRun(Box<BuiltRequest>),
+}
+
+/// The engine; one per gateway, shared by all requests.
+pub struct Engine {
+    store: Store,
+    credentials: CredentialSets,
+    env: fn(&str) -> Option<String>,
+    clients: Mutex<HashMap<u128, reqwest::Client>>,
+    pacers: Mutex<HashMap<(String, u64), Arc<Pacer>>>,
+    caps: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// One attempt's failure.
+enum Attempt {
+    /// Worth retrying (transport error, 5xx, 429, retryable business code).
+    Retryable(Problem),
+    /// Final.
+    Final(Problem),
+}
+
+impl Engine {
+    /// An engine using `store` for ids, credentials from `credentials` and the environment.
+    pub fn new(store: Store, credentials: CredentialSets, env: fn(&str) -> Option<String>) -> Self {
+        Engine {
+            store,
+            credentials,
+            env,
+            clients: Mutex::default(),
+            pacers: Mutex::default(),
+            caps: Mutex::default(),
+            breakers: Mutex::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn client(&self, t: &TransportPlan) -> Result<reqwest::Client, Problem> {
+        let key = t.connect_timeout.as_millis();
+        let mut clients = self.clients.lock().map_err(|_| {
+            Problem::new(
+                ProblemKind::Configuration,
+                "the HTTP client pool is unusable",
+            )
+        })?;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(t.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .user_agent(concat!("entrepot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Problem::new(
+                    ProblemKind::Configuration,
+                    format!("cannot create the HTTP client: {e}"),
+                )
+            })?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn limits(
+        &self,
+        platform: &str,
+        t: &TransportPlan,
+    ) -> (Option<Arc<Pacer>>, Arc<Semaphore>, Option<Arc<Breaker>>) {
+        let pacer = t.qps.and_then(|q| {
+            let mut m = self.pacers.lock().ok()?;
+            Some(
+                m.entry((platform.to_string(), q.to_bits()))
+                    .or_insert_with(|| Arc::new(Pacer::new(q)))
+                    .clone(),
+            )
+        });
+        let cap = self
+            .caps
+            .lock()
+            .map(|mut m| {
+                m.entry((platform.to_string(), t.concurrency))
+                    .or_insert_with(|| Arc::new(Semaphore::new(t.concurrency as usize)))
+                    .clone()
+            })
+            .unwrap_or_else(|_| Arc::new(Semaphore::new(t.concurrency as usize)));
+        let breaker = t.breaker.as_ref().and_then(|b| {
+            let mut m = self.breakers.lock().ok()?;
+            Some(
+                m.entry(platform.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(Breaker::new(b.clone(), tokio::time::Instant::now()))
+                    })
+                    .clone(),
+            )
+        });
+        (pacer, cap, breaker)
+    }
+
+    /// Runs canonical operation `op_name` on `platform` with `input`.
+    pub async fn call(
+        &self,
+        platform: &PlatformPlan,
+        op_name: &str,
+        input: &Value,
+        dry_run: bool,
+    ) -> Result<CallOutcome, Problem> {
+        let at = |p: Problem| p.at(&platform.name, op_name);
+        let op = platform.operations.get(op_name).ok_or_else(|| {
+            let known: Vec<&str> = platform.operations.keys().map(String::as_str).collect();
+            at(Problem::new(
+                ProblemKind::NotFound,
+                format!(
+                    "platform '{}' does not offer '{op_name}' (it offers: {})",
+                    platform.name,
+                    known.join(", ")
+                ),
+            ))
+        })?;
+        let errors = crate::canonical::input_problems(op_name, input);
+        if !errors.is_empty() {
+            let mut p = Problem::new(
+                ProblemKind::InvalidInput,
+                format!("the input of {op_name} is not valid: {}", errors.join("; ")),
+            );
+            p.errors = errors;
+            return Err(at(p));
+        }
+        let translated = self
+            .translate_input(platform, op, input)
+            .await
+            .map_err(at)?;
+        let credentials = crate::credentials::resolve(platform, &self.credentials, &self.env);
+        let build_once = || {
+            build(
+                platform,
+                op,
+                &BuildInput {
+                    input: &translated,
+                    credentials: &credentials,
+                    now: OffsetDateTime::now_utc(),
+                    nonce: None,
+                },
+            )
+            .map_err(|e| at(build_problem(e)))
+        };
+        if dry_run {
+            return Ok(CallOutcome::DryRun(Box::new(build_once()?)));
+        }
+        let doc = self.send(platform, op, build_once).await.map_err(at)?;
+        // Pairs learnt from the answer are stored first, so the output can translate them.
+        self.record(platform, op, input, &doc).await.map_err(at)?;
+        let output = self.map_output(platform, op, &doc).await.map_err(at)?;
+        Ok(CallOutcome::Output(output))
+    }
+
+    async fn translate_input(
+        &self,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+        input: &Value,
+    ) -> Result<Value, Problem> {
+        let mut out = input.clone();
+        if op.input_ids.is_empty() {
+            return Ok(out);
+        }
+        let mut wanted: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut scratch = input.clone();
+        for (path, kind) in &op.input_ids {
+            let mut found = Vec::new();
+            path.visit_mut(&mut scratch, &mut found);
+            wanted
+                .entry(kind.as_str())
+                .or_default()
+                .extend(found.into_iter().map(|v| text_of(v)));
+        }
+        let mut maps: HashMap<&str, HashMap<String, String>> = HashMap::new();
+        for (kind, ids) in &wanted {
+            let m = self
+                .store
+                .to_platform(&platform.name, kind, ids)
+                .await
+                .map_err(store_problem)?;
+            if let Some(missing) = ids.iter().find(|i| !m.contains_key(*i)) {
+                return Err(Problem::new(
+                    ProblemKind::UnknownId,
+                    format!(
+                        "{kind} '{missing}' is not known on platform '{}' (no key mapping)",
+                        platform.name
+                    ),
+                ));
+            }
+            maps.insert(kind, m);
+        }
+        for (path, kind) in &op.input_ids {
+            let mut slots = Vec::new();
+            path.visit_mut(&mut out, &mut slots);
+            for slot in slots {
+                if let Some(pid) = maps.get(kind.as_str()).and_then(|m| m.get(&text_of(slot))) {
+                    *slot = Value::String(pid.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn send(
+        &self,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+        build_once: impl Fn() -> Result<BuiltRequest, Problem>,
+    ) -> Result<Value, Problem> {
+        let t = &op.transport;
+        let client = self.client(t)?;
+        let (pacer, cap, breaker) = self.limits(&platform.name, t);
+        let attempts = if t.retry_safe { t.retries + 1 } else { 1 };
+        let mut last = Problem::new(ProblemKind::PlatformUnavailable, "no attempt was made");
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(backoff(attempt - 1, t.backoff, t.backoff_max)).await;
+            }
+            if let Some(b) = &breaker
+                && let Err(wait) = b.allow(tokio::time::Instant::now())
+            {
+                let mut p = Problem::new(
+                    ProblemKind::PlatformUnavailable,
+                    format!(
+                        "the circuit breaker for '{}' is open after repeated failures; calls resume in {}s",
+                        platform.name,
+                        wait.as_secs().max(1)
+                    ),
+                );
+                p.retryable = true;
+                return Err(p);
+            }
+            let _permit = cap.acquire().await.map_err(|_| {
+                Problem::new(
+                    ProblemKind::PlatformUnavailable,
+                    "the gateway is shutting down",
+                )
+            })?;
+            if let Some(p) = &pacer {
+                p.wait().await;
+            }
+            let request = build_once()?;
+            let outcome = self.attempt(&client, platform, op, &request).await;
+            if let Some(b) = &breaker {
+                // Business errors come from a healthy platform; only transport-level failures count.
+                let healthy = !matches!(&outcome, Err(Attempt::Retryable(p)) if p.kind == Some(ProblemKind::PlatformUnavailable))
+                    && !matches!(&outcome, Err(Attempt::Final(p)) if p.kind == Some(ProblemKind::MappingError));
+                b.record(healthy, tokio::time::Instant::now());
+            }
+            match outcome {
+                Ok(doc) => return Ok(doc),
+                Err(Attempt::Final(p)) => return Err(p),
+                Err(Attempt::Retryable(p)) => {
+                    tracing::warn!(platform = %platform.name, operation = %op.name, attempt, "{p}");
+                    last = p;
+                }
+            }
+        }
+        if !t.retry_safe {
+            last.detail
+                .push_str(" (not retried: the operation is not marked safe to repeat)");
+        }
+        Err(last)
+    }
+
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+        r: &BuiltRequest,
+    ) -> Result<Value, Attempt> {
+        let method = reqwest::Method::from_bytes(method_text(r.method).as_bytes())
+            .unwrap_or(reqwest::Method::POST);
+        let mut req = client.request(method, &r.url).timeout(op.transport.timeout);
+        for (k, v) in &r.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(ct) = &r.content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct.as_str());
+        }
+        if !r.body.is_empty() {
+            req = req.body(r.body.clone());
+        }
+        let unavailable = |detail: String| {
+            let mut p = Problem::new(ProblemKind::PlatformUnavailable, detail);
+            p.retryable = true;
+            Attempt::Retryable(p)
+        };
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                unavailable(format!(
+                    "'{}' did not answer within {:?}",
+                    platform.name, op.transport.timeout
+                ))
+            } else {
+                unavailable(format!(
+                    "cannot reach '{}': {}",
+                    platform.name,
+                    root_cause(&e)
+                ))
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| {
+            unavailable(format!(
+                "the answer of '{}' broke off: {}",
+                platform.name,
+                root_cause(&e)
+            ))
+        })?;
+        if status >= 500 || status == 429 {
+            return Err(unavailable(format!(
+                "'{}' answered HTTP {status}",
+                platform.name
+            )));
+        }
+        let a = &op.answer;
+        let doc = decode::decode(a.format, &body).map_err(|e| {
+            Attempt::Final(Problem::new(
+                ProblemKind::MappingError,
+                format!(
+                    "the answer of '{}' (HTTP {status}) cannot be read: {e}",
+                    platform.name
+                ),
+            ))
+        })?;
+        let status_ok = if a.success_status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            a.success_status.contains(&status)
+        };
+        let code = a
+            .success_path
+            .as_ref()
+            .and_then(|p| p.first(&doc))
+            .map(text_of);
+        let code_ok = match (&a.success_path, &code) {
+            (None, _) => true,
+            (Some(_), Some(c)) => a.success_values.iter().any(|v| v == c),
+            (Some(_), None) => false,
+        };
+        if status_ok && code_ok {
+            return Ok(doc);
+        }
+        let platform_code = a
+            .error_code
+            .as_ref()
+            .and_then(|p| p.first(&doc))
+            .map(text_of)
+            .or(code);
+        let platform_message = a
+            .error_message
+            .as_ref()
+            .and_then(|p| p.first(&doc))
+            .map(text_of);
+        let retryable = platform_code
+            .as_ref()
+            .is_some_and(|c| a.retryable.contains(c));
+        let mut p = Problem::new(
+            ProblemKind::PlatformError,
+            format!(
+                "'{}' refused {} (HTTP {status}, code {}): {}",
+                platform.name,
+                op.name,
+                platform_code.as_deref().unwrap_or("none"),
+                platform_message.as_deref().unwrap_or("no message")
+            ),
+        );
+        p.platform_code = platform_code;
+        p.platform_message = platform_message;
+        p.retryable = retryable;
+        Err(if retryable {
+            Attempt::Retryable(p)
+        } else {
+            Attempt::Final(p)
+        })
+    }
+
+    async fn map_output(
+        &self,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+        doc: &Value,
+    ) -> Result<Value, Problem> {
+        let Some(plan) = &op.output else {
+            return Ok(doc.clone());
+        };
+        let mut extra = Map::new();
+        extra.insert("settings".into(), Value::Object(platform.settings.clone()));
+        extra.insert("platform".into(), Value::String(platform.name.clone()));
+        let mut mapped = mapping::map_document(plan, doc, &extra).map_err(|e| {
+            Problem::new(
+                ProblemKind::MappingError,
+                format!(
+                    "the answer of '{}' to {} does not map: {e}",
+                    platform.name, op.name
+                ),
+            )
+        })?;
+        if mapped.missing_optional > 0 {
+            tracing::debug!(platform = %platform.name, operation = %op.name, missing = mapped.missing_optional, "optional values absent");
+        }
+        let mut by_kind: HashMap<String, Vec<String>> = HashMap::new();
+        for id in &mapped.ids {
+            by_kind
+                .entry(id.kind.clone())
+                .or_default()
+                .push(id.platform_id.clone());
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let mut internal: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for (kind, ids) in by_kind {
+            let mut ids = ids;
+            ids.sort();
+            ids.dedup();
+            let m = match platform.id_policy(&kind) {
+                IdPolicy::Allocate => {
+                    self.store
+                        .to_internal_or_allocate(&platform.name, &kind, &ids, now)
+                        .await
+                }
+                IdPolicy::Require => self.store.to_internal(&platform.name, &kind, &ids).await,
+            }
+            .map_err(store_problem)?;
+            internal.insert(kind, m);
+        }
+        for id in &mapped.ids {
+            let found = internal.get(&id.kind).and_then(|m| m.get(&id.platform_id));
+            let Some(found) = found else {
+                return Err(Problem::new(
+                    ProblemKind::MappingError,
+                    format!(
+                        "'{}' answered with {} '{}', which has no internal id (the platform's `ids` policy for '{}' is require)",
+                        platform.name, id.kind, id.platform_id, id.kind
+                    ),
+                ));
+            };
+            if let Some(slot) = mapped.value.pointer_mut(&id.pointer) {
+                *slot = Value::String(found.clone());
+            }
+        }
+        Ok(mapped.value)
+    }
+
+    async fn record(
+        &self,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+        input: &Value,
+        doc: &Value,
+    ) -> Result<(), Problem> {
+        let now = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        for r in &op.record {
+            let mut ctx = Map::new();
+            ctx.insert("input".into(), input.clone());
+            let internal = r
+                .internal
+                .render(&Value::Object(ctx))
+                .map_err(|e| Problem::new(ProblemKind::Configuration, e))?;
+            let Some(pid) = r.platform.first(doc).map(text_of).filter(|p| !p.is_empty()) else {
+                return Err(Problem::new(
+                    ProblemKind::MappingError,
+                    format!(
+                        "'{}' answered without the {} id at {}",
+                        platform.name,
+                        r.kind,
+                        r.platform.source()
+                    ),
+                ));
+            };
+            self.store
+                .map_put(&platform.name, &r.kind, &internal, &pid, now)
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::MappingConflict { message, .. } => {
+                        Problem::new(ProblemKind::MappingError, message)
+                    }
+                    other => store_problem(other),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn build_problem(e: BuildError) -> Problem {
+    match e {
+        BuildError::MissingCredential { .. } => {
+            Problem::new(ProblemKind::Configuration, e.to_string())
+        }
+        BuildError::Render { .. } | BuildError::Sign { .. } => {
+            Problem::new(ProblemKind::Configuration, e.to_string())
+        }
+    }
+}
+
+fn store_problem(e: crate::store::StoreError) -> Problem {
+    tracing::error!("{e}");
+    Problem::new(
+        ProblemKind::StoreUnavailable,
+        "the gateway's store failed; see the gateway's log",
+    )
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

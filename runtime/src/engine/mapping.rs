@@ -1,0 +1,399 @@
+//! Mapping a platform document onto the canonical model, with the compiled [`MappingPlan`].
+//!
+//! Mapping is pure: ids marked with `id:` are left as platform ids and reported, so the caller
+//! can translate them all in one batch per kind through the store.
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::platform::ValueType;
+use crate::plan::{MappingPlan, MappingSource};
+use crate::template::{text_of, yuan_text_to_fen};
+
+/// A platform id found while mapping, to translate into an internal id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundId {
+    /// JSON pointer of the value in the output.
+    pub pointer: String,
+    /// Entity kind.
+    pub kind: String,
+    /// The platform's id.
+    pub platform_id: String,
+}
+
+/// The result of a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// The canonical value.
+    pub value: Value,
+    /// Ids to translate.
+    pub ids: Vec<FoundId>,
+    /// Optional values that were absent (left out).
+    pub missing_optional: u64,
+}
+
+/// Why a document does not map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct MappingError {
+    /// The output field, like `items[3].price.amount`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+struct Cx<'a> {
+    doc: &'a Value,
+    extra: &'a Map<String, Value>,
+    ids: Vec<FoundId>,
+    missing: u64,
+}
+
+/// Maps `doc` with `plan`. `extra` holds the other template variables (`settings`,
+/// `platform`).
+pub fn map_document(
+    plan: &MappingPlan,
+    doc: &Value,
+    extra: &Map<String, Value>,
+) -> Result<Mapped, MappingError> {
+    let mut cx = Cx {
+        doc,
+        extra,
+        ids: Vec::new(),
+        missing: 0,
+    };
+    let value = map_value(&mut cx, plan, doc, "", "")?.unwrap_or(Value::Null);
+    Ok(Mapped {
+        value,
+        ids: cx.ids,
+        missing_optional: cx.missing,
+    })
+}
+
+fn field_name(field: &str) -> String {
+    if field.is_empty() {
+        "the output".into()
+    } else {
+        field.to_string()
+    }
+}
+
+fn source(
+    cx: &mut Cx<'_>,
+    plan: &MappingPlan,
+    item: &Value,
+    field: &str,
+) -> Result<Option<Value>, MappingError> {
+    Ok(match &plan.source {
+        MappingSource::Current => Some(item.clone()),
+        MappingSource::Path(p) => p.first(item).cloned(),
+        MappingSource::Value(v) => Some(v.clone()),
+        MappingSource::Template(t) => {
+            let mut ctx = cx.extra.clone();
+            ctx.insert("item".into(), item.clone());
+            ctx.insert("doc".into(), cx.doc.clone());
+            let text = t
+                .render(&Value::Object(ctx))
+                .map_err(|message| MappingError {
+                    field: field_name(field),
+                    message,
+                })?;
+            Some(Value::String(text))
+        }
+    })
+}
+
+fn map_value(
+    cx: &mut Cx<'_>,
+    plan: &MappingPlan,
+    item: &Value,
+    field: &str,
+    pointer: &str,
+) -> Result<Option<Value>, MappingError> {
+    let found = source(cx, plan, item, field)?.filter(|v| !v.is_null());
+    let Some(found) = found else {
+        return missing(cx, plan, field, "no value", pointer);
+    };
+    if let Some(each) = &plan.each {
+        let items: Vec<Value> = each.query(&found).into_iter().cloned().collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            let p = format!("{pointer}/{}", out.len());
+            if let Some(v) = map_one(cx, plan, it, &f, &p)? {
+                out.push(v);
+            }
+        }
+        return Ok(Some(Value::Array(out)));
+    }
+    map_one(cx, plan, &found, field, pointer)
+}
+
+fn map_one(
+    cx: &mut Cx<'_>,
+    plan: &MappingPlan,
+    v: &Value,
+    field: &str,
+    pointer: &str,
+) -> Result<Option<Value>, MappingError> {
+    if let Some(fields) = &plan.fields {
+        let mut obj = Map::new();
+        for (name, sub) in fields {
+            let f = if field.is_empty() {
+                name.clone()
+            } else {
+                format!("{field}.{name}")
+            };
+            let p = format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1"));
+            if let Some(value) = map_value(cx, sub, v, &f, &p)? {
+                obj.insert(name.clone(), value);
+            }
+        }
+        return Ok(Some(Value::Object(obj)));
+    }
+    let mut value = v.clone();
+    if let Some(table) = &plan.map {
+        match table.get(&text_of(&value)) {
+            Some(mapped) => value = mapped.clone(),
+            None => {
+                return match &plan.default {
+                    Some(d) => Ok(Some(d.clone())),
+                    None => Err(MappingError {
+                        field: field_name(field),
+                        message: format!(
+                            "the platform value {} is not in the `map` table",
+                            short(&value)
+                        ),
+                    }),
+                };
+            }
+        }
+    }
+    if let Some(kind) = plan.kind {
+        value = convert(&value, kind, plan).map_err(|message| MappingError {
+            field: field_name(field),
+            message,
+        })?;
+    }
+    if let Some(kind) = &plan.id {
+        let text = text_of(&value);
+        if text.is_empty() {
+            return missing(cx, plan, field, "an empty id", pointer);
+        }
+        cx.ids.push(FoundId {
+            pointer: pointer.to_string(),
+            kind: kind.clone(),
+            platform_id: text.clone(),
+        });
+        value = Value::String(text);
+    }
+    Ok(Some(value))
+}
+
+fn missing(
+    cx: &mut Cx<'_>,
+    plan: &MappingPlan,
+    field: &str,
+    what: &str,
+    _pointer: &str,
+) -> Result<Option<Value>, MappingError> {
+    if let Some(d) = &plan.default {
+        return Ok(Some(d.clone()));
+    }
+    if plan.required {
+        let at = match &plan.source {
+            MappingSource::Path(p) => format!(" at {}", p.source()),
+            _ => String::new(),
+        };
+        return Err(MappingError {
+            field: field_name(field),
+            message: format!("required, but the platform sent {what}{at}"),
+        });
+    }
+    cx.missing += 1;
+    Ok(None)
+}
+
+fn short(v: &Value) -> String {
+    let t = v.to_string();
+    if t.chars().count() > 60 {
+        format!("{}…", t.chars().take(60).collect::<String>())
+    } else {
+        t
+    }
+}
+
+fn convert(v: &Value, kind: ValueType, plan: &MappingPlan) -> Result<Value, String> {
+    let bad = |what: &str| format!("expected {what}, found {}", short(v));
+    Ok(match kind {
+        ValueType::String => Value::String(text_of(v)),
+        ValueType::Integer => match v {
+            Value::Number(n) if n.is_i64() || n.is_u64() => v.clone(),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+                _ => return Err(bad("an integer")),
+            },
+            Value::String(s) => {
+                Value::from(s.trim().parse::<i64>().map_err(|_| bad("an integer"))?)
+            }
+            _ => return Err(bad("an integer")),
+        },
+        ValueType::Decimal => {
+            let t = text_of(v);
+            let digits = t.trim().trim_start_matches(['-', '+']);
+            let (w, f) = digits.split_once('.').unwrap_or((digits, ""));
+            let ok = !w.is_empty()
+                && w.chars().all(|c| c.is_ascii_digit())
+                && f.chars().all(|c| c.is_ascii_digit());
+            if !ok || matches!(v, Value::Bool(_) | Value::Array(_) | Value::Object(_)) {
+                return Err(bad("a decimal number"));
+            }
+            Value::String(t.trim().to_string())
+        }
+        ValueType::Bool => match v {
+            Value::Bool(_) => v.clone(),
+            Value::Number(n) if n.as_i64() == Some(1) => Value::Bool(true),
+            Value::Number(n) if n.as_i64() == Some(0) => Value::Bool(false),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "y" | "yes" => Value::Bool(true),
+                "false" | "0" | "n" | "no" => Value::Bool(false),
+                _ => return Err(bad("a boolean")),
+            },
+            _ => return Err(bad("a boolean")),
+        },
+        ValueType::Fen => {
+            let text = text_of(v);
+            Value::from(
+                yuan_text_to_fen(&text)
+                    .map_err(|_| bad("an amount in yuan with at most two decimals"))?,
+            )
+        }
+        ValueType::Time => {
+            let text = text_of(v);
+            let parsed = if let Some((format, offset)) = &plan.time_format {
+                format.parse_time(text.trim(), *offset)
+            } else if let Ok(t) = time::OffsetDateTime::parse(text.trim(), &Rfc3339) {
+                Ok(t)
+            } else {
+                let digits = text.trim();
+                match (digits.len(), digits.parse::<i64>()) {
+                    (13, Ok(ms)) => {
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                            .map_err(|e| e.to_string())
+                    }
+                    (_, Ok(s)) => {
+                        time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| e.to_string())
+                    }
+                    _ => Err(String::new()),
+                }
+            };
+            let t = parsed.map_err(|_| {
+                bad("a time (RFC 3339, Unix seconds or milliseconds, or the mapping's `format`)")
+            })?;
+            // Canonical times are in UTC.
+            Value::String(
+                t.to_offset(time::UtcOffset::UTC)
+                    .format(&Rfc3339)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::compile_docs;
+    use crate::config::source::parse;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn plan(yaml_response: &str) -> std::sync::Arc<crate::plan::PlatformPlan> {
+        let text = format!(
+            "platform: t\nrequest: {{ url: \"http://127.0.0.1:9/\" }}\noperations:\n  product.list:\n    response:\n{}",
+            yaml_response
+                .lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        );
+        let doc = parse(Path::new("t.yaml"), text).unwrap();
+        let c = compile_docs(vec![doc], &|_| None);
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        c.plan.platforms["t"].clone()
+    }
+
+    #[test]
+    fn maps_nested_arrays_types_and_ids() {
+        let p = plan(
+            "fields:\n  items:\n    each: $.result[*]\n    fields:\n      spu_id: { path: $.id, id: spu, required: true }\n      status: { path: $.st, map: { \"1\": on_sale }, default: off_sale }\n      skus:\n        each: $.skus[*]\n        fields:\n          sku_id: { path: $.id, id: sku }\n          amount: { path: $.price, type: fen }\n          stock: { path: $.n, type: integer }\n  currency: { value: CNY }\n  note: { path: $.none }",
+        );
+        let doc = json!({"result": [
+            {"id": 7, "st": 1, "skus": [{"id": "s1", "price": "12.5", "n": "3"}]},
+            {"id": "8", "st": 0, "skus": []}
+        ]});
+        let out = map_document(
+            p.operations["product.list"].output.as_ref().unwrap(),
+            &doc,
+            &Map::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            out.value,
+            json!({"items": [
+                {"spu_id": "7", "status": "on_sale", "skus": [{"sku_id": "s1", "amount": 1250, "stock": 3}]},
+                {"spu_id": "8", "status": "off_sale", "skus": []}
+            ], "currency": "CNY"})
+        );
+        let ids: Vec<(&str, &str, &str)> = out
+            .ids
+            .iter()
+            .map(|i| (i.pointer.as_str(), i.kind.as_str(), i.platform_id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("/items/0/spu_id", "spu", "7"),
+                ("/items/0/skus/0/sku_id", "sku", "s1"),
+                ("/items/1/spu_id", "spu", "8")
+            ]
+        );
+        assert_eq!(out.missing_optional, 1);
+    }
+
+    #[test]
+    fn required_and_type_errors_name_the_field() {
+        let p = plan(
+            "fields:\n  items:\n    each: $.r[*]\n    fields:\n      id: { path: $.id, required: true }\n      n: { path: $.n, type: integer }",
+        );
+        let m = p.operations["product.list"].output.as_ref().unwrap();
+        let err = map_document(m, &json!({"r": [{"id": 1}, {"n": 2}]}), &Map::new()).unwrap_err();
+        assert_eq!(err.field, "items[1].id");
+        assert!(
+            err.message.contains("required") && err.message.contains("$.id"),
+            "{err}"
+        );
+        let err = map_document(m, &json!({"r": [{"id": 1, "n": "x"}]}), &Map::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "items[0].n: expected an integer, found \"x\""
+        );
+    }
+
+    #[test]
+    fn conversions() {
+        let p = plan(
+            "fields:\n  t: { path: $.t, type: time, format: \"yyyy-MM-dd HH:mm:ss\", offset: \"+08:00\" }\n  r: { path: $.r, type: time }\n  b: { path: $.b, type: bool }\n  d: { path: $.d, type: decimal }",
+        );
+        let m = p.operations["product.list"].output.as_ref().unwrap();
+        let out = map_document(
+            m,
+            &json!({"t": "2016-01-01 12:00:00", "r": 1451620800, "b": "1", "d": 12.5}),
+            &Map::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            out.value,
+            json!({"t": "2016-01-01T04:00:00Z", "r": "2016-01-01T04:00:00Z", "b": true, "d": "12.5"})
+        );
+    }
+}
