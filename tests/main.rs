@@ -12,6 +12,7 @@ mod support;
 mod cases;
 mod cli;
 mod engine;
+mod engine_auth;
 mod layout;
 mod recipe_properties;
 mod schemas;

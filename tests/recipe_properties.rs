@@ -27,6 +27,7 @@ fn signed(
             credentials: creds,
             now,
             nonce: Some(nonce.into()),
+            token: None,
         },
     )
     .unwrap();

@@ -82,6 +82,7 @@ fn build_op(
             credentials,
             now,
             nonce: None,
+            token: None,
         },
     )
     .unwrap()

@@ -230,6 +230,8 @@ pub fn sign_preview(
             credentials: &creds,
             now,
             nonce,
+            token: matches!(plan.auth, crate::plan::AuthPlan::OAuth2(_))
+                .then(|| "<access token>".to_string()),
         },
     )
     .map_err(|e| e.to_string())?;

@@ -40,6 +40,46 @@ pub struct PlatformPlan {
     pub callbacks: Vec<CallbackPlan>,
     /// What to do with unknown platform ids, by id kind (absent: allocate).
     pub id_policies: std::collections::HashMap<String, crate::config::platform::IdPolicy>,
+    /// How requests authenticate.
+    pub auth: AuthPlan,
+}
+
+/// How requests authenticate, compiled.
+#[derive(Debug)]
+pub enum AuthPlan {
+    /// Nothing to add.
+    None,
+    /// A header with a templated value (API key in a header, bearer token).
+    Header(String, CompiledTemplate),
+    /// A query parameter with a templated value.
+    Query(String, CompiledTemplate),
+    /// HTTP Basic from a user name and a password.
+    Basic(CompiledTemplate, CompiledTemplate),
+    /// A token from a token endpoint.
+    OAuth2(Box<OAuth2Plan>),
+}
+
+/// A token endpoint and how its token is used.
+#[derive(Debug)]
+pub struct OAuth2Plan {
+    /// Token endpoint URL.
+    pub token_url: CompiledTemplate,
+    /// Form fields of the token request.
+    pub form: Vec<(String, CompiledTemplate)>,
+    /// Headers of the token request.
+    pub headers: Vec<(String, CompiledTemplate)>,
+    /// Where the token is in the answer.
+    pub token_path: JsonPathExpr,
+    /// Where its lifetime (seconds) is.
+    pub expires_in_path: JsonPathExpr,
+    /// Lifetime when the answer has none.
+    pub default_ttl: std::time::Duration,
+    /// Renewal margin before expiry.
+    pub refresh_before: std::time::Duration,
+    /// Header receiving the token.
+    pub header: String,
+    /// Its value, over `token`.
+    pub value: CompiledTemplate,
 }
 
 impl PlatformPlan {

@@ -19,6 +19,7 @@ use crate::config::platform::{
 use crate::config::source::{DocPath, SourceDoc};
 use crate::config::{self, EnvLookup};
 use crate::diagnostics::{Code, Diagnostic, did_you_mean};
+use crate::plan::AuthPlan;
 use crate::plan::{
     AnswerPlan, BodyPlan, CallbackPlan, DiscriminatorPlan, InputPath, JsonPathExpr, JsonTemplate,
     MappingPlan, MappingSource, OperationPlan, Plan, PlatformPlan, RecordPlan, RequestPlan,
@@ -330,7 +331,114 @@ impl Cx<'_> {
             operations,
             callbacks,
             id_policies: f.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            auth: self.auth(),
         }
+    }
+
+    fn auth(&mut self) -> AuthPlan {
+        use crate::config::platform::{AuthSpec, KeyLocation};
+        let path = DocPath::root().key("auth");
+        let scope = Scope {
+            roots: &["credentials", "settings", "platform"],
+            extra: &[],
+        };
+        let Some(spec) = self.file.auth.clone() else {
+            return AuthPlan::None;
+        };
+        let plan = match spec {
+            AuthSpec::None => Some(AuthPlan::None),
+            AuthSpec::ApiKey {
+                location,
+                name,
+                value,
+            } => self
+                .template(&value, &path.key("value"), &scope)
+                .map(|t| match location {
+                    KeyLocation::Header => AuthPlan::Header(name, t),
+                    KeyLocation::Query => AuthPlan::Query(name, t),
+                }),
+            AuthSpec::Bearer { token } => self
+                .template(&format!("Bearer {token}"), &path.key("token"), &scope)
+                .map(|t| AuthPlan::Header("Authorization".into(), t)),
+            AuthSpec::Basic { username, password } => {
+                let u = self.template(&username, &path.key("username"), &scope);
+                let p = self.template(&password, &path.key("password"), &scope);
+                u.zip(p).map(|(u, p)| AuthPlan::Basic(u, p))
+            }
+            AuthSpec::Oauth2 {
+                token_url,
+                form,
+                headers,
+                token_path,
+                expires_in_path,
+                default_ttl,
+                refresh_before,
+                header,
+                value,
+            } => {
+                let url = self.template(&token_url, &path.key("token_url"), &scope);
+                let form: Vec<_> = form
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        self.template(v, &path.key("form").key(k.clone()), &scope)
+                            .map(|t| (k.clone(), t))
+                    })
+                    .collect();
+                let headers: Vec<_> = headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        self.template(v, &path.key("headers").key(k.clone()), &scope)
+                            .map(|t| (k.clone(), t))
+                    })
+                    .collect();
+                let tp = self.json_path(
+                    token_path.as_deref().unwrap_or("$.access_token"),
+                    &path.key("token_path"),
+                );
+                let ep = self.json_path(
+                    expires_in_path.as_deref().unwrap_or("$.expires_in"),
+                    &path.key("expires_in_path"),
+                );
+                let ttl = self.duration(
+                    default_ttl.as_deref().unwrap_or("1h"),
+                    &path.key("default_ttl"),
+                );
+                let before = self.duration(
+                    refresh_before.as_deref().unwrap_or("60s"),
+                    &path.key("refresh_before"),
+                );
+                let value = self.template(
+                    value.as_deref().unwrap_or("Bearer {{token}}"),
+                    &path.key("value"),
+                    &Scope {
+                        roots: &["token"],
+                        extra: &[],
+                    },
+                );
+                match (url, tp, ep, ttl, before, value) {
+                    (
+                        Some(token_url),
+                        Some(token_path),
+                        Some(expires_in_path),
+                        Some(default_ttl),
+                        Some(refresh_before),
+                        Some(value),
+                    ) => Some(AuthPlan::OAuth2(Box::new(crate::plan::OAuth2Plan {
+                        token_url,
+                        form,
+                        headers,
+                        token_path,
+                        expires_in_path,
+                        default_ttl,
+                        refresh_before,
+                        header: header.unwrap_or_else(|| "Authorization".into()),
+                        value,
+                    }))),
+                    _ => None,
+                }
+            }
+        };
+        plan.unwrap_or(AuthPlan::None)
     }
 
     fn transport(

@@ -46,6 +46,10 @@ pub struct PlatformFile {
     /// Routes on which this platform pushes notifications, mounted under `/callbacks/`.
     #[serde(default)]
     pub callbacks: Vec<Callback>,
+    /// How requests prove who sends them, besides (or instead of) a signing recipe.
+    /// Default: `none`.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
     /// How calls to this platform are sent: timeouts, retries, rate limit, concurrency cap and
     /// circuit breaker. An operation's own `transport` overrides these field by field.
     #[serde(default)]
@@ -54,6 +58,77 @@ pub struct PlatformFile {
     /// id yet. Kinds not listed allocate one.
     #[serde(default)]
     pub ids: IndexMap<String, IdPolicy>,
+}
+
+/// An authentication scheme. Values are templates over `credentials` and `settings`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSpec {
+    /// No authentication (or only a signing recipe).
+    None,
+    /// A fixed key in a header or a query parameter.
+    ApiKey {
+        /// Where the key goes.
+        #[serde(rename = "in")]
+        location: KeyLocation,
+        /// Header or parameter name, such as `X-Api-Key`.
+        name: String,
+        /// The key, such as `{{credentials.api_key}}`.
+        value: String,
+    },
+    /// HTTP Basic authentication.
+    Basic {
+        /// User name, such as `{{credentials.user}}`.
+        username: String,
+        /// Password, such as `{{credentials.password}}`.
+        password: String,
+    },
+    /// A fixed bearer token: `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token, such as `{{credentials.token}}`.
+        token: String,
+    },
+    /// OAuth 2 client credentials (or any token endpoint): the gateway requests a token, caches
+    /// it, refreshes it before it expires and once when the platform answers 401, with a single
+    /// refresh in flight however many calls wait for it.
+    Oauth2 {
+        /// URL of the token endpoint.
+        token_url: String,
+        /// Form fields of the token request, such as `grant_type: client_credentials`,
+        /// `client_id: "{{credentials.client_id}}"`, `client_secret: ...`.
+        form: IndexMap<String, String>,
+        /// Extra headers of the token request (for example HTTP Basic client credentials).
+        #[serde(default)]
+        headers: IndexMap<String, String>,
+        /// JSONPath of the token in the answer. Default: `$.access_token`.
+        #[serde(default)]
+        token_path: Option<String>,
+        /// JSONPath of the token's lifetime in seconds. Default: `$.expires_in`.
+        #[serde(default)]
+        expires_in_path: Option<String>,
+        /// Lifetime assumed when the answer gives none. Default: `1h`.
+        #[serde(default)]
+        default_ttl: Option<String>,
+        /// How long before expiry the token is renewed. Default: `60s`.
+        #[serde(default)]
+        refresh_before: Option<String>,
+        /// Header receiving the token. Default: `Authorization`.
+        #[serde(default)]
+        header: Option<String>,
+        /// Template of that header's value over `token`. Default: `Bearer {{token}}`.
+        #[serde(default)]
+        value: Option<String>,
+    },
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyLocation {
+    /// A request header.
+    Header,
+    /// A query-string parameter.
+    Query,
 }
 
 /// What happens to a platform id without an internal id.

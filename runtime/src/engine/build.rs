@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use crate::config::platform::HttpMethod;
 use crate::config::recipe::PlaceTarget;
-use crate::plan::{BodyPlan, JsonTemplate, OperationPlan, PlatformPlan};
+use crate::plan::{AuthPlan, BodyPlan, JsonTemplate, OperationPlan, PlatformPlan};
 use crate::recipe::{Parts, RunEnv, Trace};
 use crate::template::{CompiledTemplate, NONCE_KEY, NOW_KEY, lookup, percent_encode};
 
@@ -38,6 +38,8 @@ pub struct BuildInput<'a> {
     pub now: OffsetDateTime,
     /// A fixed nonce (previews, tests); random when absent.
     pub nonce: Option<String>,
+    /// The access token, for platforms authenticating with a token endpoint.
+    pub token: Option<String>,
 }
 
 /// Why a request could not be built.
@@ -143,6 +145,41 @@ pub fn build(
         (None, Some(j)) => j.clone(),
         (None, None) => Vec::new(),
     };
+    match &platform.auth {
+        AuthPlan::None => {}
+        AuthPlan::Header(name, t) => {
+            set_header(&mut headers, name.clone(), render(t, "the auth header")?)
+        }
+        AuthPlan::Query(name, t) => {
+            set_pair(&mut query, name.clone(), render(t, "the auth parameter")?)
+        }
+        AuthPlan::Basic(u, p) => {
+            use base64::Engine as _;
+            let pair = format!(
+                "{}:{}",
+                render(u, "the user name")?,
+                render(p, "the password")?
+            );
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            );
+            set_header(&mut headers, "Authorization".into(), value);
+        }
+        AuthPlan::OAuth2(o) => {
+            let token = bi
+                .token
+                .clone()
+                .ok_or_else(|| err("the access token", "no token was obtained".into()))?;
+            let mut tctx = Map::new();
+            tctx.insert("token".into(), Value::String(token));
+            let value = o
+                .value
+                .render(&Value::Object(tctx))
+                .map_err(|m| err("the token header", m))?;
+            set_header(&mut headers, o.header.clone(), value);
+        }
+    }
     let mut trace = Trace::default();
     if let Some(sign) = &req.sign {
         let parts = Parts {

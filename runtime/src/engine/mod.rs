@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::platform::IdPolicy;
 use crate::credentials::CredentialSets;
-use crate::plan::{OperationPlan, PlatformPlan, TransportPlan};
+use crate::plan::{AuthPlan, OAuth2Plan, OperationPlan, PlatformPlan, TransportPlan};
 use crate::store::Store;
 use crate::template::text_of;
 use build::{BuildError, BuildInput, BuiltRequest, build, method_text};
@@ -45,6 +45,7 @@ pub struct Engine {
     pacers: Mutex<HashMap<(String, u64), Arc<Pacer>>>,
     caps: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -59,6 +60,15 @@ enum Attempt {
     Retryable(Problem),
     /// Final.
     Final(Problem),
+    /// The platform refused the access token.
+    Unauthorized(Problem),
+}
+
+/// A cached access token.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    renew_at: tokio::time::Instant,
 }
 
 impl Engine {
@@ -72,6 +82,7 @@ impl Engine {
             pacers: Mutex::default(),
             caps: Mutex::default(),
             breakers: Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
 
@@ -175,7 +186,7 @@ impl Engine {
             .await
             .map_err(at)?;
         let credentials = crate::credentials::resolve(platform, &self.credentials, &self.env);
-        let build_once = || {
+        let build_once = |token: Option<String>| {
             build(
                 platform,
                 op,
@@ -184,14 +195,21 @@ impl Engine {
                     credentials: &credentials,
                     now: OffsetDateTime::now_utc(),
                     nonce: None,
+                    token,
                 },
             )
             .map_err(|e| at(build_problem(e)))
         };
         if dry_run {
-            return Ok(CallOutcome::DryRun(Box::new(build_once()?)));
+            // The token, when there is one, is not fetched for a dry run.
+            let token =
+                matches!(platform.auth, AuthPlan::OAuth2(_)).then(|| "<access token>".to_string());
+            return Ok(CallOutcome::DryRun(Box::new(build_once(token)?)));
         }
-        let doc = self.send(platform, op, build_once).await.map_err(at)?;
+        let doc = self
+            .send(platform, op, &credentials, build_once)
+            .await
+            .map_err(at)?;
         // Pairs learnt from the answer are stored first, so the output can translate them.
         self.record(platform, op, input, &doc).await.map_err(at)?;
         let output = self.map_output(platform, op, &doc).await.map_err(at)?;
@@ -252,14 +270,26 @@ impl Engine {
         &self,
         platform: &PlatformPlan,
         op: &OperationPlan,
-        build_once: impl Fn() -> Result<BuiltRequest, Problem>,
+        credentials: &Map<String, Value>,
+        build_once: impl Fn(Option<String>) -> Result<BuiltRequest, Problem>,
     ) -> Result<Value, Problem> {
         let t = &op.transport;
         let client = self.client(t)?;
         let (pacer, cap, breaker) = self.limits(&platform.name, t);
         let attempts = if t.retry_safe { t.retries + 1 } else { 1 };
         let mut last = Problem::new(ProblemKind::PlatformUnavailable, "no attempt was made");
-        for attempt in 1..=attempts {
+        let oauth = match &platform.auth {
+            AuthPlan::OAuth2(o) => Some(o.as_ref()),
+            _ => None,
+        };
+        let mut token = match oauth {
+            Some(o) => Some(self.token(&client, platform, o, credentials, None).await?),
+            None => None,
+        };
+        let mut refreshed = false;
+        let mut attempt = 0;
+        while attempt < attempts {
+            attempt += 1;
             if attempt > 1 {
                 tokio::time::sleep(backoff(attempt - 1, t.backoff, t.backoff_max)).await;
             }
@@ -286,8 +316,22 @@ impl Engine {
             if let Some(p) = &pacer {
                 p.wait().await;
             }
-            let request = build_once()?;
+            let request = build_once(token.clone())?;
             let outcome = self.attempt(&client, platform, op, &request).await;
+            // A rejected token is renewed once and the call made again: the platform refused it
+            // before doing anything, so this is safe even for operations that are not.
+            if let (Err(Attempt::Unauthorized(p)), Some(o)) = (&outcome, oauth) {
+                if refreshed {
+                    return Err(p.clone());
+                }
+                refreshed = true;
+                attempt -= 1;
+                token = Some(
+                    self.token(&client, platform, o, credentials, token.as_deref())
+                        .await?,
+                );
+                continue;
+            }
             if let Some(b) = &breaker {
                 // Business errors come from a healthy platform; only transport-level failures count.
                 let healthy = !matches!(&outcome, Err(Attempt::Retryable(p)) if p.kind == Some(ProblemKind::PlatformUnavailable))
@@ -296,7 +340,7 @@ impl Engine {
             }
             match outcome {
                 Ok(doc) => return Ok(doc),
-                Err(Attempt::Final(p)) => return Err(p),
+                Err(Attempt::Final(p) | Attempt::Unauthorized(p)) => return Err(p),
                 Err(Attempt::Retryable(p)) => {
                     tracing::warn!(platform = %platform.name, operation = %op.name, attempt, "{p}");
                     last = p;
@@ -308,6 +352,114 @@ impl Engine {
                 .push_str(" (not retried: the operation is not marked safe to repeat)");
         }
         Err(last)
+    }
+
+    /// The platform's access token: the cached one while it is fresh, else a new one. With
+    /// `stale`, a token the platform refused: it is replaced unless another call already did.
+    /// The lock makes concurrent callers wait for one request to the token endpoint.
+    async fn token(
+        &self,
+        client: &reqwest::Client,
+        platform: &PlatformPlan,
+        o: &OAuth2Plan,
+        credentials: &Map<String, Value>,
+        stale: Option<&str>,
+    ) -> Result<String, Problem> {
+        let slot = {
+            let mut tokens = self.tokens.lock().map_err(|_| {
+                Problem::new(ProblemKind::Configuration, "the token cache is unusable")
+            })?;
+            tokens.entry(platform.name.clone()).or_default().clone()
+        };
+        let mut cached = slot.lock().await;
+        let now = tokio::time::Instant::now();
+        if let Some(t) = cached.as_ref() {
+            let refused = stale == Some(t.value.as_str());
+            if !refused && now < t.renew_at {
+                return Ok(t.value.clone());
+            }
+        }
+        let mut ctx = Map::new();
+        ctx.insert("credentials".into(), Value::Object(credentials.clone()));
+        ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
+        ctx.insert("platform".into(), Value::String(platform.name.clone()));
+        let ctx = Value::Object(ctx);
+        let render = |t: &crate::template::CompiledTemplate| {
+            t.render(&ctx).map_err(|e| {
+                Problem::new(
+                    ProblemKind::Configuration,
+                    format!("the token request of '{}': {e}", platform.name),
+                )
+            })
+        };
+        let url = render(&o.token_url)?;
+        let form: Vec<(String, String)> = o
+            .form
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), render(t)?)))
+            .collect::<Result<_, Problem>>()?;
+        let mut req = client
+            .post(&url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(build::encode_pairs(&form, true));
+        for (k, t) in &o.headers {
+            req = req.header(k.as_str(), render(t)?);
+        }
+        let unavailable = |d: String| {
+            let mut p = Problem::new(ProblemKind::PlatformUnavailable, d);
+            p.retryable = true;
+            p
+        };
+        let resp = req.send().await.map_err(|e| {
+            unavailable(format!(
+                "cannot reach the token endpoint of '{}': {}",
+                platform.name,
+                root_cause(&e)
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| {
+            unavailable(format!(
+                "the token answer of '{}' broke off: {}",
+                platform.name,
+                root_cause(&e)
+            ))
+        })?;
+        let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let value = o
+            .token_path
+            .first(&doc)
+            .and_then(Value::as_str)
+            .filter(|_| (200..300).contains(&status));
+        let Some(value) = value else {
+            return Err(Problem::new(
+                ProblemKind::PlatformError,
+                format!(
+                    "the token endpoint of '{}' gave no token (HTTP {status}, nothing at {}); check the client credentials",
+                    platform.name,
+                    o.token_path.source()
+                ),
+            ));
+        };
+        let ttl = o
+            .expires_in_path
+            .first(&doc)
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(o.default_ttl);
+        let renew_at = now + ttl.saturating_sub(o.refresh_before);
+        *cached = Some(Token {
+            value: value.to_string(),
+            renew_at,
+        });
+        tracing::info!(platform = %platform.name, ttl_secs = ttl.as_secs(), "access token obtained");
+        Ok(value.to_string())
     }
 
     async fn attempt(
@@ -360,6 +512,15 @@ impl Engine {
             return Err(unavailable(format!(
                 "'{}' answered HTTP {status}",
                 platform.name
+            )));
+        }
+        if status == 401 && matches!(platform.auth, AuthPlan::OAuth2(_)) {
+            return Err(Attempt::Unauthorized(Problem::new(
+                ProblemKind::PlatformError,
+                format!(
+                    "'{}' refused the access token (HTTP 401), also after renewing it",
+                    platform.name
+                ),
             )));
         }
         let a = &op.answer;
