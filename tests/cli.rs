@@ -182,3 +182,61 @@ fn serve_refuses_to_start_without_its_store() {
     assert!(err.contains("does not start without its store"), "{err}");
     assert!(!err.contains("pw-not-shown"), "{err}");
 }
+
+/// `call --dry-run` prints the signed request built with the gateway's own configuration.
+#[test]
+fn call_dry_run_prints_the_signed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        dir.path().join("credentials.yaml"),
+        "yanxuan:\n  app_key: dry-run-app-key\n  app_secret: dry-run-app-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: {}\ncredentials_file: credentials.yaml\n",
+            dir.path().display(),
+            root().join("platforms").display()
+        ),
+    )
+    .unwrap();
+    let out = entrepot()
+        .args(["call", "yanxuan", "product.list", "--dry-run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("POST http://127.0.0.1:18080/channel/api.json\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("appKey=***") && text.contains("method=yanxuan.item.id.batch.get"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("dry-run-app-secret") && !text.contains("dry-run-app-key"),
+        "{text}"
+    );
+    // An id the store has never seen is refused before anything is built.
+    let out = entrepot()
+        .args(["call", "yanxuan", "order.get", "--dry-run", "--config"])
+        .arg(&config)
+        .arg("--input")
+        .arg(root().join("tests/platforms/order-get-input.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("order 'mall-order-404' is not known on platform 'yanxuan'"),
+        "{err}"
+    );
+}

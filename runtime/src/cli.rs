@@ -67,6 +67,29 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a canonical operation against the live platform and print its canonical output.
+    ///
+    /// Uses `entrepot.yaml` (platforms, store for id mappings, credentials file) like `serve`.
+    /// With --dry-run nothing is sent: the exact signed request is printed instead, as `sign`
+    /// prints it (ids translated, credentials masked).
+    Call {
+        /// The platform, as named in its file's `platform:`.
+        platform: String,
+        /// The canonical operation, such as inventory.get.
+        operation: String,
+        /// The operation's canonical input, a JSON or YAML file. Default: {}.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Print the signed request instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+        /// The gateway file. Default: `entrepot.yaml` in the current directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Output format of a dry run.
+        #[arg(long, value_enum, default_value_t = PreviewFormat::Text)]
+        format: PreviewFormat,
+    },
     /// Print the exact request an operation would send, fully built and signed, without
     /// sending it.
     ///
@@ -133,6 +156,32 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Schema { kind, out } => schema(kind, out.as_deref()),
+        Command::Call {
+            platform,
+            operation,
+            input,
+            dry_run,
+            config,
+            format,
+        } => {
+            match call(
+                &platform,
+                &operation,
+                input.as_deref(),
+                dry_run,
+                config,
+                format,
+            ) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Sign {
             platform,
             operation,
@@ -235,8 +284,19 @@ pub fn sign_preview(
         },
     )
     .map_err(|e| e.to_string())?;
+    Ok(format_preview(&plan.name, operation, built, &creds, format))
+}
+
+/// A built request for people or tools, every credential value masked.
+pub fn format_preview(
+    platform: &str,
+    operation: &str,
+    built: crate::engine::build::BuiltRequest,
+    creds: &serde_json::Map<String, serde_json::Value>,
+    format: PreviewFormat,
+) -> String {
     // Mask every field before formatting, so escaping cannot hide a secret from the mask.
-    let mask = |t: &str| crate::credentials::mask(t, &creds);
+    let mask = |t: &str| crate::credentials::mask(t, creds);
     let body = mask(&String::from_utf8_lossy(&built.body));
     let mut built = built;
     built.url = mask(&built.url);
@@ -247,7 +307,7 @@ pub fn sign_preview(
     let out = match format {
         PreviewFormat::Json => {
             let doc = serde_json::json!({
-                "platform": plan.name,
+                "platform": platform,
                 "operation": operation,
                 "request": {
                     "method": method,
@@ -284,7 +344,7 @@ pub fn sign_preview(
             text
         }
     };
-    Ok(out)
+    out
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic], format: Format) {
@@ -483,4 +543,87 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+fn read_input(input: Option<&Path>) -> Result<serde_json::Value, String> {
+    match input {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            serde_yaml_ng::from_str(&text)
+                .map_err(|e| format!("{} is not JSON or YAML: {e}", p.display()))
+        }
+        None => Ok(serde_json::json!({})),
+    }
+}
+
+/// Runs (or dry-runs) one operation with the gateway's configuration.
+fn call(
+    platform: &str,
+    operation: &str,
+    input: Option<&Path>,
+    dry_run: bool,
+    config: Option<PathBuf>,
+    format: PreviewFormat,
+) -> Result<String, String> {
+    let explicit = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from("entrepot.yaml"));
+    let gateway = load_gateway(&path, explicit, &process_env).map_err(|d| {
+        let text: Vec<String> = d.iter().map(ToString::to_string).collect();
+        format!("the gateway file has problems:\n{}", text.join("\n"))
+    })?;
+    let compiled = compile::compile_dir(&gateway.platforms_dir, &process_env);
+    let plan = compiled
+        .plan
+        .platforms
+        .get(platform)
+        .cloned()
+        .ok_or_else(|| {
+            let problems: Vec<String> = compiled
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let known: Vec<&str> = compiled.plan.platforms.keys().map(String::as_str).collect();
+            format!(
+                "no usable platform '{platform}' (loaded: {}){}",
+                known.join(", "),
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{}", problems.join("\n"))
+                }
+            )
+        })?;
+    let input = read_input(input)?;
+    let sets = match &gateway.credentials_file {
+        Some(p) => crate::credentials::read_file(p)?,
+        None => Default::default(),
+    };
+    let creds = crate::credentials::resolve(&plan, &sets, &process_env);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let store = crate::store::Store::open(&crate::store::StoreOptions {
+            url: gateway.store_url.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let engine = crate::engine::Engine::new(store, sets.clone(), process_env);
+        let outcome = engine
+            .call(&plan, operation, &input, dry_run)
+            .await
+            .map_err(|p| serde_json::to_string_pretty(&p).unwrap_or_else(|_| p.to_string()))?;
+        Ok(match outcome {
+            crate::engine::CallOutcome::Output(v) => {
+                format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+            }
+            crate::engine::CallOutcome::DryRun(built) => {
+                format_preview(&plan.name, operation, *built, &creds, format)
+            }
+        })
+    })
 }
