@@ -304,7 +304,7 @@ pub fn format_preview(
         *v = mask(v);
     }
     let method = crate::engine::build::method_text(built.method);
-    let out = match format {
+    match format {
         PreviewFormat::Json => {
             let doc = serde_json::json!({
                 "platform": platform,
@@ -343,8 +343,7 @@ pub fn format_preview(
             }
             text
         }
-    };
-    out
+    }
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic], format: Format) {
