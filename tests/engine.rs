@@ -446,3 +446,118 @@ async fn rate_limit_holds_the_quota() {
         );
     }
 }
+
+/// Two suppliers behind one gateway: the second is the sample platform file under another name.
+#[tokio::test]
+async fn routing_by_ids_splits_across_platforms() {
+    let a = Simulator::start(SimConfig::new(KEY, SECRET, Catalog::sample()))
+        .await
+        .unwrap();
+    let b = Simulator::start(SimConfig::new(KEY, SECRET, Catalog::large(2, 2)))
+        .await
+        .unwrap();
+    let text = platform_text(None);
+    let second = text
+        .replace("platform: yanxuan", "platform: second")
+        .replace("YANXUAN_BASE_URL", "SECOND_BASE_URL")
+        .replace("path: /yanxuan/notify", "path: /second/notify");
+    let docs = vec![
+        entrepot::config::source::parse(Path::new("a.yaml"), text).unwrap(),
+        entrepot::config::source::parse(Path::new("b.yaml"), second).unwrap(),
+    ];
+    let (ua, ub) = (a.base_url(), b.base_url());
+    let env = move |n: &str| match n {
+        "YANXUAN_BASE_URL" => Some(ua.clone()),
+        "SECOND_BASE_URL" => Some(ub.clone()),
+        _ => None,
+    };
+    let compiled = entrepot::compile::compile_docs(docs, &env);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut creds = CredentialSets::new();
+    for p in ["yanxuan", "second"] {
+        creds.insert(
+            p.into(),
+            [
+                ("app_key".to_string(), json!(KEY)),
+                ("app_secret".to_string(), json!(SECRET)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+    }
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let plan = compiled.plan;
+    // Learn both catalogs' ids.
+    for p in ["yanxuan", "second"] {
+        match engine
+            .call(&plan.platforms[p], "product.list", &json!({}), false)
+            .await
+            .unwrap()
+        {
+            entrepot::engine::CallOutcome::Output(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let ia = store
+        .to_internal("yanxuan", "sku", &["100101".into()])
+        .await
+        .unwrap()["100101"]
+        .clone();
+    let ib = store
+        .to_internal("second", "sku", &["1000001001".into()])
+        .await
+        .unwrap()["1000001001"]
+        .clone();
+
+    let (ok, inv) = engine
+        .route(&plan, "inventory.get", &json!({"sku_ids": [ia, ib]}))
+        .await
+        .unwrap();
+    assert!(ok, "{inv}");
+    assert_eq!(inv["parts"][0]["platform"], "yanxuan");
+    assert_eq!(
+        inv["parts"][0]["output"]["items"][0],
+        json!({"sku_id": ia, "available": 20})
+    );
+    assert_eq!(inv["parts"][1]["platform"], "second");
+    assert_eq!(inv["parts"][1]["ids"], json!([ib]));
+
+    // An order with one line per supplier becomes two orders; each pays its own lines and the
+    // first carries the freight.
+    let mut order = order_input("split-1", &ia, 1, 29900, 800);
+    order["lines"].as_array_mut().unwrap().push(
+        json!({"sku_id": ib, "quantity": 2, "unit_price": {"amount": 990, "currency": "CNY"}}),
+    );
+    order["total"]["amount"] = json!(29900 + 2 * 990 + 800);
+    let (ok, created) = engine.route(&plan, "order.create", &order).await.unwrap();
+    assert!(ok, "{created}");
+    assert_eq!(a.order("split-1").unwrap()["realPrice"], "307.00");
+    assert_eq!(b.order("split-1").unwrap()["realPrice"], "19.80");
+    assert_eq!(
+        b.order("split-1").unwrap()["orderSkus"][0]["skuId"],
+        "1000001001"
+    );
+    // Later calls on the order go to... both owners, so the caller must choose.
+    let err = engine
+        .route(&plan, "order.get", &json!({"order_id": "split-1"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, 422);
+    assert!(err.detail.contains("several platforms"), "{err}");
+    let err = engine
+        .route(&plan, "inventory.get", &json!({"sku_ids": ["sku_nobody"]}))
+        .await
+        .unwrap_err();
+    assert!(err.detail.contains("belongs to no platform"), "{err}");
+}

@@ -95,6 +95,43 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where the internal ids that decide which platform serves an operation are in its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// One id in a field (`order_id`).
+    Field(&'static str, &'static str),
+    /// Ids in an array's elements, which may belong to several platforms; the input is split
+    /// per platform. The element itself is the id when the element field is `None`.
+    Split {
+        /// The array field.
+        array: &'static str,
+        /// The id field inside each element.
+        id: Option<&'static str>,
+        /// The id kind.
+        kind: &'static str,
+    },
+}
+
+/// How `POST /v1/operations/{operation}` finds the platform(s) of a call; `None` for
+/// operations that need an explicit platform (`product.list`).
+pub fn owner_of(operation: &str) -> Option<Owner> {
+    Some(match operation {
+        "product.get" => Owner::Field("spu_id", "spu"),
+        "inventory.get" => Owner::Split {
+            array: "sku_ids",
+            id: None,
+            kind: "sku",
+        },
+        "order.create" => Owner::Split {
+            array: "lines",
+            id: Some("sku_id"),
+            kind: "sku",
+        },
+        "order.get" | "order.cancel" | "logistics.get" => Owner::Field("order_id", "order"),
+        _ => return None,
+    })
+}
+
 /// Base URI of the canonical schemas (their `$id`s).
 pub const BASE_URI: &str = "https://entrepot.dev/schemas/canonical/";
 

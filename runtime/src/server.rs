@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/platforms/{platform}/operations/{operation}",
             post(call_operation),
         )
+        .route("/v1/operations/{operation}", post(route_operation))
         .route("/v1/mappings/{platform}/{kind}", get(mapping))
         .with_state(state)
 }
@@ -193,5 +194,33 @@ async fn mapping(
             tracing::error!("{e}");
             problem_response(&Problem::new(ProblemKind::StoreUnavailable, "the gateway's store failed; see the gateway's log"))
         }
+    }
+}
+
+async fn route_operation(
+    State(state): State<AppState>,
+    Path(operation): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let plan = state.plan.load_full();
+    let Some(engine) = &state.engine else {
+        return problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "this server has no engine",
+        ));
+    };
+    let input: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return problem_response(&Problem::new(
+                ProblemKind::InvalidInput,
+                format!("the request body is not JSON: {e}"),
+            ));
+        }
+    };
+    match engine.route(&plan, &operation, &input).await {
+        Ok((true, v)) => Json(v).into_response(),
+        Ok((false, v)) => (StatusCode::BAD_GATEWAY, Json(v)).into_response(),
+        Err(problem) => problem_response(&problem),
     }
 }

@@ -717,3 +717,150 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cur.to_string()
 }
+
+impl Engine {
+    /// Runs `op_name` on whichever platforms own the internal ids in `input`: an input whose
+    /// ids belong to several platforms (an order with SKUs of two suppliers) is split into one
+    /// call per platform. The answer lists every part with its platform, ids and outcome.
+    pub async fn route(
+        &self,
+        plan: &crate::plan::Plan,
+        op_name: &str,
+        input: &Value,
+    ) -> Result<(bool, Value), Problem> {
+        use crate::canonical::{Owner, owner_of};
+        let Some(owner) = owner_of(op_name) else {
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                format!(
+                    "{op_name} cannot be routed by ids; call /v1/platforms/{{platform}}/operations/{op_name}"
+                ),
+            ));
+        };
+        let errors = crate::canonical::input_problems(op_name, input);
+        if !errors.is_empty() {
+            let mut p = Problem::new(
+                ProblemKind::InvalidInput,
+                format!("the input of {op_name} is not valid: {}", errors.join("; ")),
+            );
+            p.errors = errors;
+            return Err(p);
+        }
+        let owner_platform = |kind: &'static str, id: String| async move {
+            let owners = self.store.owners(kind, &id).await.map_err(store_problem)?;
+            match owners.as_slice() {
+                [(p, _)] => Ok(p.clone()),
+                [] => Err(Problem::new(
+                    ProblemKind::UnknownId,
+                    format!("{kind} '{id}' belongs to no platform (no key mapping)"),
+                )),
+                many => Err(Problem::new(
+                    ProblemKind::UnknownId,
+                    format!(
+                        "{kind} '{id}' is mapped on several platforms ({}); call one explicitly",
+                        many.iter()
+                            .map(|(p, _)| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        };
+        // (platform, ids, input) per part, in the order platforms first appear.
+        let mut parts: Vec<(String, Vec<String>, Value)> = Vec::new();
+        match owner {
+            Owner::Field(field, kind) => {
+                let id = input.get(field).map(text_of).unwrap_or_default();
+                let p = owner_platform(kind, id.clone()).await?;
+                parts.push((p, vec![id], input.clone()));
+            }
+            Owner::Split { array, id, kind } => {
+                let items = input
+                    .get(array)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut groups: Vec<(String, Vec<String>, Vec<Value>)> = Vec::new();
+                for item in items {
+                    let key = match id {
+                        Some(f) => item.get(f).map(text_of).unwrap_or_default(),
+                        None => text_of(&item),
+                    };
+                    let p = owner_platform(kind, key.clone()).await?;
+                    match groups.iter_mut().find(|(gp, _, _)| *gp == p) {
+                        Some((_, ids, elems)) => {
+                            ids.push(key);
+                            elems.push(item);
+                        }
+                        None => groups.push((p, vec![key], vec![item])),
+                    }
+                }
+                for (i, (p, ids, elems)) in groups.into_iter().enumerate() {
+                    let mut part = input.clone();
+                    if let Some(obj) = part.as_object_mut() {
+                        obj.insert(array.to_string(), Value::Array(elems.clone()));
+                        // An order split across suppliers: each part pays for its own lines;
+                        // the freight goes with the first part.
+                        if op_name == "order.create" {
+                            let lines: i64 = elems
+                                .iter()
+                                .map(|l| {
+                                    let q = l.get("quantity").and_then(Value::as_i64).unwrap_or(0);
+                                    let a = l
+                                        .pointer("/unit_price/amount")
+                                        .and_then(Value::as_i64)
+                                        .unwrap_or(0);
+                                    q.saturating_mul(a)
+                                })
+                                .sum();
+                            let freight = if i == 0 {
+                                obj.get("freight")
+                                    .and_then(|f| f.get("amount"))
+                                    .and_then(Value::as_i64)
+                                    .unwrap_or(0)
+                            } else {
+                                0
+                            };
+                            if i > 0 {
+                                obj.remove("freight");
+                            }
+                            if let Some(total) = obj.get_mut("total").and_then(Value::as_object_mut)
+                            {
+                                total.insert(
+                                    "amount".into(),
+                                    Value::from(lines.saturating_add(freight)),
+                                );
+                            }
+                        }
+                    }
+                    parts.push((p, ids, part));
+                }
+            }
+        }
+        let mut all_ok = true;
+        let mut out = Vec::new();
+        for (p, ids, part_input) in parts {
+            let Some(platform) = plan.platforms.get(&p) else {
+                all_ok = false;
+                let problem = Problem::new(
+                    ProblemKind::NotFound,
+                    format!("the ids belong to platform '{p}', which is not loaded"),
+                )
+                .at(&p, op_name);
+                out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
+                continue;
+            };
+            match self.call(platform, op_name, &part_input, false).await {
+                Ok(CallOutcome::Output(v)) => out.push(
+                    serde_json::json!({"platform": p, "ids": ids, "status": 200, "output": v}),
+                ),
+                Ok(CallOutcome::DryRun(_)) => {}
+                Err(problem) => {
+                    all_ok = false;
+                    out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
+                }
+            }
+        }
+        Ok((all_ok, serde_json::json!({ "parts": out })))
+    }
+}
