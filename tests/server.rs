@@ -36,6 +36,10 @@ async fn health_and_platform_listing() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let first = &v["platforms"][0];
     assert_eq!(first["operations"].as_array().unwrap().len(), 7, "{v}");
+    let (_, body) = http_get(addr, "/v1/openapi.json").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/platforms/{platform}/operations/order.create"]["post"].is_object());
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

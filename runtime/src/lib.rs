@@ -13,7 +13,7 @@
 //! - [`template`]: Handlebars templates compiled once, with the integration helpers.
 //! - [`recipe`]: signing and verification recipes.
 //! - [`timefmt`]: the time formats platforms use.
-//! - [`server`]: the HTTP server.
+//! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types.
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
@@ -26,6 +26,7 @@ pub mod config;
 pub mod credentials;
 pub mod diagnostics;
 pub mod engine;
+pub mod openapi;
 pub mod plan;
 pub mod recipe;
 pub mod schema;

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/platforms", get(platforms))
+        .route("/v1/openapi.json", get(openapi))
         .route(
             "/v1/platforms/{platform}/operations/{operation}",
             post(call_operation),
@@ -223,4 +224,8 @@ async fn route_operation(
         Ok((false, v)) => (StatusCode::BAD_GATEWAY, Json(v)).into_response(),
         Err(problem) => problem_response(&problem),
     }
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document().clone())
 }

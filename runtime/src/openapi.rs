@@ -1,0 +1,217 @@
+//! The OpenAPI 3.1 document of the canonical API, built once from the canonical JSON Schemas
+//! (the same files that validate inputs), served at `/v1/openapi.json`.
+
+use std::sync::LazyLock;
+
+use serde_json::{Map, Value, json};
+
+use crate::canonical::{OPERATIONS, SCHEMA_FILES, owner_of};
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
+
+/// The document.
+pub fn document() -> &'static Value {
+    &DOCUMENT
+}
+
+fn file(name: &str) -> Value {
+    SCHEMA_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, text)| serde_json::from_str(text).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Rewrites references between the schema files into references inside the document.
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if let Some((_, def)) = r.split_once("#/$defs/") {
+                    *r = format!("#/components/schemas/{def}");
+                }
+            }
+            m.remove("$id");
+            m.remove("$schema");
+            for child in m.values_mut() {
+                rewrite_refs(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn problem_responses() -> Value {
+    let problem = json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
+    json!({
+        "400": { "description": "The input is not valid (each problem named in `errors`).", "content": problem },
+        "404": { "description": "No such platform or operation.", "content": problem },
+        "422": { "description": "An id is not known on the platform.", "content": problem },
+        "502": { "description": "The platform refused the call, or its answer does not map.", "content": problem },
+        "503": { "description": "The platform is unavailable (timeout, 5xx, open circuit breaker).", "content": problem },
+    })
+}
+
+fn build() -> Value {
+    let mut schemas = Map::new();
+    if let Some(Value::Object(defs)) = file("common.json").get("$defs").cloned() {
+        for (k, mut v) in defs {
+            rewrite_refs(&mut v);
+            schemas.insert(k, v);
+        }
+    }
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 9457 problem details.",
+            "properties": {
+                "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                "detail": { "type": "string" }, "platform": { "type": "string" }, "operation": { "type": "string" },
+                "platform_code": { "type": "string" }, "platform_message": { "type": "string" },
+                "retryable": { "type": "boolean" }, "errors": { "type": "array", "items": { "type": "string" } }
+            },
+            "required": ["type", "title", "status", "detail", "retryable"]
+        }),
+    );
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let mut schema = file(&format!("{op}.json"));
+        rewrite_refs(&mut schema);
+        let input = schema
+            .pointer("/properties/input")
+            .cloned()
+            .unwrap_or(json!({}));
+        let output = schema
+            .pointer("/properties/output")
+            .cloned()
+            .unwrap_or(json!({}));
+        let input_name = format!("{op}.input");
+        let output_name = format!("{op}.output");
+        schemas.insert(input_name.clone(), input);
+        schemas.insert(output_name.clone(), output);
+        let body = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{input_name}") } } } });
+        let mut responses = problem_responses();
+        if let Value::Object(r) = &mut responses {
+            r.insert(
+                "200".into(),
+                json!({ "description": "The canonical output.", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{output_name}") } } } }),
+            );
+        }
+        paths.insert(
+            format!("/v1/platforms/{{platform}}/operations/{op}"),
+            json!({ "post": {
+                "operationId": format!("{}_on_platform", op.replace('.', "_")),
+                "summary": format!("{op} on one platform"),
+                "parameters": [{ "name": "platform", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": body,
+                "responses": responses,
+            }}),
+        );
+        if owner_of(op).is_some() {
+            paths.insert(
+                format!("/v1/operations/{op}"),
+                json!({ "post": {
+                    "operationId": format!("{}_routed", op.replace('.', "_")),
+                    "summary": format!("{op} on the platform(s) owning the ids in the input; split per platform"),
+                    "requestBody": body,
+                    "responses": {
+                        "200": { "description": "Every part succeeded.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
+                        "502": { "description": "At least one part failed; each part has its status.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
+                        "400": problem_responses()["400"],
+                        "422": problem_responses()["422"],
+                    },
+                }}),
+            );
+        }
+    }
+    schemas.insert(
+        "RoutedParts".into(),
+        json!({ "type": "object", "properties": { "parts": { "type": "array", "items": { "type": "object", "properties": {
+            "platform": { "type": "string" }, "ids": { "type": "array", "items": { "type": "string" } },
+            "status": { "type": "integer" }, "output": {}, "problem": { "$ref": "#/components/schemas/Problem" }
+        }, "required": ["platform", "ids", "status"] } } }, "required": ["parts"] }),
+    );
+    paths.insert(
+        "/v1/platforms".into(),
+        json!({ "get": { "operationId": "list_platforms", "summary": "The loaded platforms and the operations each offers.", "responses": { "200": { "description": "Platforms." } } } }),
+    );
+    paths.insert(
+        "/v1/mappings/{platform}/{kind}".into(),
+        json!({ "get": {
+            "operationId": "lookup_mapping",
+            "summary": "Translate one id: give exactly one of internal_id and platform_id.",
+            "parameters": [
+                { "name": "platform", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "kind", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "internal_id", "in": "query", "schema": { "type": "string" } },
+                { "name": "platform_id", "in": "query", "schema": { "type": "string" } }
+            ],
+            "responses": { "200": { "description": "The pair." }, "404": problem_responses()["404"] }
+        }}),
+    );
+    for (p, what) in [
+        ("/healthz", "The process is alive."),
+        ("/readyz", "The store answers."),
+    ] {
+        paths.insert(
+            p.into(),
+            json!({ "get": { "summary": what, "responses": { "200": { "description": "OK" } } } }),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "entrepot canonical API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The mall's own API over every external platform. Money is integer minor units (fen) with a currency; times are RFC 3339; failures are RFC 9457 problem details."
+        },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|c| refs(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_and_every_operation_is_there() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("external reference {r}"));
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+        for op in OPERATIONS {
+            assert!(
+                doc["paths"]
+                    .get(format!("/v1/platforms/{{platform}}/operations/{op}"))
+                    .is_some(),
+                "{op}"
+            );
+        }
+        assert!(
+            doc["paths"].get("/v1/operations/product.list").is_none(),
+            "product.list is not routable"
+        );
+    }
+}
