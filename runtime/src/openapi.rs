@@ -26,10 +26,10 @@ fn file(name: &str) -> Value {
 fn rewrite_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get_mut("$ref") {
-                if let Some((_, def)) = r.split_once("#/$defs/") {
-                    *r = format!("#/components/schemas/{def}");
-                }
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some((_, def)) = r.split_once("#/$defs/")
+            {
+                *r = format!("#/components/schemas/{def}");
             }
             m.remove("$id");
             m.remove("$schema");
@@ -119,8 +119,8 @@ fn build() -> Value {
                     "responses": {
                         "200": { "description": "Every part succeeded.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
                         "502": { "description": "At least one part failed; each part has its status.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
-                        "400": problem_responses()["400"],
-                        "422": problem_responses()["422"],
+                        "400": problem_responses().get("400").cloned().unwrap_or_default(),
+                        "422": problem_responses().get("422").cloned().unwrap_or_default(),
                     },
                 }}),
             );
@@ -148,7 +148,7 @@ fn build() -> Value {
                 { "name": "internal_id", "in": "query", "schema": { "type": "string" } },
                 { "name": "platform_id", "in": "query", "schema": { "type": "string" } }
             ],
-            "responses": { "200": { "description": "The pair." }, "404": problem_responses()["404"] }
+            "responses": { "200": { "description": "The pair." }, "404": problem_responses().get("404").cloned().unwrap_or_default() }
         }}),
     );
     for (p, what) in [
