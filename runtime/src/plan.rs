@@ -256,6 +256,8 @@ pub enum BodyPlan {
     Form(Vec<(String, CompiledTemplate)>),
     /// A JSON document whose string leaves are templates.
     Json(JsonTemplate),
+    /// An XML document described as JSON (see the `xml` request field).
+    Xml(JsonTemplate),
 }
 
 /// A JSON document whose string leaves are templates.

@@ -652,19 +652,42 @@ impl Cx<'_> {
             (None, Some(j)) => Some(self.json_template(j, &base_path.key("json"), &scope)),
             (None, None) => None,
         };
-        let body = match (form.is_empty(), json) {
-            (true, None) => BodyPlan::None,
-            (false, None) => BodyPlan::Form(form),
-            (true, Some(j)) => BodyPlan::Json(j),
-            (false, Some(_)) => {
-                self.error(
-                    &op_req,
-                    Code::Conflict,
-                    "the request has both `form` fields and a `json` body",
-                )
-                .hint = Some("a request body is either a form or JSON; remove one of them".into());
-                BodyPlan::None
+        let xml = match (&op.xml, &base.xml) {
+            (Some(x), _) => Some((x, op_req.key("xml"))),
+            (None, Some(x)) => Some((x, base_path.key("xml"))),
+            (None, None) => None,
+        };
+        let xml = match xml {
+            Some((Value::Object(m), p)) if m.len() == 1 => {
+                Some(self.json_template(&Value::Object(m.clone()), &p, &scope))
             }
+            Some((_, p)) => {
+                self.error(
+                    &p,
+                    Code::InvalidValue,
+                    "an XML body needs exactly one top-level key: the root element",
+                )
+                .hint =
+                    Some("write it like `xml: { request: { id: \"{{input.order_id}}\" } }`".into());
+                None
+            }
+            None => None,
+        };
+        let bodies = usize::from(!form.is_empty())
+            + usize::from(json.is_some())
+            + usize::from(xml.is_some());
+        let body = if bodies > 1 {
+            self.error(&op_req, Code::Conflict, "the request has more than one body: `form`, `json` and `xml` exclude each other")
+                .hint = Some("keep exactly one of them (an operation's body replaces the platform's default body of another kind only if you remove that default)".into());
+            BodyPlan::None
+        } else if let Some(j) = json {
+            BodyPlan::Json(j)
+        } else if let Some(x) = xml {
+            BodyPlan::Xml(x)
+        } else if !form.is_empty() {
+            BodyPlan::Form(form)
+        } else {
+            BodyPlan::None
         };
         let sign = match (&op.sign, &base.sign) {
             (Some(s), _) => crate::recipe::compile_sign(self, s, &op_req.key("sign")),

@@ -257,6 +257,12 @@ pub struct RequestSpec {
     /// can never break the JSON. Mutually exclusive with `form`.
     #[serde(default)]
     pub json: Option<serde_json::Value>,
+    /// An XML body, written as YAML: the single top-level key is the root element, nested keys
+    /// are child elements, a list repeats an element, `@name` keys are attributes and `#text` is
+    /// an element's text. String leaves are templates, escaped when written. Mutually exclusive
+    /// with `form` and `json`.
+    #[serde(default)]
+    pub xml: Option<serde_json::Value>,
     /// Signing recipe run over the fully built request (see the recipe reference).
     #[serde(default)]
     pub sign: Option<crate::config::recipe::SignRecipe>,

@@ -131,15 +131,26 @@ pub fn build(
     let base_url = render(&req.url, "the url")?;
     let mut query = pairs(&req.query, "query parameter")?;
     let mut headers = pairs(&req.headers, "header")?;
-    let (mut form, json_body) = match &req.body {
-        BodyPlan::None => (None, None),
-        BodyPlan::Form(fields) => (Some(pairs(fields, "form field")?), None),
-        BodyPlan::Json(t) => (
-            None,
-            Some(render_json(t, &ctx).map_err(|m| err("the JSON body", m))?),
-        ),
+    let (mut form, json_bytes, fixed_type) = match &req.body {
+        BodyPlan::None => (None, None, None),
+        BodyPlan::Form(fields) => (Some(pairs(fields, "form field")?), None, None),
+        BodyPlan::Json(t) => {
+            let v = render_json(t, &ctx).map_err(|m| err("the JSON body", m))?;
+            (
+                None,
+                Some(serde_json::to_vec(&v).unwrap_or_default()),
+                Some("application/json"),
+            )
+        }
+        BodyPlan::Xml(t) => {
+            let v = render_json(t, &ctx).map_err(|m| err("the XML body", m))?;
+            (
+                None,
+                Some(to_xml(&v).into_bytes()),
+                Some("application/xml; charset=utf-8"),
+            )
+        }
     };
-    let json_bytes = json_body.map(|v| serde_json::to_vec(&v).unwrap_or_default());
     let body_of = |form: &Option<Vec<(String, String)>>| match (form, &json_bytes) {
         (Some(f), _) => encode_pairs(f, true).into_bytes(),
         (None, Some(j)) => j.clone(),
@@ -212,11 +223,12 @@ pub fn build(
             }
         }
     }
-    let content_type = match (&form, &json_bytes) {
+    let content_type = match (&form, fixed_type) {
         (Some(_), _) => Some("application/x-www-form-urlencoded; charset=utf-8".to_string()),
-        (None, Some(_)) => Some("application/json".to_string()),
+        (None, Some(t)) => Some(t.to_string()),
         (None, None) => None,
     };
+
     Ok(BuiltRequest {
         method: req.method,
         url: with_query(&base_url, &query),
@@ -313,6 +325,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn xml_bodies_are_escaped_and_read_back() {
+        let v = serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": 1}, {"n": 2}], "note": {"@lang": "zh", "#text": "x"}}});
+        let xml = to_xml(&v);
+        assert_eq!(
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><req v=\"2\"><id>a&lt;b &amp; &quot;c&quot;</id><item><n>1</n></item><item><n>2</n></item><note lang=\"zh\">x</note></req>"
+        );
+        // The answer decoder reads it back to the same shape (numbers become text).
+        let back =
+            crate::engine::decode::decode(crate::config::platform::BodyFormat::Xml, xml.as_bytes())
+                .unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": "1"}, {"n": "2"}], "note": {"@lang": "zh", "#text": "x"}}})
+        );
+    }
+
+    #[test]
     fn url_paths() {
         assert_eq!(url_path("https://example.amazonaws.com/"), "/");
         assert_eq!(url_path("https://example.amazonaws.com"), "/");
@@ -323,4 +353,71 @@ mod tests {
         );
         assert_eq!(encode_pairs(&[("k".into(), "a b".into())], true), "k=a+b");
     }
+}
+
+fn xml_escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn xml_element(name: &str, v: &Value, out: &mut String) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                xml_element(name, item, out);
+            }
+        }
+        Value::Object(m) => {
+            out.push('<');
+            out.push_str(name);
+            for (k, a) in m.iter().filter(|(k, _)| k.starts_with('@')) {
+                out.push(' ');
+                out.push_str(k.trim_start_matches('@'));
+                out.push_str("=\"");
+                xml_escape(&crate::template::text_of(a), out);
+                out.push('"');
+            }
+            out.push('>');
+            if let Some(t) = m.get("#text") {
+                xml_escape(&crate::template::text_of(t), out);
+            }
+            for (k, child) in m
+                .iter()
+                .filter(|(k, _)| !k.starts_with('@') && *k != "#text")
+            {
+                xml_element(k, child, out);
+            }
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
+        other => {
+            out.push('<');
+            out.push_str(name);
+            out.push('>');
+            xml_escape(&crate::template::text_of(other), out);
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
+    }
+}
+
+/// Writes a JSON description of an XML document (one top-level key: the root) as XML.
+pub fn to_xml(v: &Value) -> String {
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+    if let Value::Object(m) = v {
+        for (name, child) in m {
+            xml_element(name, child, &mut out);
+        }
+    }
+    out
 }
