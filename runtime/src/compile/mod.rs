@@ -678,7 +678,7 @@ impl Cx<'_> {
             + usize::from(xml.is_some());
         let body = if bodies > 1 {
             self.error(&op_req, Code::Conflict, "the request has more than one body: `form`, `json` and `xml` exclude each other")
-                .hint = Some("keep exactly one of them (an operation's body replaces the platform's default body of another kind only if you remove that default)".into());
+                .hint = Some("keep exactly one of them, counting the platform-wide `request` and the operation's together".into());
             BodyPlan::None
         } else if let Some(j) = json {
             BodyPlan::Json(j)

@@ -320,41 +320,6 @@ fn render_json(t: &JsonTemplate, ctx: &Value) -> Result<Value, String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xml_bodies_are_escaped_and_read_back() {
-        let v = serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": 1}, {"n": 2}], "note": {"@lang": "zh", "#text": "x"}}});
-        let xml = to_xml(&v);
-        assert_eq!(
-            xml,
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><req v=\"2\"><id>a&lt;b &amp; &quot;c&quot;</id><item><n>1</n></item><item><n>2</n></item><note lang=\"zh\">x</note></req>"
-        );
-        // The answer decoder reads it back to the same shape (numbers become text).
-        let back =
-            crate::engine::decode::decode(crate::config::platform::BodyFormat::Xml, xml.as_bytes())
-                .unwrap();
-        assert_eq!(
-            back,
-            serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": "1"}, {"n": "2"}], "note": {"@lang": "zh", "#text": "x"}}})
-        );
-    }
-
-    #[test]
-    fn url_paths() {
-        assert_eq!(url_path("https://example.amazonaws.com/"), "/");
-        assert_eq!(url_path("https://example.amazonaws.com"), "/");
-        assert_eq!(url_path("http://h:1/a/b?x=1"), "/a/b");
-        assert_eq!(
-            with_query("http://h/a", &[("k".into(), "a b&c".into())]),
-            "http://h/a?k=a%20b%26c"
-        );
-        assert_eq!(encode_pairs(&[("k".into(), "a b".into())], true), "k=a+b");
-    }
-}
-
 fn xml_escape(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
@@ -420,4 +385,39 @@ pub fn to_xml(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_bodies_are_escaped_and_read_back() {
+        let v = serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": 1}, {"n": 2}], "note": {"@lang": "zh", "#text": "x"}}});
+        let xml = to_xml(&v);
+        assert_eq!(
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><req v=\"2\"><id>a&lt;b &amp; &quot;c&quot;</id><item><n>1</n></item><item><n>2</n></item><note lang=\"zh\">x</note></req>"
+        );
+        // The answer decoder reads it back to the same shape (numbers become text).
+        let back =
+            crate::engine::decode::decode(crate::config::platform::BodyFormat::Xml, xml.as_bytes())
+                .unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"req": {"@v": "2", "id": "a<b & \"c\"", "item": [{"n": "1"}, {"n": "2"}], "note": {"@lang": "zh", "#text": "x"}}})
+        );
+    }
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(url_path("https://example.amazonaws.com/"), "/");
+        assert_eq!(url_path("https://example.amazonaws.com"), "/");
+        assert_eq!(url_path("http://h:1/a/b?x=1"), "/a/b");
+        assert_eq!(
+            with_query("http://h/a", &[("k".into(), "a b&c".into())]),
+            "http://h/a?k=a%20b%26c"
+        );
+        assert_eq!(encode_pairs(&[("k".into(), "a b".into())], true), "k=a+b");
+    }
 }
