@@ -561,3 +561,33 @@ async fn routing_by_ids_splits_across_platforms() {
         .unwrap_err();
     assert!(err.detail.contains("belongs to no platform"), "{err}");
 }
+
+#[tokio::test]
+async fn timeouts_are_retried_on_reads() {
+    let transport = "  timeout: 200ms\n  retries: 1\n  backoff: 10ms\n";
+    let gw = start_with(Some(transport), SECRET, Catalog::sample()).await;
+    gw.sim.push_fault(
+        Fault::new(FaultKind::Slow)
+            .delay_ms(1_000)
+            .method("yanxuan.item.id.batch.get"),
+    );
+    gw.ok("product.list", json!({})).await;
+    assert_eq!(gw.methods().len(), 2, "the timed-out attempt and the retry");
+    // Without retries left, a timeout is a 503 the caller may retry.
+    gw.sim.push_fault(
+        Fault::new(FaultKind::Slow)
+            .delay_ms(1_000)
+            .times(2)
+            .method("yanxuan.item.id.batch.get"),
+    );
+    let (status, problem) = gw.call("product.list", json!({})).await;
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within"),
+        "{problem}"
+    );
+    assert_eq!(problem["retryable"], true);
+}

@@ -363,10 +363,97 @@ pub struct DiscriminatorPlan {
 }
 
 /// A JSONPath parsed once.
+///
+/// Every path is parsed by `jsonpath-rust` (RFC 9535), which validates it and evaluates the
+/// general case. Paths made only of names, indexes and `[*]` — nearly all mapping paths — are
+/// also kept as a list of steps and evaluated directly, without the general engine's
+/// bookkeeping; a test checks both evaluations agree.
 #[derive(Debug, Clone)]
 pub struct JsonPathExpr {
     source: String,
     query: Arc<JpQuery>,
+    simple: Option<Vec<Step>>,
+}
+
+/// One step of a simple path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(i64),
+    All,
+}
+
+/// `$.a.b[0]['c d'][*]` as steps; `None` for anything else (filters, slices, `..`, unions).
+fn simple_steps(source: &str) -> Option<Vec<Step>> {
+    let mut rest = source.strip_prefix('$')?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix(".*") {
+            steps.push(Step::All);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let name = r.get(..end)?;
+            let ok = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !ok || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            steps.push(Step::Key(name.to_string()));
+            rest = r.get(end..)?;
+        } else if let Some(r) = rest.strip_prefix("[*]") {
+            steps.push(Step::All);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("['") {
+            let end = r.find("']")?;
+            let name = r.get(..end)?;
+            if name.contains(['\\', '\'']) {
+                return None;
+            }
+            steps.push(Step::Key(name.to_string()));
+            rest = r.get(end + 2..)?;
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let n = r.get(..end)?;
+            let ok = !n.is_empty()
+                && n.trim_start_matches('-')
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+                && !n.starts_with("-0")
+                && (n == "0" || !n.trim_start_matches('-').starts_with('0'));
+            if !ok {
+                return None;
+            }
+            steps.push(Step::Index(n.parse().ok()?));
+            rest = r.get(end + 1..)?;
+        } else {
+            return None;
+        }
+    }
+    Some(steps)
+}
+
+fn walk<'a>(steps: &[Step], v: &'a Value, out: &mut Vec<&'a Value>) {
+    let Some((step, rest)) = steps.split_first() else {
+        out.push(v);
+        return;
+    };
+    match (step, v) {
+        (Step::Key(k), Value::Object(m)) => {
+            if let Some(c) = m.get(k) {
+                walk(rest, c, out);
+            }
+        }
+        (Step::Index(i), Value::Array(a)) => {
+            let len = i64::try_from(a.len()).unwrap_or(i64::MAX);
+            let at = if *i < 0 { len + i } else { *i };
+            if let Some(c) = usize::try_from(at).ok().and_then(|at| a.get(at)) {
+                walk(rest, c, out);
+            }
+        }
+        (Step::All, Value::Array(a)) => a.iter().for_each(|c| walk(rest, c, out)),
+        (Step::All, Value::Object(m)) => m.values().for_each(|c| walk(rest, c, out)),
+        _ => {}
+    }
 }
 
 impl JsonPathExpr {
@@ -377,6 +464,7 @@ impl JsonPathExpr {
         Ok(JsonPathExpr {
             source: source.to_string(),
             query: Arc::new(query),
+            simple: simple_steps(source),
         })
     }
 
@@ -387,6 +475,17 @@ impl JsonPathExpr {
 
     /// Every value the path selects in `doc`.
     pub fn query<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        match &self.simple {
+            Some(steps) => {
+                let mut out = Vec::new();
+                walk(steps, doc, &mut out);
+                out
+            }
+            None => self.query_general(doc),
+        }
+    }
+
+    fn query_general<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
         jsonpath_rust::query::js_path_process(&self.query, doc)
             .map(|refs| refs.into_iter().map(|r| r.val).collect())
             .unwrap_or_default()
@@ -394,7 +493,14 @@ impl JsonPathExpr {
 
     /// The first value the path selects, if any.
     pub fn first<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
-        self.query(doc).into_iter().next()
+        match &self.simple {
+            Some(steps) => {
+                let mut out = Vec::new();
+                walk(steps, doc, &mut out);
+                out.into_iter().next()
+            }
+            None => self.query_general(doc).into_iter().next(),
+        }
     }
 }
 
@@ -425,6 +531,47 @@ fn one_line(report: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn simple_paths_agree_with_the_general_engine() {
+        let doc = json!({
+            "a": {"b": [1, {"c": "x"}, [3, 4]], "d e": true, "n": null},
+            "items": [{"id": 1, "sku": [{"id": "s1"}, {"id": "s2"}]}, {"id": 2, "sku": []}],
+            "k9": {"x": 1, "y": 2}
+        });
+        let paths = [
+            "$",
+            "$.a",
+            "$.a.b",
+            "$.a.b[0]",
+            "$.a.b[1].c",
+            "$.a.b[-1]",
+            "$.a.b[2][1]",
+            "$.a.b[9]",
+            "$['a']['d e']",
+            "$.a.n",
+            "$.items[*].id",
+            "$.items[*].sku[*].id",
+            "$.k9.*",
+            "$.missing.x",
+            "$.a.b[*]",
+            "$.items[0].sku[1]",
+        ];
+        for p in paths {
+            let e = JsonPathExpr::parse(p).unwrap();
+            assert!(e.simple.is_some(), "{p} should be simple");
+            assert_eq!(e.query(&doc), e.query_general(&doc), "{p}");
+        }
+        for p in [
+            "$..id",
+            "$.items[?@.id == 1]",
+            "$.a.b[0:2]",
+            "$.a['b','d e']",
+        ] {
+            let e = JsonPathExpr::parse(p).unwrap();
+            assert!(e.simple.is_none(), "{p} is not simple");
+        }
+    }
 
     #[test]
     fn json_paths_parse_once_and_query() {

@@ -3,6 +3,8 @@
 //! Mapping is pure: ids marked with `id:` are left as platform ids and reported, so the caller
 //! can translate them all in one batch per kind through the store.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 
@@ -78,16 +80,16 @@ fn field_name(field: &str) -> String {
     }
 }
 
-fn source(
+fn source<'v>(
     cx: &mut Cx<'_>,
     plan: &MappingPlan,
-    item: &Value,
+    item: &'v Value,
     field: &str,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Cow<'v, Value>>, MappingError> {
     Ok(match &plan.source {
-        MappingSource::Current => Some(item.clone()),
-        MappingSource::Path(p) => p.first(item).cloned(),
-        MappingSource::Value(v) => Some(v.clone()),
+        MappingSource::Current => Some(Cow::Borrowed(item)),
+        MappingSource::Path(p) => p.first(item).map(Cow::Borrowed),
+        MappingSource::Value(v) => Some(Cow::Owned(v.clone())),
         MappingSource::Template(t) => {
             let mut ctx = cx.extra.clone();
             ctx.insert("item".into(), item.clone());
@@ -98,7 +100,7 @@ fn source(
                     field: field_name(field),
                     message,
                 })?;
-            Some(Value::String(text))
+            Some(Cow::Owned(Value::String(text)))
         }
     })
 }
@@ -115,9 +117,9 @@ fn map_value(
         return missing(cx, plan, field, "no value", pointer);
     };
     if let Some(each) = &plan.each {
-        let items: Vec<Value> = each.query(&found).into_iter().cloned().collect();
+        let items = each.query(&found);
         let mut out = Vec::with_capacity(items.len());
-        for (i, it) in items.iter().enumerate() {
+        for (i, it) in items.into_iter().enumerate() {
             let f = format!("{field}[{i}]");
             let p = format!("{pointer}/{}", out.len());
             if let Some(v) = map_one(cx, plan, it, &f, &p)? {
