@@ -3,6 +3,8 @@
 //! `cargo bench` prints one line per case: the median time per operation over 15 batches.
 //! Figures and the machine they were taken on are in BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
