@@ -3,7 +3,12 @@
 //! `cargo bench` prints one line per case: the median time per operation over 15 batches.
 //! Figures and the machine they were taken on are in BENCHMARKS.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::hint::black_box;
 use std::path::Path;
@@ -35,14 +40,20 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root");
-    let compiled =
-        entrepot::compile::compile_files(&[root.join("platforms/yanxuan.yaml")], &|_| None);
+    // The sample platform: the one platform in platforms/.
+    let compiled = entrepot::compile::compile_dir(&root.join("platforms"), &|_| None);
     assert!(
         compiled.diagnostics.is_empty(),
         "{:?}",
         compiled.diagnostics
     );
-    let p = compiled.plan.platforms["yanxuan"].clone();
+    let p = compiled
+        .plan
+        .platforms
+        .values()
+        .next()
+        .expect("a sample platform")
+        .clone();
     let creds: Map<String, Value> = [
         ("app_key", "bd8d8cd62fb5489586858161efcea388"),
         ("app_secret", "db4c3fe3515543bfb1cf6beb6f3e3d56"),
