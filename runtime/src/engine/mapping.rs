@@ -44,11 +44,62 @@ pub struct MappingError {
     pub message: String,
 }
 
-struct Cx<'a> {
+/// Where the mapper is in the output: field names and array indexes (in the source and in the
+/// output, which differ when items are left out). Strings are only built for errors and ids.
+enum Part<'p> {
+    Field(&'p str),
+    Index { src: usize, out: usize },
+}
+
+struct Cx<'a, 'p> {
     doc: &'a Value,
     extra: &'a Map<String, Value>,
     ids: Vec<FoundId>,
     missing: u64,
+    path: Vec<Part<'p>>,
+}
+
+impl Cx<'_, '_> {
+    /// `items[3].price.amount`, or "the output" at the top.
+    fn field(&self) -> String {
+        let mut out = String::new();
+        for part in &self.path {
+            match part {
+                Part::Field(f) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(f);
+                }
+                Part::Index { src, .. } => out.push_str(&format!("[{src}]")),
+            }
+        }
+        if out.is_empty() {
+            "the output".into()
+        } else {
+            out
+        }
+    }
+
+    /// The JSON pointer of the current value in the output.
+    fn pointer(&self) -> String {
+        let mut out = String::new();
+        for part in &self.path {
+            out.push('/');
+            match part {
+                Part::Field(f) => out.push_str(&f.replace('~', "~0").replace('/', "~1")),
+                Part::Index { out: i, .. } => out.push_str(&i.to_string()),
+            }
+        }
+        out
+    }
+
+    fn error(&self, message: String) -> MappingError {
+        MappingError {
+            field: self.field(),
+            message,
+        }
+    }
 }
 
 /// Maps `doc` with `plan`. `extra` holds the other template variables (`settings`,
@@ -63,8 +114,9 @@ pub fn map_document(
         extra,
         ids: Vec::new(),
         missing: 0,
+        path: Vec::new(),
     };
-    let value = map_value(&mut cx, plan, doc, "", "")?.unwrap_or(Value::Null);
+    let value = map_value(&mut cx, plan, doc)?.unwrap_or(Value::Null);
     Ok(Mapped {
         value,
         ids: cx.ids,
@@ -72,19 +124,10 @@ pub fn map_document(
     })
 }
 
-fn field_name(field: &str) -> String {
-    if field.is_empty() {
-        "the output".into()
-    } else {
-        field.to_string()
-    }
-}
-
 fn source<'v>(
-    cx: &mut Cx<'_>,
+    cx: &Cx<'_, '_>,
     plan: &MappingPlan,
     item: &'v Value,
-    field: &str,
 ) -> Result<Option<Cow<'v, Value>>, MappingError> {
     Ok(match &plan.source {
         MappingSource::Current => Some(Cow::Borrowed(item)),
@@ -96,58 +139,52 @@ fn source<'v>(
             ctx.insert("doc".into(), cx.doc.clone());
             let text = t
                 .render(&Value::Object(ctx))
-                .map_err(|message| MappingError {
-                    field: field_name(field),
-                    message,
-                })?;
+                .map_err(|message| cx.error(message))?;
             Some(Cow::Owned(Value::String(text)))
         }
     })
 }
 
-fn map_value(
-    cx: &mut Cx<'_>,
-    plan: &MappingPlan,
+fn map_value<'p>(
+    cx: &mut Cx<'_, 'p>,
+    plan: &'p MappingPlan,
     item: &Value,
-    field: &str,
-    pointer: &str,
 ) -> Result<Option<Value>, MappingError> {
-    let found = source(cx, plan, item, field)?.filter(|v| !v.is_null());
+    let found = source(cx, plan, item)?.filter(|v| !v.is_null());
     let Some(found) = found else {
-        return missing(cx, plan, field, "no value", pointer);
+        return missing(cx, plan, "no value");
     };
     if let Some(each) = &plan.each {
         let items = each.query(&found);
         let mut out = Vec::with_capacity(items.len());
-        for (i, it) in items.into_iter().enumerate() {
-            let f = format!("{field}[{i}]");
-            let p = format!("{pointer}/{}", out.len());
-            if let Some(v) = map_one(cx, plan, it, &f, &p)? {
+        for (src, it) in items.into_iter().enumerate() {
+            cx.path.push(Part::Index {
+                src,
+                out: out.len(),
+            });
+            let mapped = map_one(cx, plan, it);
+            cx.path.pop();
+            if let Some(v) = mapped? {
                 out.push(v);
             }
         }
         return Ok(Some(Value::Array(out)));
     }
-    map_one(cx, plan, &found, field, pointer)
+    map_one(cx, plan, &found)
 }
 
-fn map_one(
-    cx: &mut Cx<'_>,
-    plan: &MappingPlan,
+fn map_one<'p>(
+    cx: &mut Cx<'_, 'p>,
+    plan: &'p MappingPlan,
     v: &Value,
-    field: &str,
-    pointer: &str,
 ) -> Result<Option<Value>, MappingError> {
     if let Some(fields) = &plan.fields {
-        let mut obj = Map::new();
+        let mut obj = Map::with_capacity(fields.len());
         for (name, sub) in fields {
-            let f = if field.is_empty() {
-                name.clone()
-            } else {
-                format!("{field}.{name}")
-            };
-            let p = format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1"));
-            if let Some(value) = map_value(cx, sub, v, &f, &p)? {
+            cx.path.push(Part::Field(name));
+            let mapped = map_value(cx, sub, v);
+            cx.path.pop();
+            if let Some(value) = mapped? {
                 obj.insert(name.clone(), value);
             }
         }
@@ -155,35 +192,33 @@ fn map_one(
     }
     let mut value = v.clone();
     if let Some(table) = &plan.map {
-        match table.get(&text_of(&value)) {
+        let key = match &value {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(text_of(other)),
+        };
+        match table.get(key.as_ref()) {
             Some(mapped) => value = mapped.clone(),
             None => {
                 return match &plan.default {
                     Some(d) => Ok(Some(d.clone())),
-                    None => Err(MappingError {
-                        field: field_name(field),
-                        message: format!(
-                            "the platform value {} is not in the `map` table",
-                            short(&value)
-                        ),
-                    }),
+                    None => Err(cx.error(format!(
+                        "the platform value {} is not in the `map` table",
+                        short(&value)
+                    ))),
                 };
             }
         }
     }
     if let Some(kind) = plan.kind {
-        value = convert(&value, kind, plan).map_err(|message| MappingError {
-            field: field_name(field),
-            message,
-        })?;
+        value = convert(&value, kind, plan).map_err(|message| cx.error(message))?;
     }
     if let Some(kind) = &plan.id {
         let text = text_of(&value);
         if text.is_empty() {
-            return missing(cx, plan, field, "an empty id", pointer);
+            return missing(cx, plan, "an empty id");
         }
         cx.ids.push(FoundId {
-            pointer: pointer.to_string(),
+            pointer: cx.pointer(),
             kind: kind.clone(),
             platform_id: text.clone(),
         });
@@ -193,11 +228,9 @@ fn map_one(
 }
 
 fn missing(
-    cx: &mut Cx<'_>,
+    cx: &mut Cx<'_, '_>,
     plan: &MappingPlan,
-    field: &str,
     what: &str,
-    _pointer: &str,
 ) -> Result<Option<Value>, MappingError> {
     if let Some(d) = &plan.default {
         return Ok(Some(d.clone()));
@@ -207,10 +240,7 @@ fn missing(
             MappingSource::Path(p) => format!(" at {}", p.source()),
             _ => String::new(),
         };
-        return Err(MappingError {
-            field: field_name(field),
-            message: format!("required, but the platform sent {what}{at}"),
-        });
+        return Err(cx.error(format!("required, but the platform sent {what}{at}")));
     }
     cx.missing += 1;
     Ok(None)
