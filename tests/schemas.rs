@@ -34,3 +34,12 @@ fn generated_schemas_reject_unknown_keys_and_document_fields() {
     assert!(!v.is_valid(&serde_json::json!({"platform": "x", "bogus": 1})));
     assert!(v.is_valid(&serde_json::json!({"platform": "x"})));
 }
+
+#[test]
+fn committed_reference_is_current() {
+    let committed = std::fs::read_to_string(root().join("docs/reference.md")).unwrap_or_default();
+    assert!(
+        committed == entrepot::reference::markdown(),
+        "docs/reference.md is stale: regenerate with `cargo run -- schema --out schemas --docs docs/reference.md` and commit"
+    );
+}

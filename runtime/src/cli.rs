@@ -66,6 +66,9 @@ pub enum Command {
         /// Write every schema into this directory instead of printing one.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write the Markdown reference of every field to this file.
+        #[arg(long)]
+        docs: Option<PathBuf>,
     },
     /// Run a canonical operation against the live platform and print its canonical output.
     ///
@@ -155,7 +158,15 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Validate { paths, format } => validate(&paths, format),
-        Command::Schema { kind, out } => schema(kind, out.as_deref()),
+        Command::Schema { kind, out, docs } => {
+            if let Some(path) = &docs {
+                if let Err(e) = std::fs::write(path, crate::reference::markdown()) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            schema(kind, out.as_deref())
+        }
         Command::Call {
             platform,
             operation,

@@ -15,7 +15,8 @@
 //! - [`timefmt`]: the time formats platforms use.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
-//! - [`schema`]: JSON Schemas generated from the config types.
+//! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
+//!   reference generated from the same doc comments.
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
 //! - [`cli`]: the command line (the binary only parses arguments and calls it).
 
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod openapi;
 pub mod plan;
 pub mod recipe;
+pub mod reference;
 pub mod schema;
 pub mod server;
 pub mod store;
