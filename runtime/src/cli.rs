@@ -159,11 +159,11 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Schema { kind, out, docs } => {
-            if let Some(path) = &docs {
-                if let Err(e) = std::fs::write(path, crate::reference::markdown()) {
-                    eprintln!("error: cannot write {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
+            if let Some(path) = &docs
+                && let Err(e) = std::fs::write(path, crate::reference::markdown())
+            {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
             }
             schema(kind, out.as_deref())
         }
