@@ -82,6 +82,7 @@ async fn start_with(transport: Option<&str>, secret: &str, catalog: Catalog) -> 
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
         store: Some(store.clone()),
         engine: Some(engine),
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

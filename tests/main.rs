@@ -9,6 +9,7 @@
 
 mod support;
 
+mod callbacks;
 mod cases;
 mod cli;
 mod engine;

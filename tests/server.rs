@@ -13,8 +13,7 @@ async fn health_and_platform_listing() {
     assert!(compiled.diagnostics.is_empty());
     let state = AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
-        store: None,
-        engine: None,
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

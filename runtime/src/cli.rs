@@ -512,17 +512,31 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         credentials,
         process_env,
     ));
+    let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
+        store.clone(),
+        &gateway.targets,
+        Default::default(),
+    ));
     let state = crate::server::AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
         store: Some(store),
         engine: Some(engine),
+        targets: Arc::new(gateway.targets.clone()),
+        admin_token: gateway.admin_token.clone(),
+        notify: Some(dispatcher.notify.clone()),
     };
+    let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dispatch_task = runtime.spawn(dispatcher.run(async move {
+        let _ = dispatch_stopped.await;
+    }));
     let result = runtime.block_on(crate::server::serve(
         gateway.listen,
         state,
         |addr| tracing::info!(%addr, "listening"),
         shutdown_signal(),
     ));
+    let _ = stop_dispatch.send(());
+    let _ = runtime.block_on(dispatch_task);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

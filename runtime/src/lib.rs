@@ -13,6 +13,8 @@
 //! - [`template`]: Handlebars templates compiled once, with the integration helpers.
 //! - [`recipe`]: signing and verification recipes.
 //! - [`timefmt`]: the time formats platforms use.
+//! - [`callbacks`]: receiving platform callbacks; [`dispatch`]: delivering events to internal
+//!   targets.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
@@ -20,12 +22,14 @@
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
 //! - [`cli`]: the command line (the binary only parses arguments and calls it).
 
+pub mod callbacks;
 pub mod canonical;
 pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod credentials;
 pub mod diagnostics;
+pub mod dispatch;
 pub mod engine;
 pub mod openapi;
 pub mod plan;

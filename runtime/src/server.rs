@@ -17,7 +17,7 @@ use crate::engine::problem::{Problem, ProblemKind};
 use crate::plan::Plan;
 
 /// Shared state of the server.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct AppState {
     /// The current plan; each request takes one snapshot and uses it to the end.
     pub plan: Arc<ArcSwap<Plan>>,
@@ -25,7 +25,16 @@ pub struct AppState {
     pub store: Option<crate::store::Store>,
     /// The outbound engine (absent only in tests of routes that need none).
     pub engine: Option<Arc<crate::engine::Engine>>,
+    /// Internal targets of events.
+    pub targets: Arc<Vec<crate::compile::gateway::TargetSettings>>,
+    /// Bearer token of the admin API; without one every admin route refuses.
+    pub admin_token: Option<crate::config::Secret>,
+    /// Wakes the dispatcher when events were stored.
+    pub notify: Option<Arc<tokio::sync::Notify>>,
 }
+
+/// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
+pub const CALLBACK_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
@@ -40,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/operations/{operation}", post(route_operation))
         .route("/v1/mappings/{platform}/{kind}", get(mapping))
+        .route("/callbacks/{*route}", axum::routing::any(callback))
+        .route("/admin/v1/deliveries", get(admin_deliveries))
+        .route("/admin/v1/dead-letters", get(admin_dead_letters))
+        .route("/admin/v1/dead-letters/replay", post(admin_replay_all))
+        .route("/admin/v1/dead-letters/{id}/replay", post(admin_replay_one))
+        .layer(axum::extract::DefaultBodyLimit::max(CALLBACK_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -228,4 +243,193 @@ async fn route_operation(
 
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document().clone())
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    Path(route): Path<String>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let plan = state.plan.load_full();
+    let Some(engine) = &state.engine else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let inbound = crate::callbacks::Inbound {
+        method: method.as_str().to_string(),
+        route: format!("/{route}"),
+        query: query
+            .as_deref()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+            .unwrap_or_default(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let notify = state.notify.clone();
+    let wake = move || {
+        if let Some(n) = &notify {
+            n.notify_one();
+        }
+    };
+    let reply = crate::callbacks::receive(
+        &plan,
+        engine,
+        &state.targets,
+        inbound,
+        time::OffsetDateTime::now_utc(),
+        &wake,
+    )
+    .await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, reply.content_type)],
+        reply.body,
+    )
+        .into_response()
+}
+
+/// Refuses unless the request carries the admin bearer token (compared in constant time).
+fn admin_refusal(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    use subtle::ConstantTimeEq;
+    let Some(token) = &state.admin_token else {
+        return Some(problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "the admin API is disabled: set admin.token in entrepot.yaml (for example from ENTREPOT_ADMIN_TOKEN)",
+        )));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+        None
+    } else {
+        let mut p = Problem::new(
+            ProblemKind::Configuration,
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        );
+        p.status = 401;
+        p.title = "Unauthorized".into();
+        Some(problem_response(&p))
+    }
+}
+
+/// Query of the admin listings.
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    platform: Option<String>,
+    limit: Option<i64>,
+}
+
+fn store_of(state: &AppState) -> Result<&crate::store::Store, Box<Response>> {
+    state.store.as_ref().ok_or_else(|| {
+        Box::new(problem_response(&Problem::new(
+            ProblemKind::StoreUnavailable,
+            "this server has no store",
+        )))
+    })
+}
+
+fn store_failed(e: crate::store::StoreError) -> Response {
+    tracing::error!("{e}");
+    problem_response(&Problem::new(
+        ProblemKind::StoreUnavailable,
+        "the gateway's store failed; see the gateway's log",
+    ))
+}
+
+async fn admin_deliveries(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let store = match store_of(&state) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match store.inbox_recent(q.platform.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await {
+        Ok(rows) => Json(json!({ "deliveries": rows.iter().map(|r| json!({
+            "id": r.id, "platform": r.platform, "route": r.route, "dedupe_key": r.dedupe_key,
+            "verified": r.verified, "rejection": r.rejection, "event_type": r.event_type, "received_at_ms": r.received_at,
+        })).collect::<Vec<_>>() }))
+        .into_response(),
+        Err(e) => store_failed(e),
+    }
+}
+
+async fn admin_dead_letters(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let store = match store_of(&state) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match store
+        .dead_letters(q.limit.unwrap_or(100).clamp(1, 1000))
+        .await
+    {
+        Ok(rows) => Json(json!({ "dead_letters": rows.iter().map(|r| json!({
+            "id": r.id, "event_id": r.event_id, "target": r.target, "event_type": r.event_type,
+            "attempts": r.attempts, "last_error": r.last_error,
+            "payload": serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
+        })).collect::<Vec<_>>() }))
+        .into_response(),
+        Err(e) => store_failed(e),
+    }
+}
+
+async fn replay(state: &AppState, headers: &axum::http::HeaderMap, id: Option<i64>) -> Response {
+    if let Some(r) = admin_refusal(state, headers) {
+        return r;
+    }
+    let store = match store_of(state) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX);
+    match store.replay_dead(id, now).await {
+        Ok(n) => {
+            if let Some(notify) = &state.notify {
+                notify.notify_one();
+            }
+            Json(json!({ "replayed": n })).into_response()
+        }
+        Err(e) => store_failed(e),
+    }
+}
+
+async fn admin_replay_all(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    replay(&state, &headers, None).await
+}
+
+async fn admin_replay_one(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    replay(&state, &headers, Some(id)).await
 }

@@ -91,6 +91,11 @@ impl Engine {
         &self.store
     }
 
+    /// The credentials of a platform, from the credentials file and the environment.
+    pub fn credentials_for(&self, platform: &PlatformPlan) -> Map<String, Value> {
+        crate::credentials::resolve(platform, &self.credentials, &self.env)
+    }
+
     fn client(&self, t: &TransportPlan) -> Result<reqwest::Client, Problem> {
         let key = t.connect_timeout.as_millis();
         let mut clients = self.clients.lock().map_err(|_| {
@@ -597,7 +602,7 @@ impl Engine {
         let mut extra = Map::new();
         extra.insert("settings".into(), Value::Object(platform.settings.clone()));
         extra.insert("platform".into(), Value::String(platform.name.clone()));
-        let mut mapped = mapping::map_document(plan, doc, &extra).map_err(|e| {
+        let mapped = mapping::map_document(plan, doc, &extra).map_err(|e| {
             Problem::new(
                 ProblemKind::MappingError,
                 format!(
@@ -609,6 +614,17 @@ impl Engine {
         if mapped.missing_optional > 0 {
             tracing::debug!(platform = %platform.name, operation = %op.name, missing = mapped.missing_optional, "optional values absent");
         }
+        self.translate_ids(platform, mapped).await
+    }
+
+    /// Replaces the platform ids found while mapping with internal ids, one batch per kind,
+    /// following the platform's `ids` policies.
+    pub async fn translate_ids(
+        &self,
+        platform: &PlatformPlan,
+        mapped: mapping::Mapped,
+    ) -> Result<Value, Problem> {
+        let mut mapped = mapped;
         let mut by_kind: HashMap<String, Vec<String>> = HashMap::new();
         for id in &mapped.ids {
             by_kind

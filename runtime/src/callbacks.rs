@@ -1,0 +1,338 @@
+//! Receiving platform callbacks: find the route in the current plan, verify the delivery
+//! (signature, timestamp window, durable replay guard), classify and map it into a canonical
+//! event, deduplicate it, store the delivery and its events for every subscribed target in one
+//! transaction, and only then answer with the acknowledgement the platform expects.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::compile::gateway::TargetSettings;
+use crate::engine::Engine;
+use crate::engine::decode::decode;
+use crate::plan::{CallbackPlan, Plan, PlatformPlan};
+use crate::recipe::{Parts, Rejection, RunEnv};
+use crate::store::{InboxOutcome, NewDelivery, NewEvent};
+use crate::template::text_of;
+
+/// A delivery as received.
+#[derive(Debug, Clone, Default)]
+pub struct Inbound {
+    /// HTTP method.
+    pub method: String,
+    /// The route after `/callbacks`, such as `/acme/notify`.
+    pub route: String,
+    /// Query parameters, decoded.
+    pub query: Vec<(String, String)>,
+    /// Headers as received.
+    pub headers: Vec<(String, String)>,
+    /// The exact body.
+    pub body: Vec<u8>,
+}
+
+/// The answer to a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: String,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn error(status: u16, message: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json".into(),
+            body: json!({ "error": message }).to_string().into_bytes(),
+        }
+    }
+}
+
+/// Finds the platform and callback of `route` in `plan`.
+pub fn find<'p>(plan: &'p Plan, route: &str) -> Option<(&'p Arc<PlatformPlan>, &'p CallbackPlan)> {
+    plan.platforms
+        .values()
+        .find_map(|p| p.callbacks.iter().find(|c| c.path == route).map(|c| (p, c)))
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Handles one delivery. `notify` is called when new events were stored.
+pub async fn receive(
+    plan: &Plan,
+    engine: &Engine,
+    targets: &[TargetSettings],
+    inbound: Inbound,
+    now: OffsetDateTime,
+    notify: &(dyn Fn() + Send + Sync),
+) -> Reply {
+    let Some((platform, cb)) = find(plan, &inbound.route) else {
+        return Reply::error(404, "no callback route here");
+    };
+    let store = engine.store();
+    let headers_json = {
+        let m: Map<String, Value> = inbound
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
+            .collect();
+        Value::Object(m).to_string()
+    };
+    let mut delivery = NewDelivery {
+        platform: platform.name.clone(),
+        route: cb.path.clone(),
+        dedupe_key: None,
+        headers: headers_json,
+        body: inbound.body.clone(),
+        verified: false,
+        rejection: None,
+        event_type: None,
+        received_at: millis(now),
+    };
+    // Records a refused delivery (never acknowledged) and answers.
+    let refuse = |mut d: NewDelivery, status: u16, reason: String| async move {
+        tracing::warn!(platform = %d.platform, route = %d.route, "callback refused: {reason}");
+        d.rejection = Some(reason.clone());
+        if let Err(e) = store.inbox_record(&d, &[], d.received_at).await {
+            tracing::error!("cannot record a refused callback: {e}");
+        }
+        Reply::error(status, &reason)
+    };
+
+    let doc = match decode(cb.format, &inbound.body) {
+        Ok(d) => d,
+        Err(e) => return refuse(delivery, 400, e.to_string()).await,
+    };
+    let parts = Parts {
+        method: inbound.method.clone(),
+        url: inbound.route.clone(),
+        path: format!("/callbacks{}", inbound.route),
+        query: inbound.query.clone(),
+        form: match &doc {
+            Value::Object(m) if cb.format == crate::config::platform::BodyFormat::Form => {
+                m.iter().map(|(k, v)| (k.clone(), text_of(v))).collect()
+            }
+            _ => Vec::new(),
+        },
+        headers: inbound.headers.clone(),
+        body: inbound.body.clone(),
+    };
+    if let Some(verify) = &cb.verify {
+        let creds = engine.credentials_for(platform);
+        let env = RunEnv {
+            credentials: &creds,
+            settings: &platform.settings,
+            platform: &platform.name,
+            now,
+            nonce: None,
+        };
+        if let Err(r) = verify.verify(&parts, &env) {
+            let status = match r {
+                Rejection::Recipe(_) => 500,
+                _ => verify.reject_status,
+            };
+            return refuse(delivery, status, r.to_string()).await;
+        }
+        // The durable replay guard: a key seen before (and not expired) is a replay.
+        if let Some((_, ttl)) = &verify.replay {
+            let key = match verify.replay_key(&parts, &env) {
+                Ok(Some(k)) if !k.is_empty() => k,
+                _ => {
+                    return refuse(
+                        delivery,
+                        verify.reject_status,
+                        "the delivery has no replay key".into(),
+                    )
+                    .await;
+                }
+            };
+            let expires =
+                millis(now).saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            match store
+                .replay_first_sighting(&format!("{}:{key}", platform.name), millis(now), expires)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return refuse(
+                        delivery,
+                        verify.reject_status,
+                        Rejection::Replayed.to_string(),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return Reply::error(
+                        503,
+                        "the gateway cannot store deliveries right now; send it again later",
+                    );
+                }
+            }
+        }
+    }
+    delivery.verified = true;
+
+    let mut ctx = Map::new();
+    ctx.insert("body".into(), doc.clone());
+    ctx.insert(
+        "headers".into(),
+        Value::Object(
+            inbound
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    ctx.insert(
+        "query".into(),
+        Value::Object(
+            inbound
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
+    ctx.insert("platform".into(), Value::String(platform.name.clone()));
+    let ctx = Value::Object(ctx);
+    delivery.dedupe_key = match &cb.dedupe_key {
+        Some(t) => match t.render(&ctx) {
+            Ok(k) if !k.is_empty() => Some(k),
+            Ok(_) => {
+                return refuse(
+                    delivery,
+                    400,
+                    "the delivery has no deduplication key".into(),
+                )
+                .await;
+            }
+            Err(e) => {
+                return refuse(
+                    delivery,
+                    400,
+                    format!("the deduplication key cannot be read: {e}"),
+                )
+                .await;
+            }
+        },
+        None => None,
+    };
+
+    let raw_type = match (&cb.event_type.path, &cb.event_type.header) {
+        (Some(p), _) => p.first(&doc).map(text_of),
+        (None, Some(h)) => inbound
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(h))
+            .map(|(_, v)| v.clone()),
+        (None, None) => None,
+    }
+    .unwrap_or_default();
+    let mut events = Vec::new();
+    match cb.event_type.map.get(&raw_type) {
+        None => {
+            // Kept and reported, never dropped: the platform gets its acknowledgement so it
+            // stops resending, and the delivery is listed with the reason.
+            tracing::warn!(platform = %platform.name, "callback with unknown event type '{raw_type}' stored without an event");
+            delivery.rejection = Some(format!("unknown event type '{raw_type}'"));
+        }
+        Some(event_type) => {
+            delivery.event_type = Some(event_type.clone());
+            let data = match cb.events.get(event_type) {
+                Some(mapping) => {
+                    let mut extra = Map::new();
+                    extra.insert("settings".into(), Value::Object(platform.settings.clone()));
+                    extra.insert("platform".into(), Value::String(platform.name.clone()));
+                    let mapped = match crate::engine::mapping::map_document(mapping, &doc, &extra) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return refuse(
+                                delivery,
+                                400,
+                                format!("the {event_type} delivery does not map: {e}"),
+                            )
+                            .await;
+                        }
+                    };
+                    match engine.translate_ids(platform, mapped).await {
+                        Ok(v) => v,
+                        Err(p) if p.status == 503 => {
+                            return Reply::error(
+                                503,
+                                "the gateway cannot store deliveries right now; send it again later",
+                            );
+                        }
+                        Err(p) => return refuse(delivery, 400, p.detail).await,
+                    }
+                }
+                None => doc.clone(),
+            };
+            let id = uuid::Uuid::new_v4().to_string();
+            let at = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let idempotency_key = format!(
+                "{}:{}:{event_type}",
+                platform.name,
+                delivery.dedupe_key.clone().unwrap_or_else(|| id.clone())
+            );
+            let envelope = json!({
+                "id": id,
+                "type": event_type,
+                "platform": platform.name,
+                "occurred_at": at,
+                "received_at": at,
+                "data": data,
+                "idempotency_key": idempotency_key,
+            });
+            for t in targets
+                .iter()
+                .filter(|t| t.events.iter().any(|e| e == event_type))
+            {
+                events.push(NewEvent {
+                    event_id: format!("{id}/{}", t.name),
+                    target: t.name.clone(),
+                    event_type: event_type.clone(),
+                    payload: envelope.to_string(),
+                    idempotency_key: idempotency_key.clone(),
+                    max_attempts: i64::from(t.max_attempts),
+                });
+            }
+            if events.is_empty() {
+                tracing::info!(platform = %platform.name, "no target subscribes to {event_type}; the delivery is stored without events");
+            }
+        }
+    }
+    match store.inbox_record(&delivery, &events, millis(now)).await {
+        Ok(InboxOutcome::Stored { .. }) => {
+            if !events.is_empty() {
+                notify();
+            }
+        }
+        Ok(InboxOutcome::Duplicate { id }) => {
+            tracing::info!(platform = %platform.name, earlier = id, "duplicate callback acknowledged without a new event");
+        }
+        Err(e) => {
+            // Not stored, so not acknowledged: the platform will send it again.
+            tracing::error!("{e}");
+            return Reply::error(
+                503,
+                "the gateway cannot store deliveries right now; send it again later",
+            );
+        }
+    }
+    Reply {
+        status: cb.ack_status,
+        content_type: cb.ack_content_type.clone(),
+        body: cb.ack_body.clone().into_bytes(),
+    }
+}

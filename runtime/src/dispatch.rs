@@ -1,0 +1,194 @@
+//! Delivering stored events to internal targets, at least once: claim due rows with a lease,
+//! POST each with an idempotency key, mark it delivered on a 2xx, otherwise retry with backoff
+//! until the target's `max_attempts`, then dead-letter it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::compile::gateway::TargetSettings;
+use crate::engine::transport::backoff;
+use crate::store::{OutboxRow, Store};
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// How long a claimed row is held before another instance may take it.
+    pub lease: Duration,
+    /// First retry delay; doubles per attempt with full jitter.
+    pub backoff: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Time allowed for one delivery.
+    pub timeout: Duration,
+    /// Deliveries in flight per target.
+    pub per_target: usize,
+    /// How often the outbox is looked at without a notification.
+    pub poll: Duration,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        DispatchOptions {
+            lease: Duration::from_secs(60),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            per_target: 8,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The dispatcher of one gateway instance.
+pub struct Dispatcher {
+    store: Store,
+    targets: HashMap<String, TargetSettings>,
+    caps: HashMap<String, Arc<Semaphore>>,
+    client: reqwest::Client,
+    owner: String,
+    options: DispatchOptions,
+    /// Wakes the dispatcher when events were stored.
+    pub notify: Arc<Notify>,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
+
+impl Dispatcher {
+    /// A dispatcher for `targets`.
+    pub fn new(store: Store, targets: &[TargetSettings], options: DispatchOptions) -> Self {
+        let caps = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    Arc::new(Semaphore::new(options.per_target.max(1))),
+                )
+            })
+            .collect();
+        Dispatcher {
+            store,
+            targets: targets
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect(),
+            caps,
+            client: reqwest::Client::builder()
+                .timeout(options.timeout)
+                .build()
+                .unwrap_or_default(),
+            owner: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
+            options,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Delivers until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let delivered = self.tick().await;
+            if delivered > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep(self.options.poll) => {}
+            }
+        }
+    }
+
+    /// Claims and delivers one batch; returns how many rows were handled.
+    pub async fn tick(self: &Arc<Self>) -> usize {
+        let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(60_000);
+        let rows = match self
+            .store
+            .outbox_claim(&self.owner, now_ms(), lease, 64)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot claim events: {e}");
+                return 0;
+            }
+        };
+        let n = rows.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for row in rows {
+            let me = self.clone();
+            tasks.spawn(async move { me.deliver(row).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        n
+    }
+
+    async fn deliver(&self, row: OutboxRow) {
+        let Some(target) = self.targets.get(&row.target) else {
+            // The target was removed from the configuration: keep the event, dead-lettered.
+            let _ = self
+                .store
+                .outbox_fail(
+                    row.id,
+                    &self.owner,
+                    &format!("no target named '{}' is configured", row.target),
+                    None,
+                )
+                .await;
+            return;
+        };
+        let _permit = match self.caps.get(&row.target) {
+            Some(cap) => cap.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let mut req = self
+            .client
+            .post(&target.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", row.idempotency_key.as_str())
+            .header("X-Entrepot-Event", row.event_type.as_str())
+            .body(row.payload.clone());
+        for (k, v) in &target.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let outcome = match req.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => Err(format!(
+                "target '{}' answered HTTP {}",
+                row.target,
+                resp.status().as_u16()
+            )),
+            Err(e) => Err(format!("cannot deliver to target '{}': {e}", row.target)),
+        };
+        let result = match outcome {
+            Ok(()) => {
+                self.store
+                    .outbox_complete(row.id, &self.owner, now_ms())
+                    .await
+            }
+            Err(error) => {
+                let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+                let retry_at = (row.attempts < row.max_attempts).then(|| {
+                    let wait = backoff(attempts, self.options.backoff, self.options.backoff_max);
+                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+                });
+                if retry_at.is_none() {
+                    tracing::error!(event = %row.event_id, "dead-lettered after {} attempts: {error}", row.attempts);
+                } else {
+                    tracing::warn!(event = %row.event_id, attempt = row.attempts, "{error}");
+                }
+                self.store
+                    .outbox_fail(row.id, &self.owner, &error, retry_at)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("cannot record the outcome of event {}: {e}", row.event_id);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Callbacks end to end: signed deliveries from the sample platform (signed with the
+//! simulator's own, separately written signing code) become canonical events delivered to a
+//! test internal target; duplicates, forgeries and stale deliveries produce none.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use entrepot::compile::gateway::TargetSettings;
+use entrepot::credentials::CredentialSets;
+use entrepot::dispatch::{DispatchOptions, Dispatcher};
+use entrepot::engine::Engine;
+use entrepot::server::{AppState, serve};
+use entrepot::store::{Store, StoreOptions};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::support::root;
+
+const KEY: &str = "callback-app-key";
+const SECRET: &str = "callback-app-secret";
+const ADMIN: &str = "admin-token-for-tests";
+
+/// The test's internal target: records deliveries; answers 503 while `failing` is above zero.
+#[derive(Clone)]
+struct Target {
+    seen: mpsc::UnboundedSender<(String, Value)>,
+    failing: Arc<AtomicUsize>,
+}
+
+async fn receive(State(t): State<Target>, headers: HeaderMap, body: String) -> StatusCode {
+    if t.failing.load(Ordering::SeqCst) > 0 {
+        t.failing.fetch_sub(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let _ = t
+        .seen
+        .send((key, serde_json::from_str(&body).unwrap_or(Value::Null)));
+    StatusCode::OK
+}
+
+struct Harness {
+    url: String,
+    http: reqwest::Client,
+    events: mpsc::UnboundedReceiver<(String, Value)>,
+    failing: Arc<AtomicUsize>,
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    _dir: tempfile::TempDir,
+}
+
+/// With `background`, a dispatcher runs on its own; otherwise the test drives it with `tick`.
+async fn start(max_attempts: u32, background: bool) -> Harness {
+    let (tx, events) = mpsc::unbounded_channel();
+    let failing = Arc::new(AtomicUsize::new(0));
+    let target = Target {
+        seen: tx,
+        failing: failing.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/events", post(receive))
+        .with_state(target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let text = std::fs::read_to_string(root().join("platforms/yanxuan.yaml")).unwrap();
+    let doc = entrepot::config::source::parse(Path::new("platforms/yanxuan.yaml"), text).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut creds = CredentialSets::new();
+    creds.insert(
+        "yanxuan".into(),
+        [
+            ("app_key".to_string(), json!(KEY)),
+            ("app_secret".to_string(), json!(SECRET)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let targets = vec![TargetSettings {
+        name: "center".into(),
+        url: target_url,
+        events: vec!["inventory.changed".into(), "order.shipped".into()],
+        headers: vec![],
+        max_attempts,
+    }];
+    let wait = if background {
+        Duration::from_millis(5)
+    } else {
+        Duration::ZERO
+    };
+    let options = DispatchOptions {
+        backoff: wait,
+        backoff_max: wait * 4,
+        poll: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), &targets, options));
+    let state = AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store.clone()),
+        engine: Some(engine),
+        targets: Arc::new(targets),
+        admin_token: Some(entrepot::config::Secret::new(ADMIN)),
+        notify: Some(dispatcher.notify.clone()),
+    };
+    if background {
+        tokio::spawn(dispatcher.clone().run(std::future::pending()));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    Harness {
+        url: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        events,
+        failing,
+        store,
+        dispatcher,
+        _dir: dir,
+    }
+}
+
+fn inventory_notice(
+    notify_id: &str,
+    sku: &str,
+    n: &str,
+    at: OffsetDateTime,
+    secret: &str,
+) -> String {
+    channel_sim::signed_form(
+        KEY,
+        secret,
+        "yanxuan.notification.inventory.count.changed",
+        at,
+        &[("notifyId", notify_id), ("skuId", sku), ("inventory", n)],
+    )
+}
+
+impl Harness {
+    async fn deliver(&self, body: String) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}/callbacks/yanxuan/notify", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn next_event(&mut self) -> (String, Value) {
+        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .expect("an event within 10s")
+            .unwrap()
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn genuine_callbacks_become_one_event_each() {
+    let mut h = start(5, true).await;
+    let now = OffsetDateTime::now_utc();
+    let (status, body) = h
+        .deliver(inventory_notice("n-1", "100101", "7", now, SECRET))
+        .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"code":"200"}"#));
+    let (key, event) = h.next_event().await;
+    assert_eq!(key, "yanxuan:n-1:inventory.changed");
+    assert_eq!(event["type"], "inventory.changed");
+    assert_eq!(event["platform"], "yanxuan");
+    let sku = h
+        .store
+        .to_internal("yanxuan", "sku", &["100101".into()])
+        .await
+        .unwrap()["100101"]
+        .clone();
+    assert_eq!(
+        event["data"],
+        json!({"items": [{"sku_id": sku, "available": 7}]})
+    );
+
+    // The platform sends the same notification again (four more times): acknowledged, no event.
+    for _ in 0..4 {
+        let (status, _) = h
+            .deliver(inventory_notice("n-1", "100101", "7", now, SECRET))
+            .await;
+        assert_eq!(status, 200);
+    }
+    h.deliver(inventory_notice("n-2", "100101", "6", now, SECRET))
+        .await;
+    let (key, _) = h.next_event().await;
+    assert_eq!(
+        key, "yanxuan:n-2:inventory.changed",
+        "the duplicates made no event"
+    );
+
+    // Forged and stale deliveries are refused, recorded, and make no event.
+    let (status, _) = h
+        .deliver(inventory_notice(
+            "n-3",
+            "100101",
+            "0",
+            now,
+            "a-forged-secret",
+        ))
+        .await;
+    assert_eq!(status, 401);
+    let stale = now - time::Duration::minutes(11);
+    let (status, body) = h
+        .deliver(inventory_notice("n-4", "100101", "0", stale, SECRET))
+        .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("timestamp"), "{body}");
+    let (status, _) = h.deliver("appKey=x&method=y".into()).await;
+    assert_eq!(status, 401);
+
+    // An unknown event type is acknowledged and kept, not dropped.
+    let odd = channel_sim::signed_form(
+        KEY,
+        SECRET,
+        "yanxuan.notification.brand.new",
+        now,
+        &[("notifyId", "n-5")],
+    );
+    assert_eq!(h.deliver(odd).await.0, 200);
+
+    h.deliver(inventory_notice("n-6", "100102", "1", now, SECRET))
+        .await;
+    let (key, _) = h.next_event().await;
+    assert_eq!(
+        key, "yanxuan:n-6:inventory.changed",
+        "nothing was delivered for the refused ones"
+    );
+
+    // The admin API lists it all, and only with the token.
+    assert_eq!(
+        h.admin(reqwest::Method::GET, "/admin/v1/deliveries", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        h.admin(reqwest::Method::GET, "/admin/v1/deliveries", Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    let (status, list) = h
+        .admin(
+            reqwest::Method::GET,
+            "/admin/v1/deliveries?platform=yanxuan",
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rows = list["deliveries"].as_array().unwrap();
+    let rejected: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["rejection"].as_str())
+        .collect();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("signature does not match")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.iter().any(|r| r.contains("timestamp")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("unknown event type 'yanxuan.notification.brand.new'")),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["verified"] == true && r["event_type"] == "inventory.changed")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn events_wait_for_a_target_that_is_down() {
+    let mut h = start(20, true).await;
+    h.failing.store(3, Ordering::SeqCst);
+    let now = OffsetDateTime::now_utc();
+    for i in 0..3 {
+        assert_eq!(
+            h.deliver(inventory_notice(
+                &format!("down-{i}"),
+                "100101",
+                "5",
+                now,
+                SECRET
+            ))
+            .await
+            .0,
+            200
+        );
+    }
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(h.next_event().await.0);
+    }
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "yanxuan:down-0:inventory.changed",
+            "yanxuan:down-1:inventory.changed",
+            "yanxuan:down-2:inventory.changed"
+        ]
+    );
+    assert_eq!(
+        h.failing.load(Ordering::SeqCst),
+        0,
+        "the target refused three attempts first"
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_replayed() {
+    let mut h = start(2, false).await;
+    h.failing.store(2, Ordering::SeqCst);
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(
+        h.deliver(inventory_notice("dl-1", "100101", "5", now, SECRET))
+            .await
+            .0,
+        200
+    );
+    // Two attempts, both refused (no backoff in this harness): dead-lettered.
+    assert_eq!(h.dispatcher.tick().await, 1);
+    assert_eq!(h.dispatcher.tick().await, 1);
+    assert_eq!(h.dispatcher.tick().await, 0, "a dead letter is not retried");
+    let dead = h.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].attempts, 2);
+    let (status, list) = h
+        .admin(reqwest::Method::GET, "/admin/v1/dead-letters", Some(ADMIN))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list["dead_letters"][0]["last_error"],
+        "target 'center' answered HTTP 503"
+    );
+    let (status, replayed) = h
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/dead-letters/replay",
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!((status, replayed["replayed"].as_u64()), (200, Some(1)));
+    assert_eq!(h.dispatcher.tick().await, 1);
+    let (key, _) = h.next_event().await;
+    assert_eq!(key, "yanxuan:dl-1:inventory.changed");
+}
