@@ -34,7 +34,17 @@ struct Target {
     failing: Arc<AtomicUsize>,
 }
 
+const TARGET_SECRET: &str = "secret-of-the-product-center";
+
 async fn receive(State(t): State<Target>, headers: HeaderMap, body: String) -> StatusCode {
+    // The internal target requires a signature: HMAC-SHA256 of the body, as it documents.
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TARGET_SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    if headers.get("x-signature").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return StatusCode::UNAUTHORIZED;
+    }
     if t.failing.load(Ordering::SeqCst) > 0 {
         t.failing.fetch_sub(1, Ordering::SeqCst);
         return StatusCode::SERVICE_UNAVAILABLE;
@@ -101,13 +111,21 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         .collect(),
     );
     let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
-    let targets = vec![TargetSettings {
-        name: "center".into(),
-        url: target_url,
-        events: vec!["inventory.changed".into(), "order.shipped".into()],
-        headers: vec![],
-        max_attempts,
-    }];
+    let gateway = format!(
+        "targets:\n  center:\n    url: {target_url}\n    events: [inventory.changed, order.shipped]\n    max_attempts: {max_attempts}\n    credentials: [hook_secret]\n    sign:\n      steps:\n        - {{ name: sig, kind: digest, alg: hmac-sha256, input: \"{{{{body}}}}\", key: \"{{{{credentials.hook_secret}}}}\" }}\n      place:\n        - {{ to: header, name: X-Signature, value: \"sha256={{{{sig}}}}\" }}\n"
+    );
+    let gdoc = entrepot::config::source::parse(Path::new("entrepot.yaml"), gateway).unwrap();
+    let targets: Vec<TargetSettings> =
+        entrepot::compile::gateway::compile_gateway(gdoc, Path::new("."), &|_| None)
+            .unwrap()
+            .targets;
+    let mut target_creds = CredentialSets::new();
+    target_creds.insert(
+        "center".into(),
+        [("hook_secret".to_string(), json!(TARGET_SECRET))]
+            .into_iter()
+            .collect(),
+    );
     let wait = if background {
         Duration::from_millis(5)
     } else {
@@ -119,7 +137,13 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         poll: Duration::from_millis(20),
         ..Default::default()
     };
-    let dispatcher = Arc::new(Dispatcher::new(store.clone(), &targets, options));
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        &targets,
+        options,
+        target_creds,
+        |_| None,
+    ));
     let state = AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
         store: Some(store.clone()),

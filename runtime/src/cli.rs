@@ -509,13 +509,15 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     };
     let engine = Arc::new(crate::engine::Engine::new(
         store.clone(),
-        credentials,
+        credentials.clone(),
         process_env,
     ));
     let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
         store.clone(),
         &gateway.targets,
         Default::default(),
+        credentials.clone(),
+        process_env,
     ));
     let state = crate::server::AppState {
         plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),

@@ -23,8 +23,6 @@ pub struct DispatchOptions {
     pub backoff_max: Duration,
     /// Time allowed for one delivery.
     pub timeout: Duration,
-    /// Deliveries in flight per target.
-    pub per_target: usize,
     /// How often the outbox is looked at without a notification.
     pub poll: Duration,
 }
@@ -36,7 +34,6 @@ impl Default for DispatchOptions {
             backoff: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
-            per_target: 8,
             poll: Duration::from_secs(1),
         }
     }
@@ -50,6 +47,8 @@ pub struct Dispatcher {
     client: reqwest::Client,
     owner: String,
     options: DispatchOptions,
+    credentials: crate::credentials::CredentialSets,
+    env: fn(&str) -> Option<String>,
     /// Wakes the dispatcher when events were stored.
     pub notify: Arc<Notify>,
 }
@@ -60,14 +59,21 @@ fn now_ms() -> i64 {
 }
 
 impl Dispatcher {
-    /// A dispatcher for `targets`.
-    pub fn new(store: Store, targets: &[TargetSettings], options: DispatchOptions) -> Self {
+    /// A dispatcher for `targets`; their signing credentials come from `credentials` (keyed by
+    /// target name) and the environment.
+    pub fn new(
+        store: Store,
+        targets: &[TargetSettings],
+        options: DispatchOptions,
+        credentials: crate::credentials::CredentialSets,
+        env: fn(&str) -> Option<String>,
+    ) -> Self {
         let caps = targets
             .iter()
             .map(|t| {
                 (
                     t.name.clone(),
-                    Arc::new(Semaphore::new(options.per_target.max(1))),
+                    Arc::new(Semaphore::new(t.concurrency as usize)),
                 )
             })
             .collect();
@@ -84,6 +90,8 @@ impl Dispatcher {
                 .unwrap_or_default(),
             owner: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             options,
+            credentials,
+            env,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -128,6 +136,51 @@ impl Dispatcher {
         n
     }
 
+    fn sign(
+        &self,
+        target: &TargetSettings,
+        sign: &crate::recipe::SignPlan,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Vec<crate::recipe::Placed>, String> {
+        let parts = crate::recipe::Parts {
+            method: "POST".into(),
+            url: url.to_string(),
+            path: crate::engine::build::url_path(url),
+            query: Vec::new(),
+            form: Vec::new(),
+            headers: headers.to_vec(),
+            body: body.to_vec(),
+        };
+        let mut creds = self
+            .credentials
+            .get(&target.name)
+            .cloned()
+            .unwrap_or_default();
+        for name in &target.credentials {
+            if !creds.contains_key(name)
+                && let Some(v) = (self.env)(&crate::engine::build::credential_env_var(
+                    &target.name,
+                    name,
+                ))
+            {
+                creds.insert(name.clone(), serde_json::Value::String(v));
+            }
+        }
+        let settings = serde_json::Map::new();
+        let env = crate::recipe::RunEnv {
+            credentials: &creds,
+            settings: &settings,
+            platform: &target.name,
+            now: time::OffsetDateTime::now_utc(),
+            nonce: None,
+        };
+        sign.run(&parts, &env)
+            .map(|(placed, _)| placed)
+            .map_err(|e| format!("cannot sign for target '{}': {e}", target.name))
+    }
+
     async fn deliver(&self, row: OutboxRow) {
         let Some(target) = self.targets.get(&row.target) else {
             // The target was removed from the configuration: keep the event, dead-lettered.
@@ -146,14 +199,40 @@ impl Dispatcher {
             Some(cap) => cap.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let mut req = self
-            .client
-            .post(&target.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", row.idempotency_key.as_str())
-            .header("X-Entrepot-Event", row.event_type.as_str())
-            .body(row.payload.clone());
-        for (k, v) in &target.headers {
+        let mut headers: Vec<(String, String)> = vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Idempotency-Key".into(), row.idempotency_key.clone()),
+            ("X-Entrepot-Event".into(), row.event_type.clone()),
+        ];
+        headers.extend(target.headers.iter().cloned());
+        let mut url = target.url.clone();
+        if let Some(sign) = &target.sign {
+            match self.sign(target, sign, &url, &headers, row.payload.as_bytes()) {
+                Ok(placed) => {
+                    for (to, name, value) in placed {
+                        match to {
+                            crate::config::recipe::PlaceTarget::Header => {
+                                headers.push((name, value))
+                            }
+                            _ => {
+                                let sep = if url.contains('?') { '&' } else { '?' };
+                                url = format!(
+                                    "{url}{sep}{}",
+                                    crate::engine::build::encode_pairs(&[(name, value)], false)
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A recipe that cannot run is a configuration problem: keep the event.
+                    let _ = self.store.outbox_fail(row.id, &self.owner, &e, None).await;
+                    return;
+                }
+            }
+        }
+        let mut req = self.client.post(&url).body(row.payload.clone());
+        for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
         let outcome = match req.send().await {

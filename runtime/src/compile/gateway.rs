@@ -55,6 +55,12 @@ pub struct TargetSettings {
     pub headers: Vec<(String, String)>,
     /// Attempts before dead-lettering.
     pub max_attempts: u32,
+    /// Credential names of the signing recipe.
+    pub credentials: Vec<String>,
+    /// The compiled signing recipe.
+    pub sign: Option<std::sync::Arc<crate::recipe::SignPlan>>,
+    /// Deliveries in flight at once.
+    pub concurrency: u32,
 }
 
 /// Compiles a gateway document. `base` is the directory relative paths are resolved against.
@@ -125,6 +131,19 @@ pub fn compile_gateway(
                 "a target URL must start with http:// or https://",
             ));
         }
+        let sign = t.sign.as_ref().and_then(|recipe| {
+            // The recipe is checked exactly like a platform's, against the target's credentials.
+            let pseudo: crate::config::platform::PlatformFile =
+                serde_json::from_value(serde_json::json!({
+                    "platform": name,
+                    "credentials": t.credentials,
+                }))
+                .ok()?;
+            let mut cx = super::Cx::for_document(&doc, &pseudo);
+            let plan = crate::recipe::compile_sign(&mut cx, recipe, &tp.key("sign"));
+            problems.append(&mut cx.problems);
+            plan.map(std::sync::Arc::new)
+        });
         targets.push(TargetSettings {
             name: name.clone(),
             url: t.url.clone(),
@@ -135,6 +154,9 @@ pub fn compile_gateway(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             max_attempts: t.max_attempts.unwrap_or(10),
+            credentials: t.credentials.clone(),
+            sign,
+            concurrency: t.concurrency.unwrap_or(8).max(1),
         });
     }
     let Ok(listen) = listen else {

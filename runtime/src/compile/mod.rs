@@ -243,6 +243,19 @@ pub struct Cx<'a> {
     pub problems: Vec<Diagnostic>,
 }
 
+impl<'a> Cx<'a> {
+    /// A compilation context for parts of another document (the gateway file) that use the
+    /// platform mechanisms, such as a target's signing recipe; `file` declares the
+    /// credentials they may use.
+    pub fn for_document(doc: &'a SourceDoc, file: &'a PlatformFile) -> Self {
+        Cx {
+            doc,
+            file,
+            problems: Vec::new(),
+        }
+    }
+}
+
 impl Cx<'_> {
     /// Records a problem at the value at `path`.
     pub fn error(

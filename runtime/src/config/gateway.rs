@@ -65,4 +65,15 @@ pub struct Target {
     /// Delivery attempts before an event is dead-lettered. Default: 10.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Names of the secrets this target's signing recipe uses; their values come from the
+    /// credentials file under the target's name, or `ENTREPOT_CREDENTIAL_<TARGET>_<NAME>`.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+    /// A signing recipe for deliveries, exactly as for platforms (see docs/recipes.md), for
+    /// internal systems that require signed requests.
+    #[serde(default)]
+    pub sign: Option<crate::config::recipe::SignRecipe>,
+    /// Deliveries in flight at once to this target. Default: 8.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
