@@ -12,6 +12,7 @@ mod support;
 mod callbacks;
 mod cases;
 mod cli;
+mod crash;
 mod engine;
 mod engine_auth;
 mod layout;

@@ -515,7 +515,7 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
         store.clone(),
         &gateway.targets,
-        Default::default(),
+        gateway.delivery.clone(),
         credentials.clone(),
         process_env,
     ));

@@ -40,6 +40,8 @@ pub struct GatewaySettings {
     pub targets: Vec<TargetSettings>,
     /// Credentials file, resolved against the file's directory.
     pub credentials_file: Option<PathBuf>,
+    /// Delivery settings of the dispatcher.
+    pub delivery: crate::dispatch::DispatchOptions,
 }
 
 /// One event target, resolved.
@@ -159,6 +161,26 @@ pub fn compile_gateway(
             concurrency: t.concurrency.unwrap_or(8).max(1),
         });
     }
+    let mut delivery = crate::dispatch::DispatchOptions::default();
+    if let Some(d) = &file.delivery {
+        let dp = DocPath::root().key("delivery");
+        for (value, key, slot) in [
+            (&d.lease, "lease", &mut delivery.lease),
+            (&d.backoff, "backoff", &mut delivery.backoff),
+            (&d.backoff_max, "backoff_max", &mut delivery.backoff_max),
+            (&d.timeout, "timeout", &mut delivery.timeout),
+        ] {
+            if let Some(text) = value {
+                match super::parse_duration(text) {
+                    Ok(v) => *slot = v,
+                    Err(e) => problems.push(
+                        doc.at(&dp.key(key), Code::Duration, e)
+                            .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                    ),
+                }
+            }
+        }
+    }
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -177,6 +199,7 @@ pub fn compile_gateway(
             .map(Secret::new),
         targets,
         credentials_file: file.credentials_file.as_deref().map(|f| base.join(f)),
+        delivery,
     })
 }
 

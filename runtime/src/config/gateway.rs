@@ -25,6 +25,9 @@ pub struct GatewayFile {
     /// Internal systems that receive canonical events, by name.
     #[serde(default)]
     pub targets: IndexMap<String, Target>,
+    /// How events are delivered to the targets.
+    #[serde(default)]
+    pub delivery: Option<DeliveryConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -76,4 +79,24 @@ pub struct Target {
     /// Deliveries in flight at once to this target. Default: 8.
     #[serde(default)]
     pub concurrency: Option<u32>,
+}
+
+/// How events are delivered to the targets.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How long an instance holds an event it is delivering; if it dies, another instance (or
+    /// the restarted one) takes the event after this. Default: `60s`.
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// First retry delay after a failed delivery; doubles per attempt, with jitter.
+    /// Default: `1s`.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest retry delay. Default: `5m`.
+    #[serde(default)]
+    pub backoff_max: Option<String>,
+    /// Time allowed for one delivery. Default: `10s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
