@@ -59,6 +59,22 @@ pub fn find<'p>(plan: &'p Plan, route: &str) -> Option<(&'p Arc<PlatformPlan>, &
         .find_map(|p| p.callbacks.iter().find(|c| c.path == route).map(|c| (p, c)))
 }
 
+/// Records a refused delivery (never acknowledged, never an event) and makes its answer.
+async fn refused(
+    store: &crate::store::Store,
+    mut d: NewDelivery,
+    status: u16,
+    reason: String,
+) -> Reply {
+    tracing::warn!(platform = %d.platform, route = %d.route, "delivery refused: {reason}");
+    d.rejection = Some(reason.clone());
+    d.verified = false;
+    if let Err(e) = store.inbox_record(&d, &[], d.received_at).await {
+        tracing::error!("cannot record a refused delivery: {e}");
+    }
+    Reply::error(status, &reason)
+}
+
 fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
@@ -95,15 +111,7 @@ pub async fn receive(
         event_type: None,
         received_at: millis(now),
     };
-    // Records a refused delivery (never acknowledged) and answers.
-    let refuse = |mut d: NewDelivery, status: u16, reason: String| async move {
-        tracing::warn!(platform = %d.platform, route = %d.route, "callback refused: {reason}");
-        d.rejection = Some(reason.clone());
-        if let Err(e) = store.inbox_record(&d, &[], d.received_at).await {
-            tracing::error!("cannot record a refused callback: {e}");
-        }
-        Reply::error(status, &reason)
-    };
+    let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
 
     let doc = match decode(cb.format, &inbound.body) {
         Ok(d) => d,
@@ -178,14 +186,68 @@ pub async fn receive(
         }
     }
     delivery.verified = true;
+    let spec = Ingest {
+        event_type: &cb.event_type,
+        events: &cb.events,
+        dedupe_key: cb.dedupe_key.as_ref(),
+    };
+    if let Err(reply) = ingest(
+        platform,
+        &spec,
+        engine,
+        targets,
+        delivery,
+        &doc,
+        &inbound.headers,
+        &inbound.query,
+        now,
+        notify,
+    )
+    .await
+    {
+        return reply;
+    }
+    Reply {
+        status: cb.ack_status,
+        content_type: cb.ack_content_type.clone(),
+        body: cb.ack_body.clone().into_bytes(),
+    }
+}
+
+/// What turns a verified delivery into events: shared by callbacks and pollers.
+pub struct Ingest<'a> {
+    /// Where the event type comes from.
+    pub event_type: &'a crate::plan::DiscriminatorPlan,
+    /// Event mappings.
+    pub events: &'a indexmap::IndexMap<String, crate::plan::MappingPlan>,
+    /// Deduplication key template.
+    pub dedupe_key: Option<&'a crate::template::CompiledTemplate>,
+}
+
+/// Stores a verified delivery: deduplicated, classified, mapped into events for every
+/// subscribed target, all in one transaction. `Err` carries the answer for a refusal.
+#[allow(clippy::too_many_arguments)]
+pub async fn ingest(
+    platform: &PlatformPlan,
+    spec: &Ingest<'_>,
+    engine: &Engine,
+    targets: &[TargetSettings],
+    mut delivery: NewDelivery,
+    doc: &Value,
+    headers: &[(String, String)],
+    query: &[(String, String)],
+    now: OffsetDateTime,
+    notify: &(dyn Fn() + Send + Sync),
+) -> Result<(), Reply> {
+    let store = engine.store();
+    let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
 
     let mut ctx = Map::new();
     ctx.insert("body".into(), doc.clone());
     ctx.insert(
         "headers".into(),
         Value::Object(
-            inbound
-                .headers
+            headers
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
                 .collect(),
@@ -194,8 +256,7 @@ pub async fn receive(
     ctx.insert(
         "query".into(),
         Value::Object(
-            inbound
-                .query
+            query
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect(),
@@ -204,33 +265,32 @@ pub async fn receive(
     ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
     ctx.insert("platform".into(), Value::String(platform.name.clone()));
     let ctx = Value::Object(ctx);
-    delivery.dedupe_key = match &cb.dedupe_key {
+    delivery.dedupe_key = match &spec.dedupe_key {
         Some(t) => match t.render(&ctx) {
             Ok(k) if !k.is_empty() => Some(k),
             Ok(_) => {
-                return refuse(
+                return Err(refuse(
                     delivery,
                     400,
                     "the delivery has no deduplication key".into(),
                 )
-                .await;
+                .await);
             }
             Err(e) => {
-                return refuse(
+                return Err(refuse(
                     delivery,
                     400,
                     format!("the deduplication key cannot be read: {e}"),
                 )
-                .await;
+                .await);
             }
         },
         None => None,
     };
 
-    let raw_type = match (&cb.event_type.path, &cb.event_type.header) {
+    let raw_type = match (&spec.event_type.path, &spec.event_type.header) {
         (Some(p), _) => p.first(&doc).map(text_of),
-        (None, Some(h)) => inbound
-            .headers
+        (None, Some(h)) => headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(h))
             .map(|(_, v)| v.clone()),
@@ -238,7 +298,7 @@ pub async fn receive(
     }
     .unwrap_or_default();
     let mut events = Vec::new();
-    match cb.event_type.map.get(&raw_type) {
+    match spec.event_type.map.get(&raw_type) {
         None => {
             // Kept and reported, never dropped: the platform gets its acknowledgement so it
             // stops resending, and the delivery is listed with the reason.
@@ -247,7 +307,7 @@ pub async fn receive(
         }
         Some(event_type) => {
             delivery.event_type = Some(event_type.clone());
-            let data = match cb.events.get(event_type) {
+            let data = match spec.events.get(event_type) {
                 Some(mapping) => {
                     let mut extra = Map::new();
                     extra.insert("settings".into(), Value::Object(platform.settings.clone()));
@@ -255,23 +315,23 @@ pub async fn receive(
                     let mapped = match crate::engine::mapping::map_document(mapping, &doc, &extra) {
                         Ok(m) => m,
                         Err(e) => {
-                            return refuse(
+                            return Err(refuse(
                                 delivery,
                                 400,
                                 format!("the {event_type} delivery does not map: {e}"),
                             )
-                            .await;
+                            .await);
                         }
                     };
                     match engine.translate_ids(platform, mapped).await {
                         Ok(v) => v,
                         Err(p) if p.status == 503 => {
-                            return Reply::error(
+                            return Err(Reply::error(
                                 503,
                                 "the gateway cannot store deliveries right now; send it again later",
-                            );
+                            ));
                         }
-                        Err(p) => return refuse(delivery, 400, p.detail).await,
+                        Err(p) => return Err(refuse(delivery, 400, p.detail).await),
                     }
                 }
                 None => doc.clone(),
@@ -324,15 +384,11 @@ pub async fn receive(
         Err(e) => {
             // Not stored, so not acknowledged: the platform will send it again.
             tracing::error!("{e}");
-            return Reply::error(
+            return Err(Reply::error(
                 503,
                 "the gateway cannot store deliveries right now; send it again later",
-            );
+            ));
         }
     }
-    Reply {
-        status: cb.ack_status,
-        content_type: cb.ack_content_type.clone(),
-        body: cb.ack_body.clone().into_bytes(),
-    }
+    Ok(())
 }
