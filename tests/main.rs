@@ -16,6 +16,7 @@ mod crash;
 mod engine;
 mod engine_auth;
 mod layout;
+mod pollers;
 mod recipe_properties;
 mod schemas;
 mod server;

@@ -289,7 +289,7 @@ pub async fn ingest(
     };
 
     let raw_type = match (&spec.event_type.path, &spec.event_type.header) {
-        (Some(p), _) => p.first(&doc).map(text_of),
+        (Some(p), _) => p.first(doc).map(text_of),
         (None, Some(h)) => headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(h))
@@ -312,7 +312,7 @@ pub async fn ingest(
                     let mut extra = Map::new();
                     extra.insert("settings".into(), Value::Object(platform.settings.clone()));
                     extra.insert("platform".into(), Value::String(platform.name.clone()));
-                    let mapped = match crate::engine::mapping::map_document(mapping, &doc, &extra) {
+                    let mapped = match crate::engine::mapping::map_document(mapping, doc, &extra) {
                         Ok(m) => m,
                         Err(e) => {
                             return Err(refuse(

@@ -527,6 +527,18 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         admin_token: gateway.admin_token.clone(),
         notify: Some(dispatcher.notify.clone()),
     };
+    let (stop_pollers, pollers_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let (Some(engine), Some(notify)) = (&state.engine, &state.notify) {
+        runtime.spawn(crate::poller::run(
+            state.plan.clone(),
+            engine.clone(),
+            state.targets.clone(),
+            notify.clone(),
+            async move {
+                let _ = pollers_stopped.await;
+            },
+        ));
+    }
     let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
     let dispatch_task = runtime.spawn(dispatcher.run(async move {
         let _ = dispatch_stopped.await;
@@ -537,6 +549,7 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         |addr| tracing::info!(%addr, "listening"),
         shutdown_signal(),
     ));
+    let _ = stop_pollers.send(());
     let _ = stop_dispatch.send(());
     let _ = runtime.block_on(dispatch_task);
     match result {

@@ -13,7 +13,7 @@
 //! - [`template`]: Handlebars templates compiled once, with the integration helpers.
 //! - [`recipe`]: signing and verification recipes.
 //! - [`timefmt`]: the time formats platforms use.
-//! - [`callbacks`]: receiving platform callbacks; [`dispatch`]: delivering events to internal
+//! - [`callbacks`]: receiving platform callbacks; [`poller`]: fetching messages on a schedule; [`dispatch`]: delivering events to internal
 //!   targets.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
@@ -33,6 +33,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod openapi;
 pub mod plan;
+pub mod poller;
 pub mod recipe;
 pub mod reference;
 pub mod schema;

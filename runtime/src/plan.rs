@@ -42,6 +42,27 @@ pub struct PlatformPlan {
     pub id_policies: std::collections::HashMap<String, crate::config::platform::IdPolicy>,
     /// How requests authenticate.
     pub auth: AuthPlan,
+    /// Scheduled fetches of messages.
+    pub pollers: Vec<PollerPlan>,
+}
+
+/// A compiled poller.
+#[derive(Debug)]
+pub struct PollerPlan {
+    /// Name.
+    pub name: String,
+    /// Interval.
+    pub every: std::time::Duration,
+    /// The fetch, as an operation.
+    pub op: OperationPlan,
+    /// Where the messages are.
+    pub items: JsonPathExpr,
+    /// Event type of a message.
+    pub event_type: DiscriminatorPlan,
+    /// Event mappings.
+    pub events: IndexMap<String, MappingPlan>,
+    /// Deduplication key.
+    pub dedupe_key: Option<CompiledTemplate>,
 }
 
 /// How requests authenticate, compiled.

@@ -345,6 +345,7 @@ impl Cx<'_> {
             callbacks,
             id_policies: f.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             auth: self.auth(),
+            pollers: self.pollers(),
         }
     }
 
@@ -955,43 +956,8 @@ impl Cx<'_> {
                 format!("callback path '{}' is declared twice in this file", cb.path),
             );
         }
-        let disc_path = path.key("event_type");
-        let d = &cb.event_type;
-        if d.path.is_some() == d.header.is_some() {
-            self.error(
-                &disc_path,
-                Code::Conflict,
-                "the event type needs exactly one of `path` and `header`",
-            );
-        }
-        let disc = DiscriminatorPlan {
-            path: d
-                .path
-                .as_ref()
-                .and_then(|p| self.json_path(p, &disc_path.key("path"))),
-            header: d.header.as_ref().map(|h| h.to_ascii_lowercase()),
-            map: d.map.clone(),
-        };
-        for (value, event) in &d.map {
-            self.check_event(event, &disc_path.key("map").key(value.clone()));
-        }
-        let mut events = IndexMap::new();
-        for (event, m) in &cb.events {
-            let ep = path.key("events").key(event.clone());
-            if self.check_event(event, &ep)
-                && let Some(plan) = self.mapping(m, &ep, false)
-            {
-                events.insert(event.clone(), plan);
-            }
-        }
-        let scope = Scope {
-            roots: CALLBACK_ROOTS,
-            extra: &[],
-        };
-        let dedupe_key = cb
-            .dedupe_key
-            .as_ref()
-            .and_then(|t| self.template(t, &path.key("dedupe_key"), &scope));
+        let (disc, events, dedupe_key) =
+            self.ingest_spec(&cb.event_type, &cb.events, cb.dedupe_key.as_ref(), path);
         let verify = cb
             .verify
             .as_ref()
@@ -1013,6 +979,105 @@ impl Cx<'_> {
                 .and_then(|a| a.content_type.clone())
                 .unwrap_or_else(|| "application/json".into()),
         })
+    }
+
+    /// Compiles what turns a delivery into events (shared by callbacks and pollers).
+    fn ingest_spec(
+        &mut self,
+        event_type: &crate::config::platform::Discriminator,
+        events: &IndexMap<String, Mapping>,
+        dedupe_key: Option<&String>,
+        path: &DocPath,
+    ) -> (
+        DiscriminatorPlan,
+        IndexMap<String, MappingPlan>,
+        Option<CompiledTemplate>,
+    ) {
+        let disc_path = path.key("event_type");
+        let d = event_type;
+        if d.path.is_some() == d.header.is_some() {
+            self.error(
+                &disc_path,
+                Code::Conflict,
+                "the event type needs exactly one of `path` and `header`",
+            );
+        }
+        let disc = DiscriminatorPlan {
+            path: d
+                .path
+                .as_ref()
+                .and_then(|p| self.json_path(p, &disc_path.key("path"))),
+            header: d.header.as_ref().map(|h| h.to_ascii_lowercase()),
+            map: d.map.clone(),
+        };
+        for (value, event) in &d.map {
+            self.check_event(event, &disc_path.key("map").key(value.clone()));
+        }
+        let mut mapped = IndexMap::new();
+        for (event, m) in events {
+            let ep = path.key("events").key(event.clone());
+            if self.check_event(event, &ep)
+                && let Some(plan) = self.mapping(m, &ep, false)
+            {
+                mapped.insert(event.clone(), plan);
+            }
+        }
+        let scope = Scope {
+            roots: CALLBACK_ROOTS,
+            extra: &[],
+        };
+        let dedupe_key = dedupe_key.and_then(|t| self.template(t, &path.key("dedupe_key"), &scope));
+        (disc, mapped, dedupe_key)
+    }
+
+    fn pollers(&mut self) -> Vec<crate::plan::PollerPlan> {
+        let mut out = Vec::new();
+        let pollers = self.file.pollers.clone();
+        for (i, p) in pollers.iter().enumerate() {
+            let path = DocPath::root().key("pollers").index(i);
+            if pollers.iter().take(i).any(|q| q.name == p.name) {
+                self.error(
+                    &path.key("name"),
+                    Code::InvalidValue,
+                    format!("two pollers are named '{}'", p.name),
+                );
+            }
+            let before = self.problems.len();
+            let every = self.duration(&p.every, &path.key("every"));
+            let request = self.request(&self.file.request, &p.request, &path);
+            let answer = self.answer(&self.file.response, p.answer.as_ref(), &path);
+            let items = self.json_path(&p.items, &path.key("items"));
+            let (event_type, events, dedupe_key) =
+                self.ingest_spec(&p.event_type, &p.events, p.dedupe_key.as_ref(), &path);
+            let transport = self.transport(
+                "poll",
+                &crate::config::platform::TransportSpec::default(),
+                &path,
+            );
+            if self.problems.len() != before {
+                continue;
+            }
+            if let (Some(every), Some(request), Some(items)) = (every, request, items) {
+                out.push(crate::plan::PollerPlan {
+                    name: p.name.clone(),
+                    every,
+                    op: OperationPlan {
+                        name: format!("poll:{}", p.name),
+                        request,
+                        answer,
+                        output: None,
+                        input_ids: Vec::new(),
+                        record: Vec::new(),
+                        transport,
+                    },
+                    items,
+                    event_type,
+                    events,
+                    dedupe_key,
+                });
+            }
+        }
+        out
     }
 
     fn check_event(&mut self, event: &str, path: &DocPath) -> bool {

@@ -46,6 +46,11 @@ pub struct PlatformFile {
     /// Routes on which this platform pushes notifications, mounted under `/callbacks/`.
     #[serde(default)]
     pub callbacks: Vec<Callback>,
+    /// Scheduled fetches of messages, for platforms that offer a "fetch my messages" call
+    /// instead of (or besides) callbacks. Each message goes through the same pipeline as a
+    /// callback delivery (deduplicated, mapped, stored, dispatched).
+    #[serde(default)]
+    pub pollers: Vec<Poller>,
     /// How requests prove who sends them, besides (or instead of) a signing recipe.
     /// Default: `none`.
     #[serde(default)]
@@ -440,6 +445,34 @@ pub enum ValueType {
     Time,
     /// Money in yuan (decimal major units) converted to integer fen.
     Fen,
+}
+
+/// A scheduled fetch of the platform's messages.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Poller {
+    /// Name, unique in this file; deliveries are recorded with the route `poll:NAME`.
+    pub name: String,
+    /// How often to fetch, such as `30s`.
+    pub every: String,
+    /// The fetch request; adds to the platform-wide `request` like an operation's.
+    #[serde(default)]
+    pub request: RequestSpec,
+    /// Answer judging; overrides the platform-wide `response` rules.
+    #[serde(default)]
+    pub answer: Option<ResponseSpec>,
+    /// JSONPath selecting the messages in the answer, such as `$.data.messages[*]`; each is one
+    /// delivery.
+    pub items: String,
+    /// Picks the canonical event type of a message (paths are relative to the message).
+    pub event_type: Discriminator,
+    /// Canonical event type → how a message maps onto that event's data.
+    #[serde(default)]
+    pub events: IndexMap<String, Mapping>,
+    /// Template of the deduplication key over the message as `body`, such as `{{body.id}}`:
+    /// a message fetched twice makes one event.
+    #[serde(default)]
+    pub dedupe_key: Option<String>,
 }
 
 /// A route on which the platform pushes notifications.

@@ -880,3 +880,33 @@ impl Engine {
         Ok((all_ok, serde_json::json!({ "parts": out })))
     }
 }
+
+impl Engine {
+    /// Sends an operation that has no canonical input (a poller's fetch) and returns the
+    /// platform's answer as decoded, after judging it.
+    pub async fn fetch(
+        &self,
+        platform: &PlatformPlan,
+        op: &OperationPlan,
+    ) -> Result<Value, Problem> {
+        let credentials = self.credentials_for(platform);
+        let input = Value::Object(Map::new());
+        let build_once = |token: Option<String>| {
+            build(
+                platform,
+                op,
+                &BuildInput {
+                    input: &input,
+                    credentials: &credentials,
+                    now: OffsetDateTime::now_utc(),
+                    nonce: None,
+                    token,
+                },
+            )
+            .map_err(|e| build_problem(e).at(&platform.name, &op.name))
+        };
+        self.send(platform, op, &credentials, build_once)
+            .await
+            .map_err(|p| p.at(&platform.name, &op.name))
+    }
+}
