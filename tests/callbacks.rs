@@ -251,11 +251,21 @@ async fn genuine_callbacks_become_one_event_each() {
     );
 
     // The platform sends the same notification again (four more times): acknowledged, no event.
+    let url = format!("{}/callbacks/yanxuan/notify", h.url);
+    let method = "yanxuan.notification.inventory.count.changed";
     for _ in 0..4 {
-        let (status, _) = h
-            .deliver(inventory_notice("n-1", "100101", "7", now, SECRET))
-            .await;
-        assert_eq!(status, 200);
+        let fields = [("notifyId", "n-1"), ("skuId", "100101"), ("inventory", "7")];
+        let (status, body) = channel_sim::send_notification(
+            &url,
+            KEY,
+            SECRET,
+            method,
+            &fields,
+            channel_sim::Spoil::None,
+        )
+        .await
+        .unwrap();
+        assert_eq!((status, body.as_str()), (200, r#"{"code":"200"}"#));
     }
     h.deliver(inventory_notice("n-2", "100101", "6", now, SECRET))
         .await;
@@ -265,21 +275,31 @@ async fn genuine_callbacks_become_one_event_each() {
         "the duplicates made no event"
     );
 
-    // Forged and stale deliveries are refused, recorded, and make no event.
-    let (status, _) = h
-        .deliver(inventory_notice(
-            "n-3",
-            "100101",
-            "0",
-            now,
-            "a-forged-secret",
-        ))
-        .await;
+    // Forged and stale deliveries, sent by the simulator as a faulty platform would, are
+    // refused, recorded, and make no event.
+    let fields = [("notifyId", "n-3"), ("skuId", "100101"), ("inventory", "0")];
+    let (status, _) = channel_sim::send_notification(
+        &url,
+        KEY,
+        SECRET,
+        method,
+        &fields,
+        channel_sim::Spoil::BadSignature,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 401);
-    let stale = now - time::Duration::minutes(11);
-    let (status, body) = h
-        .deliver(inventory_notice("n-4", "100101", "0", stale, SECRET))
-        .await;
+    let fields = [("notifyId", "n-4"), ("skuId", "100101"), ("inventory", "0")];
+    let (status, body) = channel_sim::send_notification(
+        &url,
+        KEY,
+        SECRET,
+        method,
+        &fields,
+        channel_sim::Spoil::Stale,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 401);
     assert!(body.contains("timestamp"), "{body}");
     let (status, _) = h.deliver("appKey=x&method=y".into()).await;

@@ -59,6 +59,7 @@
 
 mod catalog;
 mod money;
+mod notify;
 mod server;
 mod signing;
 mod state;
@@ -76,6 +77,7 @@ use tokio::task::JoinHandle;
 
 pub use catalog::{Catalog, Sku, Spu};
 pub use money::{format_fen, parse_yuan};
+pub use notify::{Spoil, send_notification};
 pub use signing::{PLATFORM_OFFSET, format_timestamp, parse_timestamp, sign, signed_form};
 
 use server::{Shared, router};
