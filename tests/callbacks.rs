@@ -449,3 +449,90 @@ async fn dead_letters_can_be_replayed() {
     let (key, _) = h.next_event().await;
     assert_eq!(key, "yanxuan:dl-1:inventory.changed");
 }
+
+/// A delivery replayed by an attacker (same id, same valid signature) is refused by the
+/// durable replay guard.
+#[tokio::test]
+async fn replayed_deliveries_are_refused() {
+    let text =
+        std::fs::read_to_string(root().join("tests/vectors/standard-webhooks.yaml")).unwrap();
+    let doc = entrepot::config::source::parse(Path::new("standard-webhooks.yaml"), text).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let p = compiled.plan.platforms["vector_stdwh"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut creds = CredentialSets::new();
+    creds.insert(
+        "vector_stdwh".into(),
+        [("secret".to_string(), json!(secret))]
+            .into_iter()
+            .collect(),
+    );
+    let engine = Arc::new(Engine::new(store.clone(), creds.clone(), |_| None));
+    let state = AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store.clone()),
+        engine: Some(engine),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+
+    // The sender side: the same platform file's signing recipe makes a genuine delivery.
+    let built = entrepot::engine::build::build(
+        &p,
+        &p.operations["product.get"],
+        &entrepot::engine::build::BuildInput {
+            input: &json!({"payload": {"type": "product.updated", "id": "p-1"}}),
+            credentials: &creds["vector_stdwh"],
+            now: OffsetDateTime::now_utc(),
+            nonce: Some("msg_replay_1".into()),
+            token: None,
+        },
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let send = || {
+        let mut r = http
+            .post(format!("http://{addr}/callbacks/vector-stdwh/webhook"))
+            .body(built.body.clone());
+        for (k, v) in &built.headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        r.header("content-type", "application/json").send()
+    };
+    assert_eq!(send().await.unwrap().status().as_u16(), 200);
+    let again = send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    assert!(again.text().await.unwrap().contains("already received"));
+    let rows = store.inbox_recent(Some("vector_stdwh"), 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0]
+            .rejection
+            .as_deref()
+            .unwrap()
+            .contains("already received"),
+        "{rows:?}"
+    );
+    assert!(rows[1].verified);
+}
