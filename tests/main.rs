@@ -13,6 +13,7 @@ mod callbacks;
 mod cases;
 mod cli;
 mod crash;
+mod credentials;
 mod engine;
 mod engine_auth;
 mod layout;

@@ -140,7 +140,22 @@ pub async fn receive(
             now,
             nonce: None,
         };
-        if let Err(r) = verify.verify(&parts, &env) {
+        // During a rotation window the previous credentials verify too.
+        let previous = engine.previous_credentials_for(platform, now);
+        let result = match (verify.verify(&parts, &env), &previous) {
+            (Err(Rejection::Mismatch), Some(prev)) => {
+                let env = RunEnv {
+                    credentials: prev,
+                    settings: &platform.settings,
+                    platform: &platform.name,
+                    now,
+                    nonce: None,
+                };
+                verify.verify(&parts, &env)
+            }
+            (r, _) => r,
+        };
+        if let Err(r) = result {
             let status = match r {
                 Rejection::Recipe(_) => 500,
                 _ => verify.reject_status,

@@ -512,6 +512,13 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         credentials.clone(),
         process_env,
     ));
+    match runtime.block_on(engine.load_pushed()) {
+        Ok(n) => tracing::info!(platforms = n, "pushed credentials loaded"),
+        Err(e) => {
+            eprintln!("error: cannot read the pushed credentials: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
         store.clone(),
         &gateway.targets,
@@ -639,7 +646,6 @@ fn call(
         Some(p) => crate::credentials::read_file(p)?,
         None => Default::default(),
     };
-    let creds = crate::credentials::resolve(&plan, &sets, &process_env);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -652,6 +658,8 @@ fn call(
         .await
         .map_err(|e| e.to_string())?;
         let engine = crate::engine::Engine::new(store, sets.clone(), process_env);
+        engine.load_pushed().await.map_err(|e| e.to_string())?;
+        let creds = engine.credentials_for(&plan);
         let outcome = engine
             .call(&plan, operation, &input, dry_run)
             .await

@@ -44,6 +44,8 @@ pub struct PlatformPlan {
     pub auth: AuthPlan,
     /// Scheduled fetches of messages.
     pub pollers: Vec<PollerPlan>,
+    /// How long the previous credentials still verify inbound deliveries after a push.
+    pub rotation_window: Option<std::time::Duration>,
 }
 
 /// A compiled poller.

@@ -54,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/dead-letters", get(admin_dead_letters))
         .route("/admin/v1/dead-letters/replay", post(admin_replay_all))
         .route("/admin/v1/dead-letters/{id}/replay", post(admin_replay_one))
+        .route(
+            "/admin/v1/platforms/{platform}/credentials",
+            axum::routing::put(admin_push_credentials),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(CALLBACK_BODY_LIMIT))
         .with_state(state)
 }
@@ -432,4 +436,94 @@ async fn admin_replay_one(
     Path(id): Path<i64>,
 ) -> Response {
     replay(&state, &headers, Some(id)).await
+}
+
+/// Body of a credential push.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialPush {
+    /// The config center's version; only a newer one replaces the stored values.
+    version: i64,
+    /// Credential name → value.
+    values: serde_json::Map<String, Value>,
+}
+
+async fn admin_push_credentials(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(platform): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let Some(engine) = &state.engine else {
+        return problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "this server has no engine",
+        ));
+    };
+    // The body holds secrets: errors never echo it.
+    let push: CredentialPush = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(_) => {
+            return problem_response(&Problem::new(
+                ProblemKind::InvalidInput,
+                "the body must be {\"version\": <integer>, \"values\": {\"<name>\": \"<value>\", ...}}",
+            ));
+        }
+    };
+    let plan = state.plan.load_full();
+    let Some(p) = plan.platforms.get(&platform) else {
+        return problem_response(&Problem::new(
+            ProblemKind::NotFound,
+            format!("no platform '{platform}'"),
+        ));
+    };
+    let unknown: Vec<&str> = push
+        .values
+        .keys()
+        .filter(|k| !p.credentials.contains(k))
+        .map(String::as_str)
+        .collect();
+    let not_text = push.values.iter().any(|(_, v)| !v.is_string());
+    if !unknown.is_empty() || not_text {
+        let detail = if not_text {
+            "every credential value must be a string".to_string()
+        } else {
+            format!(
+                "'{platform}' declares no credential named {} (it declares: {})",
+                unknown.join(", "),
+                p.credentials.join(", ")
+            )
+        };
+        return problem_response(&Problem::new(ProblemKind::InvalidInput, detail));
+    }
+    match engine
+        .push_credentials(
+            &platform,
+            push.version,
+            push.values,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+    {
+        Ok(crate::store::CredentialPut::Accepted) => {
+            tracing::info!(platform = %platform, version = push.version, "credentials pushed");
+            Json(json!({ "platform": platform, "version": push.version })).into_response()
+        }
+        Ok(crate::store::CredentialPut::Stale { current }) => {
+            let mut p = Problem::new(
+                ProblemKind::InvalidInput,
+                format!(
+                    "version {} is not newer than the stored version {current}; nothing changed",
+                    push.version
+                ),
+            );
+            p.status = 409;
+            p.title = "Stale credentials push".into();
+            problem_response(&p)
+        }
+        Err(e) => store_failed(e),
+    }
 }

@@ -346,6 +346,10 @@ impl Cx<'_> {
             id_policies: f.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             auth: self.auth(),
             pollers: self.pollers(),
+            rotation_window: f
+                .rotation_window
+                .as_ref()
+                .and_then(|w| self.duration(w, &DocPath::root().key("rotation_window"))),
         }
     }
 

@@ -26,6 +26,11 @@ pub struct PlatformFile {
     /// read an environment variable at load time. The config center may override them.
     #[serde(default)]
     pub settings: IndexMap<String, SettingValue>,
+    /// After credentials are pushed, how long inbound verification still accepts signatures
+    /// made with the previous values (outbound requests use the new ones at once), such as
+    /// `10m`. Default: none.
+    #[serde(default)]
+    pub rotation_window: Option<String>,
     /// Names of the secret values this platform needs (for example `app_key`, `app_secret`).
     /// Their values never live in this file: they come from the credential store, a
     /// credentials file or the environment. Referenced as `{{credentials.NAME}}`.

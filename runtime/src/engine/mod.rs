@@ -46,6 +46,7 @@ pub struct Engine {
     caps: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>,
+    pushed: std::sync::RwLock<HashMap<String, Pushed>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -62,6 +63,13 @@ enum Attempt {
     Final(Problem),
     /// The platform refused the access token.
     Unauthorized(Problem),
+}
+
+/// Credentials pushed by the config center, with the set they replaced (for rotation).
+#[derive(Debug, Clone)]
+struct Pushed {
+    current: crate::store::StoredCredentials,
+    previous: Option<(Map<String, Value>, OffsetDateTime)>,
 }
 
 /// A cached access token.
@@ -83,6 +91,7 @@ impl Engine {
             caps: Mutex::default(),
             breakers: Mutex::default(),
             tokens: Mutex::default(),
+            pushed: std::sync::RwLock::default(),
         }
     }
 
@@ -93,7 +102,104 @@ impl Engine {
 
     /// The credentials of a platform, from the credentials file and the environment.
     pub fn credentials_for(&self, platform: &PlatformPlan) -> Map<String, Value> {
-        crate::credentials::resolve(platform, &self.credentials, &self.env)
+        let mut creds = crate::credentials::resolve(platform, &self.credentials, &self.env);
+        // Values pushed by the config center win, name by name.
+        if let Some(p) = self
+            .pushed
+            .read()
+            .ok()
+            .and_then(|m| m.get(&platform.name).cloned())
+        {
+            creds.extend(p.current.values);
+        }
+        creds
+    }
+
+    /// The credentials a platform used before its last push, while its rotation window lasts:
+    /// inbound verification accepts them too.
+    pub fn previous_credentials_for(
+        &self,
+        platform: &PlatformPlan,
+        now: OffsetDateTime,
+    ) -> Option<Map<String, Value>> {
+        let window = platform.rotation_window?;
+        let pushed = self.pushed.read().ok()?.get(&platform.name).cloned()?;
+        let (previous, rotated_at) = pushed.previous?;
+        let within =
+            now - rotated_at <= time::Duration::try_from(window).unwrap_or(time::Duration::ZERO);
+        within.then(|| {
+            let mut creds = crate::credentials::resolve(platform, &self.credentials, &self.env);
+            creds.extend(previous);
+            creds
+        })
+    }
+
+    /// Loads the credentials pushed earlier (they survive restarts in the store).
+    pub async fn load_pushed(&self) -> Result<usize, crate::store::StoreError> {
+        let platforms = self.store.credentials_platforms().await?;
+        let mut loaded = HashMap::new();
+        for (platform, _) in &platforms {
+            if let Some(c) = self.store.credentials_get(platform).await? {
+                loaded.insert(
+                    platform.clone(),
+                    Pushed {
+                        current: c,
+                        previous: None,
+                    },
+                );
+            }
+        }
+        let n = loaded.len();
+        if let Ok(mut m) = self.pushed.write() {
+            *m = loaded;
+        }
+        Ok(n)
+    }
+
+    /// Stores pushed credentials if `version` is newer than the stored one (compare-and-set:
+    /// an older push never overwrites a newer one); they take effect for the next request.
+    pub async fn push_credentials(
+        &self,
+        platform: &str,
+        version: i64,
+        values: Map<String, Value>,
+        now: OffsetDateTime,
+    ) -> Result<crate::store::CredentialPut, crate::store::StoreError> {
+        let ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let outcome = self
+            .store
+            .credentials_put(platform, version, &values, ms)
+            .await?;
+        if outcome == crate::store::CredentialPut::Accepted {
+            let stored = crate::store::StoredCredentials {
+                version,
+                values,
+                updated_at: ms,
+            };
+            if let Ok(mut m) = self.pushed.write() {
+                let previous = m.remove(platform).map(|p| (p.current.values, now));
+                m.insert(
+                    platform.to_string(),
+                    Pushed {
+                        current: stored,
+                        previous,
+                    },
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Versions of the pushed credentials, by platform (never their values).
+    pub fn credential_versions(&self) -> HashMap<String, i64> {
+        self.pushed
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.current.version))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn client(&self, t: &TransportPlan) -> Result<reqwest::Client, Problem> {
@@ -190,7 +296,7 @@ impl Engine {
             .translate_input(platform, op, input)
             .await
             .map_err(at)?;
-        let credentials = crate::credentials::resolve(platform, &self.credentials, &self.env);
+        let credentials = self.credentials_for(platform);
         let build_once = |token: Option<String>| {
             build(
                 platform,

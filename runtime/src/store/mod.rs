@@ -894,6 +894,23 @@ impl Store {
         }))
     }
 
+    /// Every platform with pushed credentials, with the version (values are read with
+    /// [`Store::credentials_get`]).
+    pub async fn credentials_platforms(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT platform, version FROM credential_sets ORDER BY platform")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("listing credentials"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(q("reading credentials"))?,
+                    r.try_get(1).map_err(q("reading credentials"))?,
+                ))
+            })
+            .collect()
+    }
+
     // ------------------------------------------------------------------ replay guard
 
     /// Records a replay key until `expires`; `false` when it is already recorded and has not

@@ -1,0 +1,236 @@
+//! Credentials pushed by a config center: compare-and-set versions, effect without restart,
+//! persistence across restarts, and a rotation window for inbound verification.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use channel_sim::{Catalog, SimConfig, Simulator};
+use entrepot::callbacks::{Inbound, receive};
+use entrepot::credentials::CredentialSets;
+use entrepot::engine::Engine;
+use entrepot::server::{AppState, serve};
+use entrepot::store::{Store, StoreOptions};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::support::root;
+
+const KEY: &str = "rotating-app-key";
+const OLD: &str = "the-old-app-secret";
+const NEW: &str = "the-new-app-secret";
+const ADMIN: &str = "config-center-token";
+
+fn plan(base_url: String) -> entrepot::plan::Plan {
+    let text = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
+        .unwrap()
+        .replace(
+            "credentials: [app_key, app_secret]",
+            "credentials: [app_key, app_secret]\nrotation_window: 10m",
+        );
+    let doc = entrepot::config::source::parse(Path::new("yanxuan.yaml"), text).unwrap();
+    let c = entrepot::compile::compile_docs(vec![doc], &move |n| {
+        (n == "YANXUAN_BASE_URL").then(|| base_url.clone())
+    });
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    c.plan
+}
+
+async fn put(http: &reqwest::Client, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let r = http
+        .put(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn pushed_credentials_take_effect_persist_and_rotate() {
+    let sim = Simulator::start(SimConfig::new(KEY, OLD, Catalog::sample()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    };
+    let store = Store::open(&opts).await.unwrap();
+    let engine = Arc::new(Engine::new(store.clone(), CredentialSets::new(), |_| None));
+    let plan = Arc::new(ArcSwap::from_pointee(plan(sim.base_url())));
+    let state = AppState {
+        plan: plan.clone(),
+        store: Some(store.clone()),
+        engine: Some(engine.clone()),
+        admin_token: Some(entrepot::config::Secret::new(ADMIN)),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let http = reqwest::Client::new();
+    let creds_url = format!("http://{addr}/admin/v1/platforms/yanxuan/credentials");
+    let call = || {
+        http.post(format!(
+            "http://{addr}/v1/platforms/yanxuan/operations/product.list"
+        ))
+        .json(&json!({}))
+        .send()
+    };
+
+    // No credentials yet: a clear configuration problem naming what is missing.
+    let r = call().await.unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("credential 'app_key' has no value")
+    );
+
+    // The push needs the admin token; then it takes effect for the next request.
+    let (status, _) = put(
+        &http,
+        &creds_url,
+        "wrong",
+        json!({"version": 1, "values": {"app_key": KEY, "app_secret": OLD}}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = put(
+        &http,
+        &creds_url,
+        ADMIN,
+        json!({"version": 1, "values": {"app_key": KEY, "app_secret": OLD}}),
+    )
+    .await;
+    assert_eq!((status, body["version"].as_i64()), (200, Some(1)));
+    assert_eq!(call().await.unwrap().status().as_u16(), 200);
+
+    // An older (or equal) version is refused and changes nothing.
+    let (status, body) = put(
+        &http,
+        &creds_url,
+        ADMIN,
+        json!({"version": 0, "values": {"app_secret": "older"}}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        !body.to_string().contains("older"),
+        "a refusal never echoes secrets: {body}"
+    );
+    assert_eq!(call().await.unwrap().status().as_u16(), 200);
+    let (status, _) = put(
+        &http,
+        &creds_url,
+        ADMIN,
+        json!({"version": 1, "values": {"app_key": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, body) = put(
+        &http,
+        &creds_url,
+        ADMIN,
+        json!({"version": 2, "values": {"bogus": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A restart keeps them.
+    let restarted = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        CredentialSets::new(),
+        |_| None,
+    );
+    assert_eq!(restarted.load_pushed().await.unwrap(), 1);
+    let p = plan.load_full().platforms["yanxuan"].clone();
+    assert_eq!(restarted.credentials_for(&p)["app_secret"], OLD);
+
+    // Rotation: version 2 carries a new secret. Outbound requests use it at once (the
+    // simulator still knows only the old one, so it now refuses us)...
+    let (status, _) = put(
+        &http,
+        &creds_url,
+        ADMIN,
+        json!({"version": 2, "values": {"app_key": KEY, "app_secret": NEW}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let r = call().await.unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    assert!(r.text().await.unwrap().contains("invalid sign"));
+
+    // ...while deliveries signed with the old secret still verify during the window, and not
+    // after it. Deliveries signed with the new secret verify throughout.
+    let snapshot = plan.load_full();
+    let notice = |secret: &str, id: &str, at: OffsetDateTime| Inbound {
+        method: "POST".into(),
+        route: "/yanxuan/notify".into(),
+        headers: vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        body: channel_sim::signed_form(
+            KEY,
+            secret,
+            "yanxuan.notification.inventory.count.changed",
+            at,
+            &[("notifyId", id), ("skuId", "100101"), ("inventory", "1")],
+        )
+        .into_bytes(),
+        ..Default::default()
+    };
+    let now = OffsetDateTime::now_utc();
+    let later = now + time::Duration::minutes(11);
+    let r = receive(
+        &snapshot,
+        &engine,
+        &[],
+        notice(OLD, "r-1", now),
+        now,
+        &|| {},
+    )
+    .await;
+    assert_eq!(r.status, 200, "old secret within the window");
+    let r = receive(
+        &snapshot,
+        &engine,
+        &[],
+        notice(NEW, "r-2", now),
+        now,
+        &|| {},
+    )
+    .await;
+    assert_eq!(r.status, 200, "new secret");
+    let r = receive(
+        &snapshot,
+        &engine,
+        &[],
+        notice(OLD, "r-3", later),
+        later,
+        &|| {},
+    )
+    .await;
+    assert_eq!(r.status, 401, "old secret after the window");
+    let r = receive(
+        &snapshot,
+        &engine,
+        &[],
+        notice(NEW, "r-4", later),
+        later,
+        &|| {},
+    )
+    .await;
+    assert_eq!(r.status, 200, "new secret after the window");
+}
