@@ -151,6 +151,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         targets: Arc::new(targets),
         admin_token: Some(entrepot::config::Secret::new(ADMIN)),
         notify: Some(dispatcher.notify.clone()),
+        reloader: None,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

@@ -19,6 +19,7 @@ mod engine_auth;
 mod layout;
 mod pollers;
 mod recipe_properties;
+mod reload;
 mod schemas;
 mod server;
 mod store;

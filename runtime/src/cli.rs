@@ -460,16 +460,6 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     if let Some(addr) = listen {
         gateway.listen = addr;
     }
-    let compiled = compile::compile_dir(&gateway.platforms_dir, &process_env);
-    for d in &compiled.diagnostics {
-        tracing::error!("{d}");
-    }
-    tracing::info!(
-        platforms = compiled.plan.platforms.len(),
-        dir = %gateway.platforms_dir.display(),
-        config = %gateway.file.display(),
-        "platforms loaded"
-    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -526,8 +516,63 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
         credentials.clone(),
         process_env,
     ));
+    // The platforms: loaded, then kept up to date, by the reloader.
+    let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
+    let mut reloader =
+        crate::reload::Reloader::new(gateway.platforms_dir.clone(), plan.clone(), process_env);
+    if gateway.file.exists() {
+        reloader = reloader.with_gateway_file(
+            gateway.file.clone(),
+            gateway.listen,
+            gateway.store_url.clone(),
+        );
+    }
+    let reloader = Arc::new(reloader);
+    let first = runtime.block_on(reloader.reload());
+    tracing::info!(
+        platforms = plan.load().platforms.len(),
+        problems = first.errors.len(),
+        dir = %gateway.platforms_dir.display(),
+        config = %gateway.file.display(),
+        "platforms loaded"
+    );
+    if gateway.reload_watch {
+        let extra: Vec<PathBuf> = gateway
+            .credentials_file
+            .iter()
+            .cloned()
+            .chain(std::iter::once(gateway.file.clone()))
+            .collect();
+        let watcher = reloader.clone().watch(
+            extra,
+            gateway.reload_debounce,
+            gateway.reload_poll,
+            std::future::pending(),
+        );
+        runtime.spawn(async move {
+            if let Err(e) = watcher.await {
+                tracing::error!("{e}; reload with SIGHUP or POST /admin/v1/reload instead");
+            }
+        });
+    }
+    #[cfg(unix)]
+    {
+        let r = reloader.clone();
+        runtime.spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                r.reload().await;
+            }
+        });
+    }
     let state = crate::server::AppState {
-        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        reloader: Some(reloader.clone()),
+        plan,
         store: Some(store),
         engine: Some(engine),
         targets: Arc::new(gateway.targets.clone()),

@@ -15,6 +15,7 @@
 //! - [`timefmt`]: the time formats platforms use.
 //! - [`callbacks`]: receiving platform callbacks; [`poller`]: fetching messages on a schedule; [`dispatch`]: delivering events to internal
 //!   targets.
+//! - [`reload`]: hot reload of platform files, per platform.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
@@ -36,6 +37,7 @@ pub mod plan;
 pub mod poller;
 pub mod recipe;
 pub mod reference;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod store;

@@ -31,6 +31,8 @@ pub struct AppState {
     pub admin_token: Option<crate::config::Secret>,
     /// Wakes the dispatcher when events were stored.
     pub notify: Option<Arc<tokio::sync::Notify>>,
+    /// Hot reload of the platform files.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -58,6 +60,9 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/platforms/{platform}/credentials",
             axum::routing::put(admin_push_credentials),
         )
+        .route("/admin/v1/reload", post(admin_reload))
+        .route("/admin/v1/status", get(admin_status))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(CALLBACK_BODY_LIMIT))
         .with_state(state)
 }
@@ -526,4 +531,83 @@ async fn admin_push_credentials(
         }
         Err(e) => store_failed(e),
     }
+}
+
+async fn admin_reload(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let Some(reloader) = &state.reloader else {
+        return problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "this server does not reload",
+        ));
+    };
+    let report = reloader.reload().await;
+    Json(json!(report)).into_response()
+}
+
+async fn admin_status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let plan = state.plan.load_full();
+    let versions = state
+        .engine
+        .as_ref()
+        .map(|e| e.credential_versions())
+        .unwrap_or_default();
+    let files = state
+        .reloader
+        .as_ref()
+        .map(|r| r.files())
+        .unwrap_or_default();
+    let platforms: Vec<Value> = plan
+        .platforms
+        .values()
+        .map(|p| {
+            let file = files.iter().find(|f| f.platform.as_deref() == Some(p.name.as_str()));
+            json!({
+                "platform": p.name,
+                "version": file.and_then(|f| f.version.clone()).unwrap_or_else(|| p.version.clone()),
+                "file": p.file,
+                "loaded_at": file.and_then(|f| f.loaded_at.clone()),
+                "last_error": file.map(|f| f.errors.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap_or_default(),
+                // Versions only: values never leave the gateway.
+                "credentials_version": versions.get(&p.name),
+            })
+        })
+        .collect();
+    let failing: Vec<Value> = files
+        .iter()
+        .filter(|f| f.platform.as_ref().is_none_or(|n| !plan.platforms.contains_key(n)) && !f.errors.is_empty())
+        .map(|f| json!({ "file": f.file, "last_error": f.errors.iter().map(ToString::to_string).collect::<Vec<_>>() }))
+        .collect();
+    let totals = state
+        .reloader
+        .as_ref()
+        .map(|r| r.totals())
+        .unwrap_or_default();
+    Json(json!({
+        "platforms": platforms,
+        "files_not_serving": failing,
+        "reloads": totals.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let totals = state
+        .reloader
+        .as_ref()
+        .map(|r| r.totals())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::reload::metrics_text(&totals),
+    )
+        .into_response()
 }

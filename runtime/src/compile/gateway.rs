@@ -42,6 +42,12 @@ pub struct GatewaySettings {
     pub credentials_file: Option<PathBuf>,
     /// Delivery settings of the dispatcher.
     pub delivery: crate::dispatch::DispatchOptions,
+    /// Whether to watch the files.
+    pub reload_watch: bool,
+    /// Polling interval, when polling.
+    pub reload_poll: Option<std::time::Duration>,
+    /// Quiet time before a reload.
+    pub reload_debounce: std::time::Duration,
 }
 
 /// One event target, resolved.
@@ -161,6 +167,23 @@ pub fn compile_gateway(
             concurrency: t.concurrency.unwrap_or(8).max(1),
         });
     }
+    let mut reload_poll = None;
+    let mut reload_debounce = std::time::Duration::from_millis(250);
+    if let Some(r) = &file.reload {
+        let rp = DocPath::root().key("reload");
+        if let Some(p) = &r.poll {
+            match super::parse_duration(p) {
+                Ok(d) => reload_poll = Some(d),
+                Err(e) => problems.push(doc.at(&rp.key("poll"), Code::Duration, e)),
+            }
+        }
+        if let Some(d) = &r.debounce {
+            match super::parse_duration(d) {
+                Ok(d) => reload_debounce = d,
+                Err(e) => problems.push(doc.at(&rp.key("debounce"), Code::Duration, e)),
+            }
+        }
+    }
     let mut delivery = crate::dispatch::DispatchOptions::default();
     if let Some(d) = &file.delivery {
         let dp = DocPath::root().key("delivery");
@@ -200,6 +223,9 @@ pub fn compile_gateway(
         targets,
         credentials_file: file.credentials_file.as_deref().map(|f| base.join(f)),
         delivery,
+        reload_watch: file.reload.as_ref().and_then(|r| r.watch).unwrap_or(true),
+        reload_poll,
+        reload_debounce,
     })
 }
 

@@ -28,6 +28,9 @@ pub struct GatewayFile {
     /// How events are delivered to the targets.
     #[serde(default)]
     pub delivery: Option<DeliveryConfig>,
+    /// How platform files are reloaded while the gateway runs.
+    #[serde(default)]
+    pub reload: Option<ReloadConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -99,4 +102,20 @@ pub struct DeliveryConfig {
     /// Time allowed for one delivery. Default: `10s`.
     #[serde(default)]
     pub timeout: Option<String>,
+}
+
+/// How platform files are reloaded while the gateway runs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Set to false to reload only on `POST /admin/v1/reload` and SIGHUP. Default: true.
+    #[serde(default)]
+    pub watch: Option<bool>,
+    /// Poll the file system at this interval instead of waiting for change events (for network
+    /// file systems without them), such as `2s`. Default: events.
+    #[serde(default)]
+    pub poll: Option<String>,
+    /// Quiet time after a burst of changes before reloading. Default: `250ms`.
+    #[serde(default)]
+    pub debounce: Option<String>,
 }

@@ -1,0 +1,420 @@
+//! Hot reload, per platform: compile every platform file, and swap in one step a plan where
+//! each valid file's platform is replaced, each invalid file's platform keeps its last good
+//! plan (its problems are reported), added files add platforms and deleted files remove them.
+//! A request holds the snapshot it started with, so a swap never changes a call in flight.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use crate::compile::{self, platform_files};
+use crate::config::{self, EnvLookup};
+use crate::diagnostics::Diagnostic;
+use crate::plan::{Plan, PlatformPlan};
+
+/// What one platform file last did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    /// The file.
+    pub file: PathBuf,
+    /// The platform it defines (as last loaded successfully).
+    pub platform: Option<String>,
+    /// SHA-256 of the content that is serving.
+    pub version: Option<String>,
+    /// When that content was loaded (RFC 3339).
+    pub loaded_at: Option<String>,
+    /// Problems of the file's current content; empty when it is the one serving.
+    pub errors: Vec<Diagnostic>,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// `ok` when every file compiled, else `error`.
+    pub result: &'static str,
+    /// Platforms added, changed and removed.
+    pub added: Vec<String>,
+    /// Platforms whose plan changed.
+    pub changed: Vec<String>,
+    /// Platforms removed.
+    pub removed: Vec<String>,
+    /// Every problem found.
+    pub errors: Vec<Diagnostic>,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<PathBuf, FileStatus>,
+    totals: HashMap<&'static str, u64>,
+}
+
+/// Reloads the platforms of one directory into a shared plan.
+pub struct Reloader {
+    dir: PathBuf,
+    plan: Arc<ArcSwap<Plan>>,
+    env: fn(&str) -> Option<String>,
+    state: Mutex<State>,
+    /// Serialises reloads (watcher, admin call and SIGHUP may coincide).
+    running: tokio::sync::Mutex<()>,
+    /// Counts finished reloads, for anyone waiting for one.
+    pub done: tokio::sync::watch::Sender<u64>,
+    /// The gateway file and the settings it had at start, which cannot change while running.
+    gateway: Option<(PathBuf, std::net::SocketAddr, String)>,
+}
+
+fn hash(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+impl Reloader {
+    /// A reloader for `dir` serving into `plan`.
+    pub fn new(dir: PathBuf, plan: Arc<ArcSwap<Plan>>, env: fn(&str) -> Option<String>) -> Self {
+        Reloader {
+            dir,
+            plan,
+            env,
+            state: Mutex::default(),
+            running: tokio::sync::Mutex::new(()),
+            done: tokio::sync::watch::channel(0).0,
+            gateway: None,
+        }
+    }
+
+    /// Also re-reads the gateway file on every reload and refuses, with a clear message,
+    /// changes of the settings that cannot change while running (listen address, store URL).
+    pub fn with_gateway_file(
+        mut self,
+        file: PathBuf,
+        listen: std::net::SocketAddr,
+        store_url: String,
+    ) -> Self {
+        self.gateway = Some((file, listen, store_url));
+        self
+    }
+
+    fn gateway_problems(&self) -> Vec<Diagnostic> {
+        let Some((file, listen, store_url)) = &self.gateway else {
+            return Vec::new();
+        };
+        if !file.exists() {
+            return Vec::new();
+        }
+        let env: EnvLookup<'_> = &self.env;
+        match crate::compile::gateway::load_gateway(file, true, env) {
+            Err(problems) => problems,
+            Ok(g) => {
+                let mut out = Vec::new();
+                let refuse = |what: &str, key: &str| {
+                    Diagnostic::error(
+                        crate::diagnostics::Code::Gateway,
+                        file,
+                        Default::default(),
+                        key.to_string(),
+                        format!(
+                            "{what} cannot change while the gateway runs; the running value stays"
+                        ),
+                    )
+                    .with_hint("restart the gateway to apply it")
+                };
+                if g.listen != *listen {
+                    out.push(refuse("the listen address", "listen"));
+                }
+                if g.store_url != *store_url {
+                    out.push(refuse("the store URL", "store.url"));
+                }
+                out
+            }
+        }
+    }
+
+    /// The shared plan.
+    pub fn plan(&self) -> &Arc<ArcSwap<Plan>> {
+        &self.plan
+    }
+
+    /// Compiles the directory and swaps the new plan in.
+    pub async fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.running.lock().await;
+        let env: EnvLookup<'_> = &self.env;
+        let old = self.plan.load_full();
+        let files = match platform_files(std::slice::from_ref(&self.dir)) {
+            Ok(f) => f,
+            Err(d) => {
+                // The directory itself is unreadable: keep everything serving.
+                return self.finish(ReloadReport {
+                    result: "error",
+                    added: vec![],
+                    changed: vec![],
+                    removed: vec![],
+                    errors: vec![d],
+                });
+            }
+        };
+        let previous: HashMap<PathBuf, FileStatus> = self
+            .state
+            .lock()
+            .map(|s| s.files.clone())
+            .unwrap_or_default();
+        let mut next = Plan::default();
+        let mut statuses = HashMap::new();
+        let mut errors = Vec::new();
+        let mut callback_paths: HashMap<String, String> = HashMap::new();
+        let now = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        for file in files {
+            let before = previous.get(&file);
+            let keep_last_good = |next: &mut Plan, status: &mut FileStatus| {
+                if let Some(name) = before.and_then(|b| b.platform.clone()) {
+                    if let Some(p) = old.platforms.get(&name)
+                        && !next.platforms.contains_key(&name)
+                    {
+                        next.platforms.insert(name.clone(), p.clone());
+                    }
+                    status.platform = Some(name);
+                    status.version = before.and_then(|b| b.version.clone());
+                    status.loaded_at = before.and_then(|b| b.loaded_at.clone());
+                }
+            };
+            let mut status = FileStatus {
+                file: file.clone(),
+                platform: None,
+                version: None,
+                loaded_at: None,
+                errors: Vec::new(),
+            };
+            let compiled = config::source::read(&file)
+                .map_err(|d| vec![d])
+                .and_then(|doc| {
+                    let text_hash = hash(&doc.text);
+                    compile::compile_platform(doc, env).map(|(p, _)| (p, text_hash))
+                });
+            match compiled {
+                Ok((p, text_hash)) => {
+                    let clash = if next.platforms.contains_key(&p.name) {
+                        Some(format!(
+                            "platform '{}' is already defined by another file",
+                            p.name
+                        ))
+                    } else {
+                        p.callbacks.iter().find_map(|c| {
+                            callback_paths.get(&c.path).map(|owner| {
+                                format!(
+                                    "callback path '{}' is already used by platform '{owner}'",
+                                    c.path
+                                )
+                            })
+                        })
+                    };
+                    if let Some(message) = clash {
+                        let d = Diagnostic::error(
+                            crate::diagnostics::Code::DuplicatePlatform,
+                            &file,
+                            Default::default(),
+                            String::new(),
+                            message,
+                        );
+                        status.errors.push(d.clone());
+                        errors.push(d);
+                        keep_last_good(&mut next, &mut status);
+                    } else {
+                        for c in &p.callbacks {
+                            callback_paths.insert(c.path.clone(), p.name.clone());
+                        }
+                        // An unchanged file keeps its plan object (and its loaded_at).
+                        let unchanged = before.is_some_and(|b| {
+                            b.version.as_deref() == Some(text_hash.as_str()) && b.errors.is_empty()
+                        });
+                        let plan = match (unchanged, old.platforms.get(&p.name)) {
+                            (true, Some(existing)) => existing.clone(),
+                            _ => Arc::new(p),
+                        };
+                        status.platform = Some(plan.name.clone());
+                        status.version = Some(text_hash);
+                        status.loaded_at = if unchanged {
+                            before.and_then(|b| b.loaded_at.clone())
+                        } else {
+                            Some(now.clone())
+                        };
+                        next.platforms.insert(plan.name.clone(), plan);
+                    }
+                }
+                Err(mut problems) => {
+                    status.errors.clone_from(&problems);
+                    errors.append(&mut problems);
+                    keep_last_good(&mut next, &mut status);
+                }
+            }
+            statuses.insert(file, status);
+        }
+        let added: Vec<String> = next
+            .platforms
+            .keys()
+            .filter(|k| !old.platforms.contains_key(*k))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old
+            .platforms
+            .keys()
+            .filter(|k| !next.platforms.contains_key(*k))
+            .cloned()
+            .collect();
+        let changed: Vec<String> = next
+            .platforms
+            .iter()
+            .filter(|(k, v)| old.platforms.get(*k).is_some_and(|o| !Arc::ptr_eq(o, v)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.plan.store(Arc::new(next));
+        if let Ok(mut s) = self.state.lock() {
+            s.files = statuses;
+        }
+        errors.extend(self.gateway_problems());
+        let result = if errors.is_empty() { "ok" } else { "error" };
+        self.finish(ReloadReport {
+            result,
+            added,
+            changed,
+            removed,
+            errors,
+        })
+    }
+
+    fn finish(&self, report: ReloadReport) -> ReloadReport {
+        if let Ok(mut s) = self.state.lock() {
+            *s.totals.entry(report.result).or_default() += 1;
+        }
+        if report.errors.is_empty() {
+            tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "platforms reloaded");
+        } else {
+            for d in &report.errors {
+                tracing::error!("{d}");
+            }
+            tracing::warn!(
+                added = ?report.added,
+                changed = ?report.changed,
+                removed = ?report.removed,
+                problems = report.errors.len(),
+                "platforms reloaded with problems; invalid files keep their last good plan"
+            );
+        }
+        self.done.send_modify(|n| *n += 1);
+        report
+    }
+
+    /// Per-file status, sorted by file.
+    pub fn files(&self) -> Vec<FileStatus> {
+        let mut files: Vec<FileStatus> = self
+            .state
+            .lock()
+            .map(|s| s.files.values().cloned().collect())
+            .unwrap_or_default();
+        files.sort_by(|a, b| a.file.cmp(&b.file));
+        files
+    }
+
+    /// Reloads so far, by result.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let mut t: Vec<(&'static str, u64)> = self
+            .state
+            .lock()
+            .map(|s| s.totals.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        t.sort();
+        t
+    }
+
+    /// Watches the directory (and `extra` files' directories) and reloads after each burst of
+    /// changes has been quiet for `debounce`. With `poll`, the file system is polled at that
+    /// interval instead (for file systems without change events). Runs until `shutdown`.
+    pub async fn watch(
+        self: Arc<Self>,
+        extra: Vec<PathBuf>,
+        debounce: Duration,
+        poll: Option<Duration>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        };
+        let mut dirs: Vec<PathBuf> = vec![self.dir.clone()];
+        for f in extra {
+            if let Some(parent) = f.parent().map(Path::to_path_buf) {
+                let parent = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent
+                };
+                if !dirs.contains(&parent) {
+                    dirs.push(parent);
+                }
+            }
+        }
+        // Directories, not files: editors that save by rename and ConfigMap symlink swaps
+        // replace the file, which a watch on the file itself would lose.
+        let mut watcher: Box<dyn notify::Watcher + Send> = match poll {
+            Some(interval) => Box::new(
+                notify::PollWatcher::new(
+                    handler,
+                    notify::Config::default().with_poll_interval(interval),
+                )
+                .map_err(|e| format!("cannot poll the platforms directory: {e}"))?,
+            ),
+            None => Box::new(
+                notify::recommended_watcher(handler)
+                    .map_err(|e| format!("cannot watch the platforms directory: {e}"))?,
+            ),
+        };
+        for d in &dirs {
+            watcher
+                .watch(d, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return Ok(());
+                    }
+                    // Let the burst settle: every further change restarts the quiet period.
+                    while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+                    self.reload().await;
+                }
+            }
+        }
+    }
+}
+
+/// The Prometheus text of the reload counters.
+pub fn metrics_text(totals: &[(&'static str, u64)]) -> String {
+    let mut out = String::from(
+        "# HELP entrepot_reload_total Platform reloads, by result.\n# TYPE entrepot_reload_total counter\n",
+    );
+    for result in ["ok", "error"] {
+        let n = totals
+            .iter()
+            .find(|(k, _)| *k == result)
+            .map(|(_, v)| *v)
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "entrepot_reload_total{{result=\"{result}\"}} {n}\n"
+        ));
+    }
+    out
+}
+
+/// Whether `platform` serves from `plan` (for tests and status pages).
+pub fn serving<'p>(plan: &'p Plan, platform: &str) -> Option<&'p Arc<PlatformPlan>> {
+    plan.platforms.get(platform)
+}

@@ -1,0 +1,286 @@
+//! Hot reload under load: 50 edits of a platform file, some invalid, while requests keep
+//! flowing; a watcher that follows files appearing and disappearing; settings that cannot
+//! change at run time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use channel_sim::{Catalog, SimConfig, Simulator};
+use entrepot::credentials::CredentialSets;
+use entrepot::engine::Engine;
+use entrepot::reload::Reloader;
+use entrepot::server::{AppState, serve};
+use entrepot::store::{Store, StoreOptions};
+use serde_json::{Value, json};
+
+use crate::support::root;
+
+const ADMIN: &str = "reload-admin-token";
+
+fn sample_with(base_url: &str, title: &str) -> String {
+    std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
+        .unwrap()
+        .replace("${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}", base_url)
+        .replace(
+            "title: NetEase Yanxuan (channel API)",
+            &format!("title: {title}"),
+        )
+        // Above the platform's real quota, so the load is not paced to 20 calls a second.
+        .replace("qps: 20", "qps: 2000")
+}
+
+#[tokio::test]
+async fn fifty_edits_under_load_fail_no_request() {
+    let sim = Simulator::start(SimConfig::new("k", "s", Catalog::sample()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let platforms = dir.path().join("platforms");
+    std::fs::create_dir(&platforms).unwrap();
+    let file = platforms.join("yanxuan.yaml");
+    std::fs::write(&file, sample_with(&sim.base_url(), "v-initial")).unwrap();
+
+    let store = Store::open(&StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut creds = CredentialSets::new();
+    creds.insert(
+        "yanxuan".into(),
+        [
+            ("app_key".to_string(), json!("k")),
+            ("app_secret".to_string(), json!("s")),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Arc::new(Reloader::new(platforms.clone(), plan.clone(), |_| None));
+    assert_eq!(reloader.reload().await.result, "ok");
+    let state = AppState {
+        plan: plan.clone(),
+        store: Some(store.clone()),
+        engine: Some(Arc::new(Engine::new(store, creds, |_| None))),
+        admin_token: Some(entrepot::config::Secret::new(ADMIN)),
+        reloader: Some(reloader.clone()),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let http = reqwest::Client::new();
+
+    // Steady load: bounded, on loopback, until the edits are done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (stop, ok, failed, http) = (stop.clone(), ok.clone(), failed.clone(), http.clone());
+        load.push(tokio::spawn(async move {
+            for _ in 0..5_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = http
+                    .post(format!(
+                        "http://{addr}/v1/platforms/yanxuan/operations/product.list"
+                    ))
+                    .json(&json!({"page_size": 1}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+
+    let title = |http: reqwest::Client| async move {
+        let v: Value = http
+            .get(format!("http://{addr}/v1/platforms"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["platforms"][0]["title"].as_str().unwrap().to_string()
+    };
+    let mut serving = "v-initial".to_string();
+    for i in 0..50 {
+        let valid = i % 5 != 4;
+        let text = if valid {
+            sample_with(&sim.base_url(), &format!("v-{i}"))
+        } else {
+            // An unknown key on line 4: a located error, and the old plan keeps serving.
+            sample_with(&sim.base_url(), &format!("v-{i}")).replacen(
+                "platform: yanxuan\n",
+                "platform: yanxuan\ntitel: typo\n",
+                1,
+            )
+        };
+        // Where the mistake is, counted in the text written (not by the code under test).
+        let bad_line = text
+            .lines()
+            .position(|l| l.starts_with("titel:"))
+            .map(|i| i + 1);
+        std::fs::write(&file, text).unwrap();
+        let report: Value = http
+            .post(format!("http://{addr}/admin/v1/reload"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if valid {
+            assert_eq!(report["result"], "ok", "{report}");
+            serving = format!("v-{i}");
+        } else {
+            assert_eq!(report["result"], "error", "{report}");
+            let status: Value = http
+                .get(format!("http://{addr}/admin/v1/status"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let err = status["platforms"][0]["last_error"][0]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let at = format!(
+                "yanxuan.yaml:{}:1: error[E_UNKNOWN_KEY]: titel: unknown key 'titel'",
+                bad_line.unwrap()
+            );
+            assert!(err.contains(&at), "{err}");
+        }
+        assert_eq!(title(http.clone()).await, serving, "edit {i}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed");
+    assert!(
+        ok.load(Ordering::SeqCst) > 50,
+        "the load ran throughout: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("entrepot_reload_total{result=\"ok\"} 41"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("entrepot_reload_total{result=\"error\"} 10"),
+        "{metrics}"
+    );
+}
+
+async fn next_reload(rx: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::time::timeout(Duration::from_secs(20), rx.changed())
+        .await
+        .expect("a reload within 20s")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_watcher_follows_added_and_removed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Arc::new(Reloader::new(
+        dir.path().to_path_buf(),
+        plan.clone(),
+        |_| None,
+    ));
+    reloader.reload().await;
+    let mut done = reloader.done.subscribe();
+    done.mark_unchanged();
+    tokio::spawn(reloader.clone().watch(
+        vec![],
+        Duration::from_millis(50),
+        None,
+        std::future::pending(),
+    ));
+    // Give the watcher a moment to register before the first change is made.
+    tokio::task::yield_now().await;
+    let file = dir.path().join("extra.yaml");
+    // Editors often save by writing a temporary file and renaming it over the old one.
+    let tmp: PathBuf = dir.path().join(".extra.yaml.tmp");
+    std::fs::write(&tmp, "platform: extra\nrequest: { url: \"http://127.0.0.1:9/\" }\noperations:\n  order.get: {}\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    loop {
+        next_reload(&mut done).await;
+        if plan.load().platforms.contains_key("extra") {
+            break;
+        }
+    }
+    std::fs::remove_file(&file).unwrap();
+    loop {
+        next_reload(&mut done).await;
+        if !plan.load().platforms.contains_key("extra") {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn listen_and_store_cannot_change_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &gateway,
+        "listen: 127.0.0.1:8181\nstore: { url: \"sqlite://data/a.db\" }\n",
+    )
+    .unwrap();
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Reloader::new(root().join("platforms"), plan, |_| None).with_gateway_file(
+        gateway.clone(),
+        "127.0.0.1:8181".parse().unwrap(),
+        "sqlite://data/a.db".into(),
+    );
+    assert_eq!(reloader.reload().await.result, "ok");
+    std::fs::write(
+        &gateway,
+        "listen: 0.0.0.0:9000\nstore: { url: \"postgres://x@127.0.0.1/y\" }\n",
+    )
+    .unwrap();
+    let report = reloader.reload().await;
+    assert_eq!(report.result, "error");
+    let text: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("listen: the listen address cannot change while the gateway runs")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("store.url: the store URL cannot change while the gateway runs")),
+        "{text:?}"
+    );
+    assert!(Path::new(&gateway).exists());
+}
