@@ -21,6 +21,7 @@ mod pollers;
 mod recipe_properties;
 mod reload;
 mod schemas;
+mod secrets;
 mod server;
 mod store;
 mod vectors;

@@ -284,3 +284,44 @@ async fn listen_and_store_cannot_change_at_run_time() {
     );
     assert!(Path::new(&gateway).exists());
 }
+
+#[tokio::test]
+async fn the_credentials_file_reloads_and_a_broken_one_keeps_the_last_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(Engine::new(store, CredentialSets::new(), |_| None));
+    let file = dir.path().join("credentials.yaml");
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Reloader::new(root().join("platforms"), plan.clone(), |_| None)
+        .with_credentials_file(file.clone(), engine.clone());
+    let secret = |engine: &Engine| {
+        let p = plan.load_full().platforms["yanxuan"].clone();
+        engine.credentials_for(&p).get("app_secret").cloned()
+    };
+    std::fs::write(&file, "yanxuan:\n  app_key: k\n  app_secret: first\n").unwrap();
+    assert_eq!(reloader.reload().await.result, "ok");
+    assert_eq!(secret(&engine), Some(json!("first")));
+    std::fs::write(&file, "yanxuan:\n  app_key: k\n  app_secret: second\n").unwrap();
+    reloader.reload().await;
+    assert_eq!(secret(&engine), Some(json!("second")));
+    std::fs::write(&file, "yanxuan: [unclosed\n  app_secret: third-not-shown\n").unwrap();
+    let report = reloader.reload().await;
+    assert_eq!(report.result, "error");
+    let text: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("credentials.yaml") && t.contains("not valid YAML")),
+        "{text:?}"
+    );
+    assert!(!text.concat().contains("third-not-shown"));
+    assert_eq!(
+        secret(&engine),
+        Some(json!("second")),
+        "a broken file keeps the last values"
+    );
+}

@@ -527,6 +527,9 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
             gateway.store_url.clone(),
         );
     }
+    if let Some(file) = &gateway.credentials_file {
+        reloader = reloader.with_credentials_file(file.clone(), engine.clone());
+    }
     let reloader = Arc::new(reloader);
     let first = runtime.block_on(reloader.reload());
     tracing::info!(

@@ -66,6 +66,8 @@ pub struct Reloader {
     pub done: tokio::sync::watch::Sender<u64>,
     /// The gateway file and the settings it had at start, which cannot change while running.
     gateway: Option<(PathBuf, std::net::SocketAddr, String)>,
+    /// The credentials file, re-read on every reload, and the engine using it.
+    credentials: Option<(PathBuf, Arc<crate::engine::Engine>)>,
 }
 
 fn hash(text: &str) -> String {
@@ -83,6 +85,41 @@ impl Reloader {
             running: tokio::sync::Mutex::new(()),
             done: tokio::sync::watch::channel(0).0,
             gateway: None,
+            credentials: None,
+        }
+    }
+
+    /// Also re-reads `file` on every reload and hands its credentials to `engine`; a file
+    /// that cannot be read keeps the previous values (and the problem is reported, without
+    /// any of the file's content).
+    pub fn with_credentials_file(
+        mut self,
+        file: PathBuf,
+        engine: Arc<crate::engine::Engine>,
+    ) -> Self {
+        self.credentials = Some((file, engine));
+        self
+    }
+
+    fn reload_credentials(&self) -> Vec<Diagnostic> {
+        let Some((file, engine)) = &self.credentials else {
+            return Vec::new();
+        };
+        match crate::credentials::read_file(file) {
+            Ok(sets) => {
+                engine.set_file_credentials(sets);
+                Vec::new()
+            }
+            Err(message) => vec![
+                Diagnostic::error(
+                    crate::diagnostics::Code::Io,
+                    file,
+                    Default::default(),
+                    String::new(),
+                    message,
+                )
+                .with_hint("the previous credentials stay in use until the file is fixed"),
+            ],
         }
     }
 
@@ -276,6 +313,7 @@ impl Reloader {
             s.files = statuses;
         }
         errors.extend(self.gateway_problems());
+        errors.extend(self.reload_credentials());
         let result = if errors.is_empty() { "ok" } else { "error" };
         self.finish(ReloadReport {
             result,

@@ -39,7 +39,7 @@ pub enum CallOutcome {
 /// The engine; one per gateway, shared by all requests.
 pub struct Engine {
     store: Store,
-    credentials: CredentialSets,
+    credentials: std::sync::RwLock<CredentialSets>,
     env: fn(&str) -> Option<String>,
     clients: Mutex<HashMap<u128, reqwest::Client>>,
     pacers: Mutex<HashMap<(String, u64), Arc<Pacer>>>,
@@ -84,7 +84,7 @@ impl Engine {
     pub fn new(store: Store, credentials: CredentialSets, env: fn(&str) -> Option<String>) -> Self {
         Engine {
             store,
-            credentials,
+            credentials: std::sync::RwLock::new(credentials),
             env,
             clients: Mutex::default(),
             pacers: Mutex::default(),
@@ -100,9 +100,23 @@ impl Engine {
         &self.store
     }
 
+    fn file_credentials(&self) -> CredentialSets {
+        self.credentials
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the credentials read from the credentials file (after it changed).
+    pub fn set_file_credentials(&self, sets: CredentialSets) {
+        if let Ok(mut c) = self.credentials.write() {
+            *c = sets;
+        }
+    }
+
     /// The credentials of a platform, from the credentials file and the environment.
     pub fn credentials_for(&self, platform: &PlatformPlan) -> Map<String, Value> {
-        let mut creds = crate::credentials::resolve(platform, &self.credentials, &self.env);
+        let mut creds = crate::credentials::resolve(platform, &self.file_credentials(), &self.env);
         // Values pushed by the config center win, name by name.
         if let Some(p) = self
             .pushed
@@ -128,7 +142,8 @@ impl Engine {
         let within =
             now - rotated_at <= time::Duration::try_from(window).unwrap_or(time::Duration::ZERO);
         within.then(|| {
-            let mut creds = crate::credentials::resolve(platform, &self.credentials, &self.env);
+            let mut creds =
+                crate::credentials::resolve(platform, &self.file_credentials(), &self.env);
             creds.extend(previous);
             creds
         })
