@@ -16,7 +16,7 @@ use entrepot::credentials::CredentialSets;
 use entrepot::dispatch::{DispatchOptions, Dispatcher};
 use entrepot::engine::Engine;
 use entrepot::server::{AppState, serve};
-use entrepot::store::{Store, StoreOptions};
+use entrepot::store::Store;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -94,12 +94,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         compiled.diagnostics
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     creds.insert(
         "yanxuan".into(),
@@ -466,12 +461,7 @@ async fn replayed_deliveries_are_refused() {
     );
     let p = compiled.plan.platforms["vector_stdwh"].clone();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let mut creds = CredentialSets::new();
     creds.insert(

@@ -9,7 +9,7 @@ use channel_sim::{Catalog, Fault, FaultKind, SimConfig, Simulator};
 use entrepot::credentials::CredentialSets;
 use entrepot::engine::Engine;
 use entrepot::server::{AppState, serve};
-use entrepot::store::{Store, StoreOptions};
+use entrepot::store::Store;
 use serde_json::{Value, json};
 
 use crate::support::root;
@@ -61,12 +61,7 @@ async fn start_with(transport: Option<&str>, secret: &str, catalog: Catalog) -> 
         compiled.diagnostics
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     creds.insert(
         "yanxuan".into(),
@@ -479,12 +474,7 @@ async fn routing_by_ids_splits_across_platforms() {
         compiled.diagnostics
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     for p in ["yanxuan", "second"] {
         creds.insert(

@@ -12,7 +12,6 @@ use axum::{Json, Router};
 use entrepot::credentials::CredentialSets;
 use entrepot::engine::build::{BuildInput, build};
 use entrepot::engine::{CallOutcome, Engine};
-use entrepot::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::support::root;
@@ -96,12 +95,7 @@ async fn engine(
         compiled.diagnostics
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/s.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     creds.insert(
         "oauth_demo".into(),

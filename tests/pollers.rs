@@ -10,7 +10,6 @@ use axum::routing::post;
 use entrepot::compile::gateway::TargetSettings;
 use entrepot::credentials::CredentialSets;
 use entrepot::engine::Engine;
-use entrepot::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::support::root;
@@ -61,12 +60,7 @@ async fn polled_messages_become_events_once() {
     );
     let p = compiled.plan.platforms["polling_demo"].clone();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/s.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     creds.insert(
         "polling_demo".into(),

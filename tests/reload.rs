@@ -13,7 +13,6 @@ use entrepot::credentials::CredentialSets;
 use entrepot::engine::Engine;
 use entrepot::reload::Reloader;
 use entrepot::server::{AppState, serve};
-use entrepot::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::support::root;
@@ -43,12 +42,7 @@ async fn fifty_edits_under_load_fail_no_request() {
     let file = platforms.join("yanxuan.yaml");
     std::fs::write(&file, sample_with(&sim.base_url(), "v-initial")).unwrap();
 
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
     creds.insert(
         "yanxuan".into(),
@@ -288,12 +282,7 @@ async fn listen_and_store_cannot_change_at_run_time() {
 #[tokio::test]
 async fn the_credentials_file_reloads_and_a_broken_one_keeps_the_last_values() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions {
-        url: format!("sqlite://{}/gw.db", dir.path().display()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
     let engine = Arc::new(Engine::new(store, CredentialSets::new(), |_| None));
     let file = dir.path().join("credentials.yaml");
     let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();

@@ -36,3 +36,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (buf, body)
 }
+
+/// A fresh SQLite store in `dir`.
+pub async fn sqlite_store(dir: &tempfile::TempDir) -> entrepot::store::Store {
+    let url = format!("sqlite://{}/gw.db", dir.path().display());
+    entrepot::store::Store::open(&entrepot::store::StoreOptions {
+        url,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
