@@ -203,6 +203,7 @@ fn delivery(key: Option<&str>, verified: bool) -> NewDelivery {
         rejection: (!verified).then(|| "the signature does not match".into()),
         event_type: Some("product.changed".into()),
         received_at: 5,
+        replay: None,
     }
 }
 
@@ -319,6 +320,33 @@ async fn conformance(s: &Store) {
         !recent[1].verified
             && recent[1].rejection.as_deref() == Some("the signature does not match")
     );
+
+    // A replay key is recorded with its delivery: a new delivery reusing it is a replay, a
+    // resend of the stored delivery (same dedupe key) is still a duplicate.
+    let guarded = |key: &str, at: i64| NewDelivery {
+        replay: Some(("p:nonce-1".into(), 1_000)),
+        received_at: at,
+        ..delivery(Some(key), true)
+    };
+    let first = s.inbox_record(&guarded("g-1", 10), &[], 10).await.unwrap();
+    assert!(matches!(first, InboxOutcome::Stored { .. }));
+    assert_eq!(
+        s.inbox_record(&guarded("g-2", 11), &[event("ev-replayed", "center")], 11)
+            .await
+            .unwrap(),
+        InboxOutcome::Replayed
+    );
+    assert!(matches!(
+        s.inbox_record(&guarded("g-1", 12), &[], 12).await.unwrap(),
+        InboxOutcome::Duplicate { .. }
+    ));
+    // After its expiry the key may be used again.
+    assert!(matches!(
+        s.inbox_record(&guarded("g-3", 1_000), &[], 1_000)
+            .await
+            .unwrap(),
+        InboxOutcome::Stored { .. }
+    ));
 
     // Outbox: claim, fail with retry, claim again later, complete; dead letters and replay.
     let claimed = s.outbox_claim("i1", 30, 1_000, 10).await.unwrap();

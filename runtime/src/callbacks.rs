@@ -110,6 +110,7 @@ pub async fn receive(
         rejection: None,
         event_type: None,
         received_at: millis(now),
+        replay: None,
     };
     let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
 
@@ -177,27 +178,9 @@ pub async fn receive(
             };
             let expires =
                 millis(now).saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-            match store
-                .replay_first_sighting(&format!("{}:{key}", platform.name), millis(now), expires)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return refuse(
-                        delivery,
-                        verify.reject_status,
-                        Rejection::Replayed.to_string(),
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return Reply::error(
-                        503,
-                        "the gateway cannot store deliveries right now; send it again later",
-                    );
-                }
-            }
+            // Recorded in the same transaction as the delivery: a delivery that could not be
+            // stored (and so was not acknowledged) does not burn its key.
+            delivery.replay = Some((format!("{}:{key}", platform.name), expires));
         }
     }
     delivery.verified = true;
@@ -392,6 +375,10 @@ pub async fn ingest(
             if !events.is_empty() {
                 notify();
             }
+        }
+        Ok(InboxOutcome::Replayed) => {
+            let status = 401;
+            return Err(refuse(delivery, status, Rejection::Replayed.to_string()).await);
         }
         Ok(InboxOutcome::Duplicate { id }) => {
             tracing::info!(platform = %platform.name, earlier = id, "duplicate callback acknowledged without a new event");

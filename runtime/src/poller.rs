@@ -43,6 +43,7 @@ pub async fn poll_once(
             rejection: None,
             event_type: None,
             received_at: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+            replay: None,
         };
         // A message that cannot be stored is fetched again next time; one that is refused is
         // recorded with its reason.

@@ -156,7 +156,10 @@ impl TimeFormat {
             }
             TimeFormat::UnixMillis => {
                 let ms: i128 = text.trim().parse().map_err(|_| bad())?;
-                OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).map_err(|_| bad())
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    ms.checked_mul(1_000_000).ok_or_else(bad)?,
+                )
+                .map_err(|_| bad())
             }
             TimeFormat::Pattern(pieces) => {
                 let (mut y, mut mo, mut d, mut h, mut mi, mut s, mut ms) = (1970, 1, 1, 0, 0, 0, 0);

@@ -45,6 +45,9 @@ pub fn decode(format: BodyFormat, body: &[u8]) -> Result<Value, DecodeError> {
     }
 }
 
+/// Deepest XML nesting accepted (serde_json's own limit for JSON).
+const MAX_DEPTH: usize = 128;
+
 struct Node {
     name: String,
     fields: Map<String, Value>,
@@ -107,7 +110,15 @@ fn xml_to_json(body: &[u8]) -> Result<Value, DecodeError> {
             .read_event()
             .map_err(|e| bad(format!("at byte {}: {e}", reader.buffer_position())))?;
         match event {
-            Event::Start(e) => stack.push(open(&e)?),
+            Event::Start(e) => {
+                // Deep nesting would make the value itself a hazard (recursive drops).
+                if stack.len() >= MAX_DEPTH {
+                    return Err(bad(format!(
+                        "elements are nested deeper than {MAX_DEPTH} levels"
+                    )));
+                }
+                stack.push(open(&e)?);
+            }
             Event::Empty(e) => {
                 let node = open(&e)?;
                 let (name, value) = (node.name.clone(), node.into_value());
@@ -171,6 +182,15 @@ mod tests {
             decode(BodyFormat::Xml, xml).unwrap(),
             json!({"xml": {"code": "0", "msg": "ok & fine", "items": {"item": [{"@id": "1", "n": "a"}, {"@id": "2", "n": "b<c"}]}, "empty": ""}})
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000));
+        let err = decode(BodyFormat::Xml, deep.as_bytes()).unwrap_err();
+        assert!(err.message.contains("nested deeper than 128"), "{err}");
+        let ok = format!("{}x{}", "<a>".repeat(100), "</a>".repeat(100));
+        assert!(decode(BodyFormat::Xml, ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -409,7 +409,10 @@ impl Engine {
             _ => None,
         };
         let mut token = match oauth {
-            Some(o) => Some(self.token(&client, platform, o, credentials, None).await?),
+            Some(o) => Some(
+                self.token(&client, platform, o, credentials, None, t.timeout)
+                    .await?,
+            ),
             None => None,
         };
         let mut refreshed = false;
@@ -453,8 +456,15 @@ impl Engine {
                 refreshed = true;
                 attempt -= 1;
                 token = Some(
-                    self.token(&client, platform, o, credentials, token.as_deref())
-                        .await?,
+                    self.token(
+                        &client,
+                        platform,
+                        o,
+                        credentials,
+                        token.as_deref(),
+                        t.timeout,
+                    )
+                    .await?,
                 );
                 continue;
             }
@@ -490,6 +500,7 @@ impl Engine {
         o: &OAuth2Plan,
         credentials: &Map<String, Value>,
         stale: Option<&str>,
+        timeout: std::time::Duration,
     ) -> Result<String, Problem> {
         let slot = {
             let mut tokens = self.tokens.lock().map_err(|_| {
@@ -526,6 +537,7 @@ impl Engine {
             .collect::<Result<_, Problem>>()?;
         let mut req = client
             .post(&url)
+            .timeout(timeout)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -579,7 +591,12 @@ impl Engine {
             })
             .map(std::time::Duration::from_secs)
             .unwrap_or(o.default_ttl);
-        let renew_at = now + ttl.saturating_sub(o.refresh_before);
+        let renew_at = now
+            .checked_add(
+                ttl.saturating_sub(o.refresh_before)
+                    .min(std::time::Duration::from_secs(86_400 * 365)),
+            )
+            .unwrap_or(now);
         *cached = Some(Token {
             value: value.to_string(),
             renew_at,
@@ -949,7 +966,7 @@ impl Engine {
                                         .unwrap_or(0);
                                     q.saturating_mul(a)
                                 })
-                                .sum();
+                                .fold(0i64, i64::saturating_add);
                             let freight = if i == 0 {
                                 obj.get("freight")
                                     .and_then(|f| f.get("amount"))

@@ -110,7 +110,7 @@ impl Breaker {
                 b.state = if ok {
                     BreakerState::Closed
                 } else {
-                    BreakerState::Open(now + self.plan.cool_down)
+                    BreakerState::Open(later(now, self.plan.cool_down))
                 };
                 b.window_start = now;
                 b.calls = 0;
@@ -129,7 +129,7 @@ impl Breaker {
                 }
                 let rate = f64::from(b.failures) / f64::from(b.calls.max(1));
                 if b.calls >= self.plan.min_calls && rate >= self.plan.failure_rate {
-                    b.state = BreakerState::Open(now + self.plan.cool_down);
+                    b.state = BreakerState::Open(later(now, self.plan.cool_down));
                 }
             }
         }
@@ -142,6 +142,12 @@ impl Breaker {
             .map(|b| b.state)
             .unwrap_or(BreakerState::Closed)
     }
+}
+
+/// `now + d`, capped at a year from now (durations come from configuration).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
 }
 
 /// The wait before retry number `attempt` (1-based): a random duration up to

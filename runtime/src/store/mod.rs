@@ -590,6 +590,27 @@ impl Store {
             return Ok(InboxOutcome::Duplicate { id });
         };
         let id: i64 = row.try_get(0).map_err(q("reading the new delivery's id"))?;
+        // A new delivery (a resend of a stored one was a duplicate above) whose replay key
+        // is still recorded is a replay: nothing of it is kept.
+        if let (true, Some((key, expires))) = (d.verified, &d.replay) {
+            let fresh = sqlx::query(
+                "INSERT INTO replay_keys (key, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE replay_keys.expires_at <= $3",
+            )
+            .bind(key)
+            .bind(*expires)
+            .bind(d.received_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("checking a replay key"))?
+            .rows_affected();
+            if fresh == 0 {
+                tx.rollback()
+                    .await
+                    .map_err(q("rolling back a replayed delivery"))?;
+                return Ok(InboxOutcome::Replayed);
+            }
+        }
         for e in events {
             insert_event(&mut tx, e, Some(id), now).await?;
         }
@@ -1058,6 +1079,9 @@ pub struct NewDelivery {
     pub event_type: Option<String>,
     /// When it arrived (Unix ms).
     pub received_at: i64,
+    /// A replay-guard key and its expiry (Unix ms), recorded with the delivery: a key still
+    /// recorded from an earlier delivery makes this one [`InboxOutcome::Replayed`].
+    pub replay: Option<(String, i64)>,
 }
 
 /// An event for an internal target.
@@ -1090,6 +1114,8 @@ pub enum InboxOutcome {
         /// The earlier delivery's id.
         id: i64,
     },
+    /// Its replay key was already recorded and has not expired; nothing recorded.
+    Replayed,
 }
 
 /// A recorded delivery.
