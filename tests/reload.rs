@@ -287,7 +287,7 @@ async fn the_credentials_file_reloads_and_a_broken_one_keeps_the_last_values() {
     let file = dir.path().join("credentials.yaml");
     let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
     let reloader = Reloader::new(root().join("platforms"), plan.clone(), |_| None)
-        .with_credentials_file(file.clone(), engine.clone());
+        .with_engine(engine.clone(), Some(file.clone()));
     let secret = |engine: &Engine| {
         let p = plan.load_full().platforms["yanxuan"].clone();
         engine.credentials_for(&p).get("app_secret").cloned()

@@ -314,6 +314,12 @@ pub fn format_preview(
     for (_, v) in built.headers.iter_mut().chain(built.trace.steps.iter_mut()) {
         *v = mask(v);
     }
+    // HTTP Basic carries the credentials base64-encoded, which the value mask cannot see.
+    for (k, v) in built.headers.iter_mut() {
+        if k.eq_ignore_ascii_case("authorization") && v.starts_with("Basic ") {
+            *v = "Basic ***".into();
+        }
+    }
     let method = crate::engine::build::method_text(built.method);
     match format {
         PreviewFormat::Json => {
@@ -457,6 +463,8 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    // What the file says, for the reload's check that it does not change at run time.
+    let file_listen = gateway.listen;
     if let Some(addr) = listen {
         gateway.listen = addr;
     }
@@ -523,13 +531,11 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     if gateway.file.exists() {
         reloader = reloader.with_gateway_file(
             gateway.file.clone(),
-            gateway.listen,
+            file_listen,
             gateway.store_url.clone(),
         );
     }
-    if let Some(file) = &gateway.credentials_file {
-        reloader = reloader.with_credentials_file(file.clone(), engine.clone());
-    }
+    reloader = reloader.with_engine(engine.clone(), gateway.credentials_file.clone());
     let reloader = Arc::new(reloader);
     let first = runtime.block_on(reloader.reload());
     tracing::info!(
@@ -701,6 +707,9 @@ fn call(
     runtime.block_on(async {
         let store = crate::store::Store::open(&crate::store::StoreOptions {
             url: gateway.store_url.clone(),
+            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
+                .filter(|k| !k.is_empty())
+                .map(crate::config::Secret::new),
             ..Default::default()
         })
         .await

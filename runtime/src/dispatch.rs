@@ -99,7 +99,20 @@ impl Dispatcher {
     /// Delivers until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut last_prune = tokio::time::Instant::now();
         loop {
+            // Expired replay keys and idempotency records go every ten minutes.
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = tokio::time::Instant::now();
+                match self.store.prune(now_ms()).await {
+                    Ok(n) if n > 0 => tracing::info!(
+                        rows = n,
+                        "expired replay keys and idempotency records removed"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot prune the store: {e}"),
+                }
+            }
             let delivered = self.tick().await;
             if delivered > 0 {
                 continue;
@@ -115,9 +128,19 @@ impl Dispatcher {
     /// Claims and delivers one batch; returns how many rows were handled.
     pub async fn tick(self: &Arc<Self>) -> usize {
         let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(60_000);
+        // No more rows than can be in flight at once, so none waits for a slot while its lease
+        // runs out.
+        let batch = i64::try_from(
+            self.targets
+                .values()
+                .map(|t| t.concurrency as usize)
+                .sum::<usize>()
+                .clamp(1, 64),
+        )
+        .unwrap_or(64);
         let rows = match self
             .store
-            .outbox_claim(&self.owner, now_ms(), lease, 64)
+            .outbox_claim(&self.owner, now_ms(), lease, batch)
             .await
         {
             Ok(r) => r,
@@ -242,7 +265,12 @@ impl Dispatcher {
                 row.target,
                 resp.status().as_u16()
             )),
-            Err(e) => Err(format!("cannot deliver to target '{}': {e}", row.target)),
+            // Without the URL: it may carry a token or a signature in its query.
+            Err(e) => Err(format!(
+                "cannot deliver to target '{}': {}",
+                row.target,
+                e.without_url()
+            )),
         };
         let result = match outcome {
             Ok(()) => {
@@ -266,8 +294,13 @@ impl Dispatcher {
                     .await
             }
         };
-        if let Err(e) = result {
-            tracing::error!("cannot record the outcome of event {}: {e}", row.event_id);
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                event = %row.event_id,
+                "the lease on this event ran out during its delivery; another instance may deliver it again (the receiver deduplicates by Idempotency-Key)"
+            ),
+            Err(e) => tracing::error!("cannot record the outcome of event {}: {e}", row.event_id),
         }
     }
 }

@@ -464,6 +464,16 @@ pub fn compile_verify(
         let ttl = cx.duration(r.ttl.as_deref().unwrap_or("24h"), &rp.key("ttl"));
         key.zip(ttl)
     });
+    if let Some(status) = recipe.reject_status
+        && !(400..=599).contains(&status)
+    {
+        cx.error(
+            &path.key("reject_status"),
+            Code::InvalidValue,
+            format!("{status} is not an error status"),
+        )
+        .hint = Some("refused deliveries need a 4xx or 5xx status, usually 401 or 403".into());
+    }
     let expect = expect?;
     (cx.problems.len() == before).then_some(VerifyPlan {
         source: recipe.signature.clone(),

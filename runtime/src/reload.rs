@@ -66,8 +66,9 @@ pub struct Reloader {
     pub done: tokio::sync::watch::Sender<u64>,
     /// The gateway file and the settings it had at start, which cannot change while running.
     gateway: Option<(PathBuf, std::net::SocketAddr, String)>,
-    /// The credentials file, re-read on every reload, and the engine using it.
-    credentials: Option<(PathBuf, Arc<crate::engine::Engine>)>,
+    /// The engine whose credentials are refreshed on every reload (pushed ones from the store,
+    /// and the credentials file when there is one).
+    credentials: Option<(Option<PathBuf>, Arc<crate::engine::Engine>)>,
 }
 
 fn hash(text: &str) -> String {
@@ -86,40 +87,6 @@ impl Reloader {
             done: tokio::sync::watch::channel(0).0,
             gateway: None,
             credentials: None,
-        }
-    }
-
-    /// Also re-reads `file` on every reload and hands its credentials to `engine`; a file
-    /// that cannot be read keeps the previous values (and the problem is reported, without
-    /// any of the file's content).
-    pub fn with_credentials_file(
-        mut self,
-        file: PathBuf,
-        engine: Arc<crate::engine::Engine>,
-    ) -> Self {
-        self.credentials = Some((file, engine));
-        self
-    }
-
-    fn reload_credentials(&self) -> Vec<Diagnostic> {
-        let Some((file, engine)) = &self.credentials else {
-            return Vec::new();
-        };
-        match crate::credentials::read_file(file) {
-            Ok(sets) => {
-                engine.set_file_credentials(sets);
-                Vec::new()
-            }
-            Err(message) => vec![
-                Diagnostic::error(
-                    crate::diagnostics::Code::Io,
-                    file,
-                    Default::default(),
-                    String::new(),
-                    message,
-                )
-                .with_hint("the previous credentials stay in use until the file is fixed"),
-            ],
         }
     }
 
@@ -170,6 +137,45 @@ impl Reloader {
         }
     }
 
+    /// On every reload, also re-reads the credentials pushed through other instances and, when
+    /// given, the credentials file, and hands them to `engine`. A file that cannot be read
+    /// keeps the previous values (the problem is reported, without any of its content).
+    pub fn with_engine(
+        mut self,
+        engine: Arc<crate::engine::Engine>,
+        credentials_file: Option<PathBuf>,
+    ) -> Self {
+        self.credentials = Some((credentials_file, engine));
+        self
+    }
+
+    async fn reload_credentials(&self) -> Vec<Diagnostic> {
+        let Some((file, engine)) = &self.credentials else {
+            return Vec::new();
+        };
+        // Pushes that reached another instance sharing the store.
+        if let Err(e) = engine.load_pushed().await {
+            tracing::warn!("cannot re-read the pushed credentials: {e}");
+        }
+        let Some(file) = file else { return Vec::new() };
+        match crate::credentials::read_file(file) {
+            Ok(sets) => {
+                engine.set_file_credentials(sets);
+                Vec::new()
+            }
+            Err(message) => vec![
+                Diagnostic::error(
+                    crate::diagnostics::Code::Io,
+                    file,
+                    Default::default(),
+                    String::new(),
+                    message,
+                )
+                .with_hint("the previous credentials stay in use until the file is fixed"),
+            ],
+        }
+    }
+
     /// The shared plan.
     pub fn plan(&self) -> &Arc<ArcSwap<Plan>> {
         &self.plan
@@ -207,18 +213,27 @@ impl Reloader {
             .unwrap_or_default();
         for file in files {
             let before = previous.get(&file);
-            let keep_last_good = |next: &mut Plan, status: &mut FileStatus| {
-                if let Some(name) = before.and_then(|b| b.platform.clone()) {
-                    if let Some(p) = old.platforms.get(&name)
-                        && !next.platforms.contains_key(&name)
-                    {
-                        next.platforms.insert(name.clone(), p.clone());
+            let keep_last_good =
+                |next: &mut Plan, status: &mut FileStatus, paths: &mut HashMap<String, String>| {
+                    if let Some(name) = before.and_then(|b| b.platform.clone()) {
+                        // The kept plan keeps its callback routes too, so no other file takes them.
+                        let clash = old.platforms.get(&name).is_some_and(|p| {
+                            p.callbacks.iter().any(|c| paths.contains_key(&c.path))
+                        });
+                        if let Some(p) = old.platforms.get(&name)
+                            && !next.platforms.contains_key(&name)
+                            && !clash
+                        {
+                            for c in &p.callbacks {
+                                paths.insert(c.path.clone(), name.clone());
+                            }
+                            next.platforms.insert(name.clone(), p.clone());
+                        }
+                        status.platform = Some(name);
+                        status.version = before.and_then(|b| b.version.clone());
+                        status.loaded_at = before.and_then(|b| b.loaded_at.clone());
                     }
-                    status.platform = Some(name);
-                    status.version = before.and_then(|b| b.version.clone());
-                    status.loaded_at = before.and_then(|b| b.loaded_at.clone());
-                }
-            };
+                };
             let mut status = FileStatus {
                 file: file.clone(),
                 platform: None,
@@ -259,7 +274,7 @@ impl Reloader {
                         );
                         status.errors.push(d.clone());
                         errors.push(d);
-                        keep_last_good(&mut next, &mut status);
+                        keep_last_good(&mut next, &mut status, &mut callback_paths);
                     } else {
                         for c in &p.callbacks {
                             callback_paths.insert(c.path.clone(), p.name.clone());
@@ -285,7 +300,7 @@ impl Reloader {
                 Err(mut problems) => {
                     status.errors.clone_from(&problems);
                     errors.append(&mut problems);
-                    keep_last_good(&mut next, &mut status);
+                    keep_last_good(&mut next, &mut status, &mut callback_paths);
                 }
             }
             statuses.insert(file, status);
@@ -313,7 +328,7 @@ impl Reloader {
             s.files = statuses;
         }
         errors.extend(self.gateway_problems());
-        errors.extend(self.reload_credentials());
+        errors.extend(self.reload_credentials().await);
         let result = if errors.is_empty() { "ok" } else { "error" };
         self.finish(ReloadReport {
             result,

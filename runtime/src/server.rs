@@ -299,7 +299,7 @@ async fn callback(
         &wake,
     )
     .await;
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
         [(axum::http::header::CONTENT_TYPE, reply.content_type)],

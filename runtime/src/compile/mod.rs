@@ -967,6 +967,16 @@ impl Cx<'_> {
             .as_ref()
             .and_then(|v| crate::recipe::compile_verify(self, v, &path.key("verify")));
         let ack = cb.ack.as_ref();
+        if let Some(status) = ack.and_then(|a| a.status)
+            && !(100..=599).contains(&status)
+        {
+            self.error(
+                &path.key("ack").key("status"),
+                Code::InvalidValue,
+                format!("{status} is not an HTTP status"),
+            )
+            .hint = Some("use the status the platform expects, usually 200".into());
+        }
         if self.problems.len() != before {
             return None;
         }

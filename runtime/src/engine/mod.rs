@@ -166,6 +166,17 @@ impl Engine {
         }
         let n = loaded.len();
         if let Ok(mut m) = self.pushed.write() {
+            let now = OffsetDateTime::now_utc();
+            for (platform, fresh) in loaded.iter_mut() {
+                match m.remove(platform) {
+                    // Pushed through another instance since: the values we held rotate out.
+                    Some(held) if held.current.version != fresh.current.version => {
+                        fresh.previous = Some((held.current.values, now));
+                    }
+                    Some(held) => fresh.previous = held.previous,
+                    None => {}
+                }
+            }
             *m = loaded;
         }
         Ok(n)
