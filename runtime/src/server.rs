@@ -134,6 +134,26 @@ pub fn problem_response(p: &Problem) -> Response {
         .into_response()
 }
 
+/// The engine, or the answer saying there is none.
+fn engine_of(state: &AppState) -> Result<&Arc<crate::engine::Engine>, Box<Response>> {
+    state.engine.as_ref().ok_or_else(|| {
+        Box::new(problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "this server has no engine",
+        )))
+    })
+}
+
+/// A canonical input from a request body, or the 400 answer naming what is wrong.
+fn json_input(body: &[u8]) -> Result<Value, Box<Problem>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(Problem::new(
+            ProblemKind::InvalidInput,
+            format!("the request body is not JSON: {e}"),
+        ))
+    })
+}
+
 async fn call_operation(
     State(state): State<AppState>,
     Path((platform, operation)): Path<(String, String)>,
@@ -148,23 +168,13 @@ async fn call_operation(
             format!("no platform '{platform}' (loaded: {})", known.join(", ")),
         ));
     };
-    let Some(engine) = &state.engine else {
-        return problem_response(&Problem::new(
-            ProblemKind::Configuration,
-            "this server has no engine",
-        ));
+    let engine = match engine_of(&state) {
+        Ok(e) => e,
+        Err(r) => return *r,
     };
-    let input: Value = match serde_json::from_slice(&body) {
+    let input = match json_input(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return problem_response(
-                &Problem::new(
-                    ProblemKind::InvalidInput,
-                    format!("the request body is not JSON: {e}"),
-                )
-                .at(&platform, &operation),
-            );
-        }
+        Err(p) => return problem_response(&p.at(&platform, &operation)),
     };
     match engine.call(p, &operation, &input, false).await {
         Ok(CallOutcome::Output(v)) => Json(v).into_response(),
@@ -228,20 +238,13 @@ async fn route_operation(
     body: axum::body::Bytes,
 ) -> Response {
     let plan = state.plan.load_full();
-    let Some(engine) = &state.engine else {
-        return problem_response(&Problem::new(
-            ProblemKind::Configuration,
-            "this server has no engine",
-        ));
+    let engine = match engine_of(&state) {
+        Ok(e) => e,
+        Err(r) => return *r,
     };
-    let input: Value = match serde_json::from_slice(&body) {
+    let input = match json_input(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return problem_response(&Problem::new(
-                ProblemKind::InvalidInput,
-                format!("the request body is not JSON: {e}"),
-            ));
-        }
+        Err(p) => return problem_response(&p),
     };
     match engine.route(&plan, &operation, &input).await {
         Ok((true, v)) => Json(v).into_response(),
@@ -462,11 +465,9 @@ async fn admin_push_credentials(
     if let Some(r) = admin_refusal(&state, &headers) {
         return r;
     }
-    let Some(engine) = &state.engine else {
-        return problem_response(&Problem::new(
-            ProblemKind::Configuration,
-            "this server has no engine",
-        ));
+    let engine = match engine_of(&state) {
+        Ok(e) => e,
+        Err(r) => return *r,
     };
     // The body holds secrets: errors never echo it.
     let push: CredentialPush = match serde_json::from_slice(&body) {
