@@ -214,14 +214,17 @@ async fn the_watcher_follows_added_and_removed_files() {
     reloader.reload().await;
     let mut done = reloader.done.subscribe();
     done.mark_unchanged();
-    tokio::spawn(reloader.clone().watch(
-        vec![],
-        Duration::from_millis(50),
-        None,
-        std::future::pending(),
-    ));
-    // Give the watcher a moment to register before the first change is made.
-    tokio::task::yield_now().await;
+    // The watch is registered when `watch` returns: the changes below cannot be missed.
+    let watching = reloader
+        .clone()
+        .watch(
+            vec![],
+            Duration::from_millis(50),
+            None,
+            std::future::pending(),
+        )
+        .unwrap();
+    tokio::spawn(watching);
     let file = dir.path().join("extra.yaml");
     // Editors often save by writing a temporary file and renaming it over the old one.
     let tmp: PathBuf = dir.path().join(".extra.yaml.tmp");

@@ -552,17 +552,17 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
             .cloned()
             .chain(std::iter::once(gateway.file.clone()))
             .collect();
-        let watcher = reloader.clone().watch(
+        match reloader.clone().watch(
             extra,
             gateway.reload_debounce,
             gateway.reload_poll,
             std::future::pending(),
-        );
-        runtime.spawn(async move {
-            if let Err(e) = watcher.await {
-                tracing::error!("{e}; reload with SIGHUP or POST /admin/v1/reload instead");
+        ) {
+            Ok(watching) => {
+                runtime.spawn(watching);
             }
-        });
+            Err(e) => tracing::error!("{e}; reload with SIGHUP or POST /admin/v1/reload instead"),
+        }
     }
     #[cfg(unix)]
     {

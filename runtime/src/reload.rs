@@ -386,13 +386,16 @@ impl Reloader {
     /// Watches the directory (and `extra` files' directories) and reloads after each burst of
     /// changes has been quiet for `debounce`. With `poll`, the file system is polled at that
     /// interval instead (for file systems without change events). Runs until `shutdown`.
-    pub async fn watch(
+    ///
+    /// The watch is registered before this returns, so no change made afterwards is missed;
+    /// the returned future does the reloading.
+    pub fn watch(
         self: Arc<Self>,
         extra: Vec<PathBuf>,
         debounce: Duration,
         poll: Option<Duration>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), String> {
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let handler = move |event: notify::Result<notify::Event>| {
             if event.is_ok() {
@@ -432,20 +435,24 @@ impl Reloader {
                 .watch(d, notify::RecursiveMode::NonRecursive)
                 .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
         }
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                got = rx.recv() => {
-                    if got.is_none() {
-                        return Ok(());
+        Ok(async move {
+            // The watcher lives as long as the loop.
+            let _watcher = watcher;
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    got = rx.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        // Let the burst settle: every further change restarts the quiet period.
+                        while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+                        self.reload().await;
                     }
-                    // Let the burst settle: every further change restarts the quiet period.
-                    while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
-                    self.reload().await;
                 }
             }
-        }
+        })
     }
 }
 

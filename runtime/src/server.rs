@@ -354,6 +354,18 @@ fn store_of(state: &AppState) -> Result<&crate::store::Store, Box<Response>> {
     })
 }
 
+/// The store, after checking the admin token: the gate of every admin route that reads or
+/// changes stored state.
+fn admin_store<'s>(
+    state: &'s AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<&'s crate::store::Store, Box<Response>> {
+    if let Some(r) = admin_refusal(state, headers) {
+        return Err(Box::new(r));
+    }
+    store_of(state)
+}
+
 fn store_failed(e: crate::store::StoreError) -> Response {
     tracing::error!("{e}");
     problem_response(&Problem::new(
@@ -367,10 +379,7 @@ async fn admin_deliveries(
     headers: axum::http::HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Some(r) = admin_refusal(&state, &headers) {
-        return r;
-    }
-    let store = match store_of(&state) {
+    let store = match admin_store(&state, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -389,10 +398,7 @@ async fn admin_dead_letters(
     headers: axum::http::HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Some(r) = admin_refusal(&state, &headers) {
-        return r;
-    }
-    let store = match store_of(&state) {
+    let store = match admin_store(&state, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -411,10 +417,7 @@ async fn admin_dead_letters(
 }
 
 async fn replay(state: &AppState, headers: &axum::http::HeaderMap, id: Option<i64>) -> Response {
-    if let Some(r) = admin_refusal(state, headers) {
-        return r;
-    }
-    let store = match store_of(state) {
+    let store = match admin_store(state, headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -387,9 +387,7 @@ fn urlencode(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
-    let text = param_value(h, 0).map(text_of).unwrap_or_default();
-    out.write(&percent_encode(&text, false))?;
-    Ok(())
+    write_text(h, out, |t| percent_encode(t, false))
 }
 
 fn default(
@@ -408,6 +406,12 @@ fn default(
     Ok(())
 }
 
+/// Writes the first parameter's text, transformed.
+fn write_text(h: &Helper, out: &mut dyn Output, f: fn(&str) -> String) -> HelperResult {
+    out.write(&f(&param_value(h, 0).map(text_of).unwrap_or_default()))?;
+    Ok(())
+}
+
 fn upper(
     h: &Helper,
     _: &Handlebars,
@@ -415,13 +419,7 @@ fn upper(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
-    out.write(
-        &param_value(h, 0)
-            .map(text_of)
-            .unwrap_or_default()
-            .to_uppercase(),
-    )?;
-    Ok(())
+    write_text(h, out, str::to_uppercase)
 }
 
 fn lower(
@@ -431,13 +429,7 @@ fn lower(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
-    out.write(
-        &param_value(h, 0)
-            .map(text_of)
-            .unwrap_or_default()
-            .to_lowercase(),
-    )?;
-    Ok(())
+    write_text(h, out, str::to_lowercase)
 }
 
 static TIME_FORMATS: LazyLock<RwLock<HashMap<String, TimeFormat>>> =

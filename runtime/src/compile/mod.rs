@@ -395,20 +395,8 @@ impl Cx<'_> {
                 value,
             } => {
                 let url = self.template(&token_url, &path.key("token_url"), &scope);
-                let form: Vec<_> = form
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        self.template(v, &path.key("form").key(k.clone()), &scope)
-                            .map(|t| (k.clone(), t))
-                    })
-                    .collect();
-                let headers: Vec<_> = headers
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        self.template(v, &path.key("headers").key(k.clone()), &scope)
-                            .map(|t| (k.clone(), t))
-                    })
-                    .collect();
+                let form = self.templates(&form, &path.key("form"), &scope);
+                let headers = self.templates(&headers, &path.key("headers"), &scope);
                 let tp = self.json_path(
                     token_path.as_deref().unwrap_or("$.access_token"),
                     &path.key("token_path"),
@@ -1228,6 +1216,21 @@ impl Cx<'_> {
             }
         }
         (self.problems.len() == before).then_some(template)
+    }
+
+    /// Compiles every value of a map of templates (leaving out, and reporting, bad ones).
+    fn templates(
+        &mut self,
+        map: &IndexMap<String, String>,
+        path: &DocPath,
+        scope: &Scope<'_>,
+    ) -> Vec<(String, CompiledTemplate)> {
+        map.iter()
+            .filter_map(|(k, v)| {
+                self.template(v, &path.key(k.clone()), scope)
+                    .map(|t| (k.clone(), t))
+            })
+            .collect()
     }
 
     /// Parses a duration such as `500ms`, `30s`, `5m`, `1h`, `7d`.
