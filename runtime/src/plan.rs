@@ -220,8 +220,10 @@ pub struct RecordPlan {
 /// How calls are sent, with every default resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportPlan {
-    /// Whole-call timeout.
+    /// Whole-call deadline (slot waits, attempts, backoffs).
     pub timeout: std::time::Duration,
+    /// Longest single attempt (at most `timeout`).
+    pub attempt_timeout: std::time::Duration,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
     /// Retries after a failed attempt (only when `retry_safe`).

@@ -468,6 +468,15 @@ impl Cx<'_> {
                     .unwrap_or(std::time::Duration::from_millis(default))
             };
         let timeout = dur(&op.timeout, &base.timeout, "timeout", 10_000, self);
+        let attempt_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let attempt_timeout = dur(
+            &op.attempt_timeout,
+            &base.attempt_timeout,
+            "attempt_timeout",
+            attempt_ms,
+            self,
+        )
+        .min(timeout);
         let connect_timeout = dur(
             &op.connect_timeout,
             &base.connect_timeout,
@@ -532,6 +541,7 @@ impl Cx<'_> {
         };
         TransportPlan {
             timeout,
+            attempt_timeout,
             connect_timeout,
             retries: op.retries.or(base.retries).unwrap_or(2),
             backoff,

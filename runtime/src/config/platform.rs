@@ -156,9 +156,16 @@ pub enum IdPolicy {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransportSpec {
-    /// Time allowed for the whole call, connection to last byte. Default: `10s`.
+    /// Deadline of the whole call, from the moment it is accepted to the last byte of the
+    /// answer: waiting for a rate-limit or concurrency slot, every attempt, backoffs and
+    /// `Retry-After` waits all count against it. Default: `10s`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Time allowed for one attempt (connection to last byte), within `timeout`; set it
+    /// shorter than `timeout` to leave room for retrying an attempt that timed out.
+    /// Default: the whole `timeout`.
+    #[serde(default)]
+    pub attempt_timeout: Option<String>,
     /// Time allowed to connect. Default: `3s`.
     #[serde(default)]
     pub connect_timeout: Option<String>,
@@ -178,7 +185,9 @@ pub struct TransportSpec {
     /// the platform deduplicates them, for example by the order id).
     #[serde(default)]
     pub retry_safe: Option<bool>,
-    /// The platform's quota in calls per second; calls wait for their turn. Default: none.
+    /// The platform's quota in calls per second; calls wait for their turn, in order. A call
+    /// whose turn would come after its deadline is refused at once (503 with `retry_after`);
+    /// a caller that goes away gives its turn up. Default: none.
     #[serde(default)]
     pub qps: Option<f64>,
     /// Calls in flight at once. Default: 64.
