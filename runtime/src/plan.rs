@@ -260,8 +260,8 @@ pub struct BreakerPlan {
 pub struct RequestPlan {
     /// HTTP method.
     pub method: HttpMethod,
-    /// URL template.
-    pub url: CompiledTemplate,
+    /// URL template (values encoded for where they land).
+    pub url: crate::template::UrlTemplate,
     /// Query parameters.
     pub query: Vec<(String, CompiledTemplate)>,
     /// Headers.

@@ -259,7 +259,14 @@ pub struct RequestSpec {
     /// HTTP method. Default: `POST`.
     #[serde(default)]
     pub method: Option<HttpMethod>,
-    /// Full URL template, for example `{{settings.base_url}}/channel/api.json`.
+    /// Full URL template, for example `{{settings.base_url}}/orders/{{input.order_id}}`.
+    /// Each value is encoded for where it lands, so no value can change the URL's shape: in
+    /// the path it is one segment (every byte outside `A-Z a-z 0-9 - . _ ~` percent-encoded,
+    /// and `.`/`..` refused with a 400); after `?` it is an encoded query value; before the
+    /// path (a leading `{{settings.base_url}}`) it is inserted as it is, and inputs may not
+    /// appear there. `{{raw settings.x}}` inserts a configured value unencoded (a prefix with
+    /// slashes); `raw` and `urlencode` may not be given inputs. Default: the platform's
+    /// `request.url`; one of the two is required.
     #[serde(default)]
     pub url: Option<String>,
     /// Query-string parameters, in the order given. Values are templates.

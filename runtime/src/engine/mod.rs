@@ -996,6 +996,15 @@ fn build_problem(e: BuildError) -> Problem {
         BuildError::Render { .. } | BuildError::Sign { .. } => {
             Problem::new(ProblemKind::Configuration, e.to_string())
         }
+        BuildError::InvalidInput {
+            ref fields,
+            ref message,
+            ..
+        } => {
+            let mut p = Problem::new(ProblemKind::InvalidInput, e.to_string());
+            p.errors = vec![format!("{fields}: {message}")];
+            p
+        }
     }
 }
 
