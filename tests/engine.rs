@@ -422,7 +422,9 @@ async fn breaker_opens_and_recovers() {
     gw.ok("product.list", json!({})).await;
 }
 
-#[tokio::test]
+// Two worker threads: on one, the first call let through is held up while the same thread
+// reads the other eleven requests, and reaches the simulator late (seen failing on `main`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_holds_the_quota() {
     let transport = "  qps: 10\n  retries: 0\n";
     let gw = start_with(Some(transport), SECRET, Catalog::sample()).await;
