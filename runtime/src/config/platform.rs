@@ -190,7 +190,8 @@ pub struct TransportSpec {
     /// a caller that goes away gives its turn up. Default: none.
     #[serde(default)]
     pub qps: Option<f64>,
-    /// Calls in flight at once. Default: 64.
+    /// Calls in flight at once; a call waiting for a free place counts the wait against its
+    /// `timeout`, and is refused (503) when none comes free in time. Default: 64.
     #[serde(default)]
     pub concurrency: Option<u32>,
     /// Circuit breaker. Default: opens at a 50% failure rate over at least 20 calls in 30s,

@@ -564,7 +564,7 @@ impl Engine {
                 .push_str(" (not retried: the operation is not marked safe to repeat)");
         } else if out_of_time {
             last.detail.push_str(&format!(
-                " (not retried: the next attempt would end past the call's deadline of {:?})",
+                " (not retried: the wait before another attempt would pass the call's deadline of {:?})",
                 t.timeout
             ));
         }
