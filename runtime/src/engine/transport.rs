@@ -314,7 +314,7 @@ mod tests {
             // Call i starts no earlier than i intervals of 50 ms after the first.
             assert!(t0.elapsed() >= Duration::from_millis(50) * i, "call {i}");
         }
-        assert!(t0.elapsed() < Duration::from_millis(400));
+        assert!(t0.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
@@ -345,11 +345,12 @@ mod tests {
             let _ = q.await;
         }
         assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
-        // Their places are given up: the next caller waits at most one interval.
+        // Their places are given up: the next caller waits about one interval (100 ms), not
+        // behind 200 turns (20 s).
         let t1 = Instant::now();
         p.wait(t1 + Duration::from_secs(1)).await.unwrap();
         assert!(
-            t1.elapsed() <= Duration::from_millis(150),
+            t1.elapsed() < Duration::from_millis(500),
             "{:?}",
             t1.elapsed()
         );
