@@ -408,3 +408,36 @@ async fn a_write_keeps_the_platform_status_and_retry_after() {
     assert_eq!(seen.len(), 1, "writes are not retried");
     assert_eq!(seen[0].method, "POST");
 }
+
+#[tokio::test]
+async fn only_failures_of_the_platform_open_the_breaker() {
+    let transport = "  retries: 0\n  breaker: { min_calls: 3, failure_rate: 0.3, window: 60s, cool_down: 60s }\n";
+    let gw = start(transport).await;
+    // Five "slow down" answers: the platform is healthy, the breaker stays closed.
+    gw.script((0..5).map(|_| Answer::status(429)));
+    for _ in 0..5 {
+        let r = gw.call("order.get", json!({"order_id": "o-1"})).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+    }
+    let r = gw.call("order.get", json!({"order_id": "o-1"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Three 5xx answers are failures of the platform: 3 of 9 calls, it opens.
+    gw.script((0..3).map(|_| Answer::status(502)));
+    for _ in 0..3 {
+        let r = gw.call("order.get", json!({"order_id": "o-1"})).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+    }
+    let before = gw.seen().len();
+    let r = gw.call("order.get", json!({"order_id": "o-1"})).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker"),
+        "{}",
+        r.body
+    );
+    assert!(r.retry_after.is_some());
+    assert_eq!(gw.seen().len(), before, "an open breaker sends nothing");
+}
