@@ -24,4 +24,5 @@ mod schemas;
 mod secrets;
 mod server;
 mod store;
+mod transport;
 mod vectors;

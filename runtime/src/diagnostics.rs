@@ -73,6 +73,8 @@ codes! {
     DuplicateStep => "E_DUPLICATE_STEP",
     /// A binary (`encode: raw`) value used inside a larger template.
     BinaryInTemplate => "E_BINARY_IN_TEMPLATE",
+    /// A request URL places an input where it could change the URL's shape.
+    UrlInput => "E_URL_INPUT",
     /// An algorithm that needs a key has none, or one that takes none has one.
     SigningKey => "E_SIGNING_KEY",
     /// A mapping that is empty or mixes exclusive options.

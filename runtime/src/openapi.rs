@@ -48,8 +48,10 @@ fn problem_responses() -> Value {
         "400": { "description": "The input is not valid (each problem named in `errors`).", "content": problem },
         "404": { "description": "No such platform or operation.", "content": problem },
         "422": { "description": "An id is not known on the platform.", "content": problem },
-        "502": { "description": "The platform refused the call, or its answer does not map.", "content": problem },
-        "503": { "description": "The platform is unavailable (timeout, 5xx, open circuit breaker).", "content": problem },
+        "429": { "description": "The platform asked to slow down (its HTTP 429); `retry_after` says how long, when it did.", "content": problem },
+        "502": { "description": "The platform refused the call, failed (unreachable, HTTP 5xx: `platform_status`), or its answer does not map.", "content": problem },
+        "503": { "description": "The call could not be made on the gateway's side: open circuit breaker, or no rate-limit or concurrency slot free within the deadline (`retry_after`).", "content": problem },
+        "504": { "description": "The platform did not answer within the operation's deadline.", "content": problem },
     })
 }
 
@@ -70,6 +72,8 @@ fn build() -> Value {
                 "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
                 "detail": { "type": "string" }, "platform": { "type": "string" }, "operation": { "type": "string" },
                 "platform_code": { "type": "string" }, "platform_message": { "type": "string" },
+                "platform_status": { "type": "integer", "description": "The platform's HTTP status, when it answered with a failure status." },
+                "retry_after": { "type": "integer", "description": "Seconds to wait before trying again (also the Retry-After header)." },
                 "retryable": { "type": "boolean" }, "errors": { "type": "array", "items": { "type": "string" } }
             },
             "required": ["type", "title", "status", "detail", "retryable"]

@@ -220,8 +220,10 @@ pub struct RecordPlan {
 /// How calls are sent, with every default resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportPlan {
-    /// Whole-call timeout.
+    /// Whole-call deadline (slot waits, attempts, backoffs).
     pub timeout: std::time::Duration,
+    /// Longest single attempt (at most `timeout`).
+    pub attempt_timeout: std::time::Duration,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
     /// Retries after a failed attempt (only when `retry_safe`).
@@ -258,8 +260,8 @@ pub struct BreakerPlan {
 pub struct RequestPlan {
     /// HTTP method.
     pub method: HttpMethod,
-    /// URL template.
-    pub url: CompiledTemplate,
+    /// URL template (values encoded for where they land).
+    pub url: crate::template::UrlTemplate,
     /// Query parameters.
     pub query: Vec<(String, CompiledTemplate)>,
     /// Headers.

@@ -18,6 +18,7 @@ use crate::timefmt::{TimeFormat, parse_offset};
 
 /// Helpers entrepot adds to Handlebars.
 pub const HELPERS: &[&str] = &[
+    "raw",
     "join",
     "json",
     "urlencode",
@@ -47,6 +48,7 @@ pub const NONCE_KEY: &str = "_nonce";
 static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     let mut r = Handlebars::new();
     r.register_escape_fn(handlebars::no_escape);
+    r.register_helper("raw", Box::new(raw));
     r.register_helper("join", Box::new(join));
     r.register_helper("json", Box::new(json));
     r.register_helper("urlencode", Box::new(urlencode));
@@ -164,6 +166,19 @@ impl CompiledTemplate {
         }
     }
 
+    /// The `input.*` paths the template reads (outside `each`/`with` blocks), dotted.
+    pub fn input_paths(&self) -> Vec<String> {
+        match &self.body {
+            Body::Literal(_) => Vec::new(),
+            Body::Ref(path) => input_paths_of(std::slice::from_ref(path)),
+            Body::Engine(t) => {
+                let mut a = Analysis::default();
+                analyse(&t.elements, 0, &mut a);
+                input_paths_of(&a.paths)
+            }
+        }
+    }
+
     /// Renders over `data`. Missing values render as empty text.
     pub fn render(&self, data: &Value) -> Result<String, String> {
         match &self.body {
@@ -179,6 +194,242 @@ impl CompiledTemplate {
                 Ok(out.0)
             }
         }
+    }
+}
+
+fn input_paths_of(paths: &[Vec<String>]) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter(|p| p.first().is_some_and(|r| r == "input"))
+        .map(|p| p.join("."))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// A request URL template. Each value is encoded for the part of the URL it lands in, so a
+/// value can never change the URL's shape:
+///
+/// - in the path (after the first `/` following the host), a value is one path segment:
+///   every byte outside `A-Z a-z 0-9 - . _ ~` is percent-encoded (`/`, `?`, `#`, `%` too),
+///   and a value that would make a whole segment `.` or `..` is refused;
+/// - in an inline query or fragment (after `?` or `#`), a value is percent-encoded the same
+///   way, so it cannot add parameters;
+/// - before the path (scheme, host, a leading `{{settings.base_url}}`), values are inserted
+///   as they are: only settings, credentials and the platform's own names may appear there,
+///   never `input` (a load-time error).
+///
+/// `{{raw x}}` inserts a value unencoded (for a configured path prefix with slashes);
+/// `{{urlencode x}}` is already encoded and is kept as it is. Neither may be given an input:
+/// that is a load-time error.
+#[derive(Debug, Clone)]
+pub struct UrlTemplate {
+    source: String,
+    parts: Vec<UrlPart>,
+}
+
+#[derive(Debug, Clone)]
+enum UrlPart {
+    Literal(String),
+    Value {
+        template: Arc<Template>,
+        /// `raw` or `urlencode`: inserted as rendered.
+        verbatim: bool,
+        raw: bool,
+        /// The `input.*` paths it reads.
+        inputs: Vec<String>,
+    },
+}
+
+/// Where a URL template places input values where they could reshape the URL (load time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlProblem {
+    /// Input values before the path: they could change the scheme or the host.
+    InputBeforePath(Vec<String>),
+    /// Input values given to `raw` or `urlencode`, left unencoded or unchecked.
+    VerbatimInput(Vec<String>),
+}
+
+/// Why a URL could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlError {
+    /// A template failed to render.
+    Render(String),
+    /// Input values would form a `.` or `..` path segment.
+    DotSegment(Vec<String>),
+    /// Input values landed before the path.
+    InputBeforePath(Vec<String>),
+}
+
+/// Which part of a URL the text so far ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UrlZone {
+    BeforePath,
+    Path,
+    QueryOrFragment,
+}
+
+fn zone_of(text: &str) -> UrlZone {
+    if text.contains(['?', '#']) {
+        return UrlZone::QueryOrFragment;
+    }
+    let rest = text.split_once("://").map(|(_, r)| r).unwrap_or(text);
+    if rest.contains('/') {
+        UrlZone::Path
+    } else {
+        UrlZone::BeforePath
+    }
+}
+
+impl UrlTemplate {
+    /// Parses a URL template; problems are those [`CompiledTemplate::compile`] finds, plus
+    /// the places where inputs could reshape the URL.
+    pub fn compile(source: &str) -> Result<(Self, Analysis, Vec<UrlProblem>), TemplateProblem> {
+        let (_, analysis) = CompiledTemplate::compile(source)?;
+        if !source.contains("{{") {
+            let t = UrlTemplate {
+                source: source.to_string(),
+                parts: vec![UrlPart::Literal(source.to_string())],
+            };
+            return Ok((t, analysis, Vec::new()));
+        }
+        let template = Template::compile(source).map_err(|e| TemplateProblem {
+            message: format!("template does not parse: {}", e.reason()),
+            hint: None,
+            syntax: true,
+        })?;
+        let mut parts = Vec::new();
+        let mut problems = Vec::new();
+        // Literal text only: where a value lands, as far as can be known before rendering.
+        let mut literal = String::new();
+        for (i, e) in template.elements.iter().enumerate() {
+            match e {
+                TemplateElement::RawString(text) => {
+                    literal.push_str(text);
+                    parts.push(UrlPart::Literal(text.clone()));
+                }
+                TemplateElement::Comment(_) => {}
+                other => {
+                    let mut a = Analysis::default();
+                    analyse(std::slice::from_ref(other), 0, &mut a);
+                    let inputs = input_paths_of(&a.paths);
+                    let helper = match other {
+                        TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                            match &h.name {
+                                Parameter::Name(n) if !h.params.is_empty() => Some(n.as_str()),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    let raw = helper == Some("raw");
+                    let verbatim = raw || helper == Some("urlencode");
+                    if !inputs.is_empty() {
+                        if zone_of(&literal) == UrlZone::BeforePath {
+                            problems.push(UrlProblem::InputBeforePath(inputs.clone()));
+                        } else if verbatim {
+                            problems.push(UrlProblem::VerbatimInput(inputs.clone()));
+                        }
+                    }
+                    let mut sub = Template::new();
+                    sub.elements = vec![other.clone()];
+                    sub.mapping = template.mapping.get(i).cloned().into_iter().collect();
+                    parts.push(UrlPart::Value {
+                        template: Arc::new(sub),
+                        verbatim,
+                        raw,
+                        inputs,
+                    });
+                }
+            }
+        }
+        Ok((
+            UrlTemplate {
+                source: source.to_string(),
+                parts,
+            },
+            analysis,
+            problems,
+        ))
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders over `data`, encoding each value for the part of the URL it lands in.
+    pub fn render(&self, data: &Value) -> Result<String, UrlError> {
+        let mut out = String::new();
+        // Byte ranges of encoded values in the path, with the inputs they read.
+        let mut placed: Vec<(usize, usize, &[String])> = Vec::new();
+        for part in &self.parts {
+            match part {
+                UrlPart::Literal(text) => out.push_str(text),
+                UrlPart::Value {
+                    template,
+                    verbatim,
+                    raw,
+                    inputs,
+                } => {
+                    let ctx = Context::wraps(data).map_err(|e| UrlError::Render(e.to_string()))?;
+                    let mut rc = RenderContext::new(None);
+                    let mut text = StringOut(String::new());
+                    template
+                        .render(&REGISTRY, &ctx, &mut rc, &mut text)
+                        .map_err(|e| UrlError::Render(render_error_text(&e)))?;
+                    let text = text.0;
+                    let zone = zone_of(&out);
+                    if zone == UrlZone::BeforePath {
+                        if !inputs.is_empty() {
+                            return Err(UrlError::InputBeforePath(inputs.clone()));
+                        }
+                        out.push_str(&text);
+                        continue;
+                    }
+                    let start = out.len();
+                    if *verbatim {
+                        out.push_str(&text);
+                    } else {
+                        out.push_str(&percent_encode(&text, false));
+                    }
+                    if zone == UrlZone::Path && !raw {
+                        placed.push((start, out.len(), inputs));
+                    }
+                }
+            }
+        }
+        // No value may make (part of) a `.` or `..` segment: URL parsers resolve those.
+        let after_scheme = out.find("://").map(|i| i + 3).unwrap_or(0);
+        let path_start = out
+            .get(after_scheme..)
+            .and_then(|r| r.find('/'))
+            .map(|i| i + after_scheme);
+        if let Some(path_start) = path_start {
+            let path_end = out
+                .get(path_start..)
+                .and_then(|r| r.find(['?', '#']))
+                .map(|i| i + path_start)
+                .unwrap_or(out.len());
+            let mut at = path_start;
+            for seg in out.get(path_start..path_end).unwrap_or("").split('/') {
+                let (s, e) = (at, at + seg.len());
+                at = e + 1;
+                if seg != "." && seg != ".." {
+                    continue;
+                }
+                let mut fields: Vec<String> = placed
+                    .iter()
+                    .filter(|(ps, pe, _)| *ps < e && s < *pe)
+                    .flat_map(|(_, _, inputs)| inputs.iter().cloned())
+                    .collect();
+                if placed.iter().any(|(ps, pe, _)| *ps < e && s < *pe) {
+                    fields.dedup();
+                    return Err(UrlError::DotSegment(fields));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -334,6 +585,19 @@ fn analyse_param(p: &Parameter, depth: usize, out: &mut Analysis) {
 
 fn param_value<'a>(h: &'a Helper<'_>, i: usize) -> Option<&'a Value> {
     h.param(i).map(|p| p.value())
+}
+
+/// `{{raw x}}`: the value as it is. Only meaningful in URL templates, where values are
+/// otherwise encoded.
+fn raw(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    out.write(&param_value(h, 0).map(text_of).unwrap_or_default())?;
+    Ok(())
 }
 
 fn join(
@@ -624,6 +888,73 @@ mod tests {
         assert_eq!(err.message, "unknown template helper 'jion'");
         assert_eq!(err.hint.as_deref(), Some("did you mean 'join'?"));
         assert!(CompiledTemplate::compile("{{#if x}}").unwrap_err().syntax);
+    }
+
+    fn url(t: &str, data: Value) -> Result<String, UrlError> {
+        let (u, _, problems) = UrlTemplate::compile(t).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        u.render(&data)
+    }
+
+    #[test]
+    fn url_values_are_encoded_for_where_they_land() {
+        let data = json!({"settings": {"base_url": "http://h:1/api/v2"}, "input": {"id": "../../admin?x=1#f", "q": "a&b=c", "dots": "..", "one": "."}});
+        // The leading base URL is inserted as it is; the path value is one segment.
+        assert_eq!(
+            url(
+                "{{settings.base_url}}/orders/{{input.id}}?sig=s1",
+                data.clone()
+            )
+            .unwrap(),
+            "http://h:1/api/v2/orders/..%2F..%2Fadmin%3Fx%3D1%23f?sig=s1"
+        );
+        // A value in an inline query cannot add parameters.
+        assert_eq!(
+            url("http://h/search?q={{input.q}}&n=1", data.clone()).unwrap(),
+            "http://h/search?q=a%26b%3Dc&n=1"
+        );
+        // A value cannot be, or complete, a dot segment.
+        for (t, field) in [
+            ("http://h/a/{{input.dots}}/b", "input.dots"),
+            ("http://h/a/{{input.one}}", "input.one"),
+            ("http://h/a/.{{input.one}}/b", "input.one"),
+            ("http://h/a/{{input.one}}{{input.one}}?x", "input.one"),
+        ] {
+            assert_eq!(
+                url(t, data.clone()),
+                Err(UrlError::DotSegment(vec![field.into()])),
+                "{t}"
+            );
+        }
+        // Dots inside a longer segment are fine; so are the template's own dot segments.
+        assert_eq!(
+            url("http://h/./a.{{input.one}}", data.clone()).unwrap(),
+            "http://h/./a.."
+        );
+        // raw keeps a configured prefix with its slashes.
+        let data = json!({"settings": {"prefix": "api/v2"}, "operation": "order.get"});
+        assert_eq!(
+            url("http://h/{{raw settings.prefix}}/{{operation}}", data).unwrap(),
+            "http://h/api/v2/order.get"
+        );
+    }
+
+    #[test]
+    fn url_inputs_that_could_reshape_the_url_are_load_time_problems() {
+        let problems = |t: &str| UrlTemplate::compile(t).unwrap().2;
+        assert_eq!(
+            problems("http://{{input.host}}/a"),
+            vec![UrlProblem::InputBeforePath(vec!["input.host".into()])]
+        );
+        assert_eq!(
+            problems("{{settings.base_url}}{{input.id}}"),
+            vec![UrlProblem::InputBeforePath(vec!["input.id".into()])]
+        );
+        assert_eq!(
+            problems("{{settings.base_url}}/a/{{raw input.path}}"),
+            vec![UrlProblem::VerbatimInput(vec!["input.path".into()])]
+        );
+        assert!(problems("{{settings.base_url}}/a/{{input.id}}?b={{input.q}}").is_empty());
     }
 
     #[test]

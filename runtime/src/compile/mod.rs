@@ -468,6 +468,15 @@ impl Cx<'_> {
                     .unwrap_or(std::time::Duration::from_millis(default))
             };
         let timeout = dur(&op.timeout, &base.timeout, "timeout", 10_000, self);
+        let attempt_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let attempt_timeout = dur(
+            &op.attempt_timeout,
+            &base.attempt_timeout,
+            "attempt_timeout",
+            attempt_ms,
+            self,
+        )
+        .min(timeout);
         let connect_timeout = dur(
             &op.connect_timeout,
             &base.connect_timeout,
@@ -532,6 +541,7 @@ impl Cx<'_> {
         };
         TransportPlan {
             timeout,
+            attempt_timeout,
             connect_timeout,
             retries: op.retries.or(base.retries).unwrap_or(2),
             backoff,
@@ -634,7 +644,9 @@ impl Cx<'_> {
             .hint = Some("add `url: \"{{settings.base_url}}/...\"` under `request:`".into());
             return None;
         };
-        let url = self.template(url_src, &url_path, &scope);
+        let url = self
+            .template(url_src, &url_path, &scope)
+            .and_then(|_| self.url_template(url_src, &url_path));
         let merged = |key: &str,
                       a: &IndexMap<String, String>,
                       b: &IndexMap<String, String>,
@@ -723,6 +735,49 @@ impl Cx<'_> {
             body,
             sign,
         })
+    }
+
+    /// The request URL as a [`crate::template::UrlTemplate`], with the places where an input
+    /// could reshape the URL reported (the template itself was checked by `template`).
+    fn url_template(
+        &mut self,
+        source: &str,
+        path: &DocPath,
+    ) -> Option<crate::template::UrlTemplate> {
+        use crate::template::{UrlProblem, UrlTemplate};
+        let (url, _, problems) = UrlTemplate::compile(source).ok()?;
+        let before = self.problems.len();
+        for p in problems {
+            match p {
+                UrlProblem::InputBeforePath(fields) => {
+                    self.error(
+                        path,
+                        Code::UrlInput,
+                        format!(
+                            "{} is placed before the URL's path, where it could change the scheme or the host",
+                            fields.join(", ")
+                        ),
+                    )
+                    .hint = Some(
+                        "put inputs after a literal '/' that starts the path, like `{{settings.base_url}}/orders/{{input.order_id}}`".into(),
+                    );
+                }
+                UrlProblem::VerbatimInput(fields) => {
+                    self.error(
+                        path,
+                        Code::UrlInput,
+                        format!(
+                            "{} is inserted into the URL without encoding (`raw`/`urlencode`), so an input could change the URL's path or query",
+                            fields.join(", ")
+                        ),
+                    )
+                    .hint = Some(
+                        "write `{{input.x}}`: in the path a value is one encoded segment, in the query an encoded value; keep `raw` for values from settings".into(),
+                    );
+                }
+            }
+        }
+        (self.problems.len() == before).then_some(url)
     }
 
     fn json_template(&mut self, value: &Value, path: &DocPath, scope: &Scope<'_>) -> JsonTemplate {

@@ -156,9 +156,16 @@ pub enum IdPolicy {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransportSpec {
-    /// Time allowed for the whole call, connection to last byte. Default: `10s`.
+    /// Deadline of the whole call, from the moment it is accepted to the last byte of the
+    /// answer: waiting for a rate-limit or concurrency slot, every attempt, backoffs and
+    /// `Retry-After` waits all count against it. Default: `10s`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Time allowed for one attempt (connection to last byte), within `timeout`; set it
+    /// shorter than `timeout` to leave room for retrying an attempt that timed out.
+    /// Default: the whole `timeout`.
+    #[serde(default)]
+    pub attempt_timeout: Option<String>,
     /// Time allowed to connect. Default: `3s`.
     #[serde(default)]
     pub connect_timeout: Option<String>,
@@ -178,10 +185,13 @@ pub struct TransportSpec {
     /// the platform deduplicates them, for example by the order id).
     #[serde(default)]
     pub retry_safe: Option<bool>,
-    /// The platform's quota in calls per second; calls wait for their turn. Default: none.
+    /// The platform's quota in calls per second; calls wait for their turn, in order. A call
+    /// whose turn would come after its deadline is refused at once (503 with `retry_after`);
+    /// a caller that goes away gives its turn up. Default: none.
     #[serde(default)]
     pub qps: Option<f64>,
-    /// Calls in flight at once. Default: 64.
+    /// Calls in flight at once; a call waiting for a free place counts the wait against its
+    /// `timeout`, and is refused (503) when none comes free in time. Default: 64.
     #[serde(default)]
     pub concurrency: Option<u32>,
     /// Circuit breaker. Default: opens at a 50% failure rate over at least 20 calls in 30s,
@@ -250,7 +260,14 @@ pub struct RequestSpec {
     /// HTTP method. Default: `POST`.
     #[serde(default)]
     pub method: Option<HttpMethod>,
-    /// Full URL template, for example `{{settings.base_url}}/channel/api.json`.
+    /// Full URL template, for example `{{settings.base_url}}/orders/{{input.order_id}}`.
+    /// Each value is encoded for where it lands, so no value can change the URL's shape: in
+    /// the path it is one segment (every byte outside `A-Z a-z 0-9 - . _ ~` percent-encoded,
+    /// and `.`/`..` refused with a 400); after `?` it is an encoded query value; before the
+    /// path (a leading `{{settings.base_url}}`) it is inserted as it is, and inputs may not
+    /// appear there. `{{raw settings.x}}` inserts a configured value unencoded (a prefix with
+    /// slashes); `raw` and `urlencode` may not be given inputs. Default: the platform's
+    /// `request.url`; one of the two is required.
     #[serde(default)]
     pub url: Option<String>,
     /// Query-string parameters, in the order given. Values are templates.

@@ -8,7 +8,9 @@ use crate::config::platform::HttpMethod;
 use crate::config::recipe::PlaceTarget;
 use crate::plan::{AuthPlan, BodyPlan, JsonTemplate, OperationPlan, PlatformPlan};
 use crate::recipe::{Parts, RunEnv, Trace};
-use crate::template::{CompiledTemplate, NONCE_KEY, NOW_KEY, lookup, percent_encode};
+use crate::template::{
+    CompiledTemplate, NONCE_KEY, NOW_KEY, UrlError, lookup, percent_encode, text_of,
+};
 
 /// A fully built (and signed) request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,19 @@ pub enum BuildError {
         /// The environment variable that would provide it.
         env: String,
     },
+    /// An input cannot form a valid request (a line break in a header, a dot segment in the
+    /// URL's path). The value itself is not repeated.
+    #[error("{platform}/{operation}: {fields}: {message}")]
+    InvalidInput {
+        /// Platform.
+        platform: String,
+        /// Operation.
+        operation: String,
+        /// The input fields, dotted (`input.reason`).
+        fields: String,
+        /// Why the request cannot be formed.
+        message: String,
+    },
     /// The signing recipe failed.
     #[error("{platform}/{operation}: {source}")]
     Sign {
@@ -128,7 +143,31 @@ pub fn build(
             .collect::<Result<Vec<_>, BuildError>>()
     };
     let req = &op.request;
-    let base_url = render(&req.url, "the url")?;
+    let invalid_input = |fields: &[String], message: String| BuildError::InvalidInput {
+        platform: platform.name.clone(),
+        operation: op.name.clone(),
+        fields: fields.join(", "),
+        message,
+    };
+    let base_url = req.url.render(&ctx).map_err(|e| match e {
+        UrlError::Render(m) => err("the url", m),
+        UrlError::DotSegment(fields) => invalid_input(
+            &fields,
+            "a value placed in the URL's path cannot be '.' or '..' (it would move the request to another path)".into(),
+        ),
+        UrlError::InputBeforePath(fields) => err(
+            "the url",
+            format!("{} lands before the URL's path", fields.join(", ")),
+        ),
+    })?;
+    if let Err(e) = reqwest::Url::parse(&base_url) {
+        return Err(err(
+            "the url",
+            format!(
+                "the result is not a valid URL ({e}); check `request.url` and the settings it reads"
+            ),
+        ));
+    }
     let mut query = pairs(&req.query, "query parameter")?;
     let mut headers = pairs(&req.headers, "header")?;
     let (mut form, json_bytes, fixed_type) = match &req.body {
@@ -223,6 +262,17 @@ pub fn build(
             }
         }
     }
+    check_headers(&headers, &req.headers, &ctx).map_err(|e| match e {
+        HeaderError::Input(fields) => invalid_input(
+            &fields,
+            "cannot be sent in a header: it holds a line break or another control character"
+                .into(),
+        ),
+        HeaderError::Config(name) => err(
+            &format!("header '{name}'"),
+            "the value holds a line break or another control character, or the name is not a valid header name; check its template and the credentials or settings it reads".into(),
+        ),
+    })?;
     let content_type = match (&form, fixed_type) {
         (Some(_), _) => Some("application/x-www-form-urlencoded; charset=utf-8".to_string()),
         (None, Some(t)) => Some(t.to_string()),
@@ -237,6 +287,52 @@ pub fn build(
         content_type,
         trace,
     })
+}
+
+/// Whether `text` may be sent as a header value (RFC 9110 field-value: no control
+/// characters but tab).
+fn header_value_ok(text: &str) -> bool {
+    text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+enum HeaderError {
+    /// These inputs hold what a header cannot carry.
+    Input(Vec<String>),
+    /// The header (by name) is invalid through the configuration.
+    Config(String),
+}
+
+/// Checks the final headers before anything is sent; an invalid value is traced back to the
+/// inputs its template reads.
+fn check_headers(
+    headers: &[(String, String)],
+    templates: &[(String, CompiledTemplate)],
+    ctx: &Value,
+) -> Result<(), HeaderError> {
+    for (name, value) in headers {
+        let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+        if name_ok && header_value_ok(value) {
+            continue;
+        }
+        let inputs = templates
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, t)| t.input_paths())
+            .unwrap_or_default();
+        let bad: Vec<String> = inputs
+            .iter()
+            .filter(|p| {
+                let path: Vec<String> = p.split('.').map(str::to_string).collect();
+                lookup(ctx, &path).is_some_and(|v| !header_value_ok(&text_of(v)))
+            })
+            .cloned()
+            .collect();
+        return Err(match (name_ok, bad.is_empty()) {
+            (true, false) => HeaderError::Input(bad),
+            _ => HeaderError::Config(name.clone()),
+        });
+    }
+    Ok(())
 }
 
 fn set_pair(list: &mut Vec<(String, String)>, name: String, value: String) {

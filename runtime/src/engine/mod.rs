@@ -13,10 +13,12 @@ pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::config::platform::IdPolicy;
 use crate::credentials::CredentialSets;
@@ -411,6 +413,8 @@ impl Engine {
         build_once: impl Fn(Option<String>) -> Result<BuiltRequest, Problem>,
     ) -> Result<Value, Problem> {
         let t = &op.transport;
+        // One deadline for the whole call: slot waits, attempts, backoffs, Retry-After waits.
+        let deadline = transport::later(Instant::now(), t.timeout);
         let client = self.client(t)?;
         let (pacer, cap, breaker) = self.limits(&platform.name, t);
         let attempts = if t.retry_safe { t.retries + 1 } else { 1 };
@@ -421,46 +425,98 @@ impl Engine {
         };
         let mut token = match oauth {
             Some(o) => Some(
-                self.token(&client, platform, o, credentials, None, t.timeout)
+                self.token(&client, platform, o, credentials, None, deadline)
                     .await?,
             ),
             None => None,
         };
         let mut refreshed = false;
         let mut attempt = 0;
+        let mut pause: Option<Duration> = None;
+        let mut out_of_time = false;
         while attempt < attempts {
             attempt += 1;
             if attempt > 1 {
-                tokio::time::sleep(backoff(attempt - 1, t.backoff, t.backoff_max)).await;
+                let wait = pause
+                    .take()
+                    .unwrap_or_else(|| backoff(attempt - 1, t.backoff, t.backoff_max));
+                if transport::later(Instant::now(), wait) >= deadline {
+                    out_of_time = true;
+                    break;
+                }
+                tokio::time::sleep(wait).await;
             }
-            if let Some(b) = &breaker
-                && let Err(wait) = b.allow(tokio::time::Instant::now())
+            // Built before any wait: an input that cannot form a request is refused at once
+            // and never reaches the breaker.
+            let built_at = Instant::now();
+            let mut request = build_once(token.clone())?;
+            let admission = match &breaker {
+                Some(b) => match b.allow(Instant::now()) {
+                    Ok(a) => Some(a),
+                    Err(wait) => {
+                        let mut p = Problem::new(
+                            ProblemKind::PlatformUnavailable,
+                            format!(
+                                "the circuit breaker for '{}' is open after repeated failures; calls resume in {}s",
+                                platform.name,
+                                wait.as_secs().max(1)
+                            ),
+                        );
+                        p.retry_after = Some(ceil_secs(wait));
+                        return Err(p);
+                    }
+                },
+                None => None,
+            };
+            let _permit = match tokio::time::timeout_at(deadline, cap.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => {
+                    return Err(Problem::new(
+                        ProblemKind::PlatformUnavailable,
+                        "the gateway is shutting down",
+                    ));
+                }
+                Err(_) => {
+                    let mut p = Problem::new(
+                        ProblemKind::PlatformUnavailable,
+                        format!(
+                            "all {} connections to '{}' stayed busy for the whole deadline of {:?}; try again later or raise `transport.concurrency`",
+                            t.concurrency, platform.name, t.timeout
+                        ),
+                    );
+                    p.retry_after = Some(1);
+                    return Err(p);
+                }
+            };
+            if let Some(p) = &pacer
+                && let Err(wait) = p.wait(deadline).await
             {
                 let mut p = Problem::new(
                     ProblemKind::PlatformUnavailable,
                     format!(
-                        "the circuit breaker for '{}' is open after repeated failures; calls resume in {}s",
+                        "the rate limit of '{}' ({} calls/s) has no turn free within the call's deadline of {:?}; try again in {}s",
                         platform.name,
-                        wait.as_secs().max(1)
+                        t.qps.unwrap_or_default(),
+                        t.timeout,
+                        ceil_secs(wait)
                     ),
                 );
-                p.retryable = true;
+                p.retry_after = Some(ceil_secs(wait));
                 return Err(p);
             }
-            let _permit = cap.acquire().await.map_err(|_| {
-                Problem::new(
-                    ProblemKind::PlatformUnavailable,
-                    "the gateway is shutting down",
-                )
-            })?;
-            if let Some(p) = &pacer {
-                p.wait().await;
+            if built_at.elapsed() > Duration::from_millis(1) {
+                // Waited for a slot: sign with the clock of the moment it is sent.
+                request = build_once(token.clone())?;
             }
-            let request = build_once(token.clone())?;
-            let outcome = self.attempt(&client, platform, op, &request).await;
+            let outcome = self
+                .attempt(&client, platform, op, &request, deadline)
+                .await;
             // A rejected token is renewed once and the call made again: the platform refused it
             // before doing anything, so this is safe even for operations that are not.
             if let (Err(Attempt::Unauthorized(p)), Some(o)) = (&outcome, oauth) {
+                if let Some(a) = admission {
+                    a.record(true, Instant::now());
+                }
                 if refreshed {
                     return Err(p.clone());
                 }
@@ -473,23 +529,32 @@ impl Engine {
                         o,
                         credentials,
                         token.as_deref(),
-                        t.timeout,
+                        deadline,
                     )
                     .await?,
                 );
                 continue;
             }
-            if let Some(b) = &breaker {
-                // Business errors come from a healthy platform; only transport-level failures count.
-                let healthy = !matches!(&outcome, Err(Attempt::Retryable(p)) if p.kind == Some(ProblemKind::PlatformUnavailable))
-                    && !matches!(&outcome, Err(Attempt::Final(p)) if p.kind == Some(ProblemKind::MappingError));
-                b.record(healthy, tokio::time::Instant::now());
+            if let Some(a) = admission {
+                // Only failures of the platform count: not business refusals, not inputs
+                // that could not form a request, not the gateway's own limits.
+                let failed = match &outcome {
+                    Ok(_) => false,
+                    Err(Attempt::Retryable(p) | Attempt::Final(p) | Attempt::Unauthorized(p)) => {
+                        p.is_platform_failure() || p.kind == Some(ProblemKind::MappingError)
+                    }
+                };
+                let formed = !matches!(&outcome, Err(Attempt::Final(p)) if matches!(p.kind, Some(ProblemKind::InvalidInput | ProblemKind::Configuration)));
+                if formed {
+                    a.record(!failed, Instant::now());
+                }
             }
             match outcome {
                 Ok(doc) => return Ok(doc),
                 Err(Attempt::Final(p) | Attempt::Unauthorized(p)) => return Err(p),
                 Err(Attempt::Retryable(p)) => {
                     tracing::warn!(platform = %platform.name, operation = %op.name, attempt, "{p}");
+                    pause = p.retry_after.map(Duration::from_secs);
                     last = p;
                 }
             }
@@ -497,6 +562,11 @@ impl Engine {
         if !t.retry_safe {
             last.detail
                 .push_str(" (not retried: the operation is not marked safe to repeat)");
+        } else if out_of_time {
+            last.detail.push_str(&format!(
+                " (not retried: the wait before another attempt would pass the call's deadline of {:?})",
+                t.timeout
+            ));
         }
         Err(last)
     }
@@ -511,7 +581,7 @@ impl Engine {
         o: &OAuth2Plan,
         credentials: &Map<String, Value>,
         stale: Option<&str>,
-        timeout: std::time::Duration,
+        deadline: Instant,
     ) -> Result<String, Problem> {
         let slot = {
             let mut tokens = self.tokens.lock().map_err(|_| {
@@ -519,8 +589,16 @@ impl Engine {
             })?;
             tokens.entry(platform.name.clone()).or_default().clone()
         };
-        let mut cached = slot.lock().await;
-        let now = tokio::time::Instant::now();
+        let Ok(mut cached) = tokio::time::timeout_at(deadline, slot.lock()).await else {
+            return Err(Problem::new(
+                ProblemKind::PlatformTimeout,
+                format!(
+                    "no access token of '{}' came within the call's deadline",
+                    platform.name
+                ),
+            ));
+        };
+        let now = Instant::now();
         if let Some(t) = cached.as_ref() {
             let refused = stale == Some(t.value.as_str());
             if !refused && now < t.renew_at {
@@ -548,7 +626,7 @@ impl Engine {
             .collect::<Result<_, Problem>>()?;
         let mut req = client
             .post(&url)
-            .timeout(timeout)
+            .timeout(deadline.saturating_duration_since(Instant::now()))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -557,17 +635,23 @@ impl Engine {
         for (k, t) in &o.headers {
             req = req.header(k.as_str(), render(t)?);
         }
-        let unavailable = |d: String| {
-            let mut p = Problem::new(ProblemKind::PlatformUnavailable, d);
-            p.retryable = true;
-            p
-        };
+        let unavailable = |d: String| Problem::new(ProblemKind::PlatformFailed, d);
         let resp = req.send().await.map_err(|e| {
-            unavailable(format!(
-                "cannot reach the token endpoint of '{}': {}",
-                platform.name,
-                root_cause(&e)
-            ))
+            if e.is_timeout() {
+                Problem::new(
+                    ProblemKind::PlatformTimeout,
+                    format!(
+                        "the token endpoint of '{}' did not answer within the call's deadline",
+                        platform.name
+                    ),
+                )
+            } else {
+                unavailable(format!(
+                    "cannot reach the token endpoint of '{}': {}",
+                    platform.name,
+                    root_cause(&e)
+                ))
+            }
         })?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| {
@@ -622,10 +706,31 @@ impl Engine {
         platform: &PlatformPlan,
         op: &OperationPlan,
         r: &BuiltRequest,
+        deadline: Instant,
     ) -> Result<Value, Attempt> {
+        let t = &op.transport;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = t.attempt_timeout.min(left);
+        let timed_out = || {
+            let within = if timeout < t.timeout {
+                format!(
+                    "{timeout:?} (what was left of the call's deadline of {:?})",
+                    t.timeout
+                )
+            } else {
+                format!("{timeout:?}")
+            };
+            Attempt::Retryable(Problem::new(
+                ProblemKind::PlatformTimeout,
+                format!("'{}' did not answer within {within}", platform.name),
+            ))
+        };
+        if timeout.is_zero() {
+            return Err(timed_out());
+        }
         let method = reqwest::Method::from_bytes(method_text(r.method).as_bytes())
             .unwrap_or(reqwest::Method::POST);
-        let mut req = client.request(method, &r.url).timeout(op.transport.timeout);
+        let mut req = client.request(method, &r.url).timeout(timeout);
         for (k, v) in &r.headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -635,19 +740,25 @@ impl Engine {
         if !r.body.is_empty() {
             req = req.body(r.body.clone());
         }
-        let unavailable = |detail: String| {
-            let mut p = Problem::new(ProblemKind::PlatformUnavailable, detail);
-            p.retryable = true;
-            Attempt::Retryable(p)
-        };
+        let failed =
+            |detail: String| Attempt::Retryable(Problem::new(ProblemKind::PlatformFailed, detail));
         let resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                unavailable(format!(
-                    "'{}' did not answer within {:?}",
-                    platform.name, op.transport.timeout
+            if e.is_builder() {
+                // The request could not be formed; build() checks what inputs can break, so
+                // this is the configuration's doing. Nothing was sent.
+                Attempt::Final(Problem::new(
+                    ProblemKind::Configuration,
+                    format!(
+                        "the request of '{}' to {} cannot be formed: {}",
+                        platform.name,
+                        op.name,
+                        root_cause(&e)
+                    ),
                 ))
+            } else if e.is_timeout() {
+                timed_out()
             } else {
-                unavailable(format!(
+                failed(format!(
                     "cannot reach '{}': {}",
                     platform.name,
                     root_cause(&e)
@@ -655,18 +766,39 @@ impl Engine {
             }
         })?;
         let status = resp.status().as_u16();
+        let wait = (status == 429 || status == 503)
+            .then(|| {
+                resp.headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| transport::retry_after(v, std::time::SystemTime::now()))
+            })
+            .flatten();
         let body = resp.bytes().await.map_err(|e| {
-            unavailable(format!(
-                "the answer of '{}' broke off: {}",
-                platform.name,
-                root_cause(&e)
-            ))
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                failed(format!(
+                    "the answer of '{}' broke off: {}",
+                    platform.name,
+                    root_cause(&e)
+                ))
+            }
         })?;
         if status >= 500 || status == 429 {
-            return Err(unavailable(format!(
-                "'{}' answered HTTP {status}",
-                platform.name
-            )));
+            let kind = if status == 429 {
+                ProblemKind::PlatformRateLimited
+            } else {
+                ProblemKind::PlatformFailed
+            };
+            let mut p = Problem::new(kind, format!("'{}' answered HTTP {status}", platform.name));
+            p.platform_status = Some(status);
+            if let Some(w) = wait {
+                p.retry_after = Some(ceil_secs(w));
+                p.detail
+                    .push_str(&format!(", asking to wait {}s", ceil_secs(w)));
+            }
+            return Err(Attempt::Retryable(p));
         }
         if status == 401 && matches!(platform.auth, AuthPlan::OAuth2(_)) {
             return Err(Attempt::Unauthorized(Problem::new(
@@ -864,6 +996,15 @@ fn build_problem(e: BuildError) -> Problem {
         BuildError::Render { .. } | BuildError::Sign { .. } => {
             Problem::new(ProblemKind::Configuration, e.to_string())
         }
+        BuildError::InvalidInput {
+            ref fields,
+            ref message,
+            ..
+        } => {
+            let mut p = Problem::new(ProblemKind::InvalidInput, e.to_string());
+            p.errors = vec![format!("{fields}: {message}")];
+            p
+        }
     }
 }
 
@@ -873,6 +1014,11 @@ fn store_problem(e: crate::store::StoreError) -> Problem {
         ProblemKind::StoreUnavailable,
         "the gateway's store failed; see the gateway's log",
     )
+}
+
+/// Whole seconds, rounded up (for `Retry-After`).
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

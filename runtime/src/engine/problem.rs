@@ -16,7 +16,15 @@ pub enum ProblemKind {
     UnknownId,
     /// The platform answered with an error.
     PlatformError,
-    /// The platform could not be reached, timed out, or the breaker is open.
+    /// The platform failed: it could not be reached, broke the connection off, or answered
+    /// with an HTTP 5xx status (502).
+    PlatformFailed,
+    /// The platform did not answer within the operation's deadline (504).
+    PlatformTimeout,
+    /// The platform asked the gateway to slow down (HTTP 429; passed on as 429).
+    PlatformRateLimited,
+    /// The call could not be made on the gateway's side: the circuit breaker is open, or no
+    /// rate-limit or concurrency slot came free within the call's deadline (503).
     PlatformUnavailable,
     /// The platform's answer does not map onto the canonical model.
     MappingError,
@@ -33,7 +41,11 @@ impl ProblemKind {
             ProblemKind::InvalidInput => 400,
             ProblemKind::NotFound => 404,
             ProblemKind::UnknownId => 422,
-            ProblemKind::PlatformError | ProblemKind::MappingError => 502,
+            ProblemKind::PlatformError
+            | ProblemKind::MappingError
+            | ProblemKind::PlatformFailed => 502,
+            ProblemKind::PlatformTimeout => 504,
+            ProblemKind::PlatformRateLimited => 429,
             ProblemKind::PlatformUnavailable | ProblemKind::StoreUnavailable => 503,
             ProblemKind::Configuration => 500,
         }
@@ -45,6 +57,9 @@ impl ProblemKind {
             ProblemKind::NotFound => "not-found",
             ProblemKind::UnknownId => "unknown-id",
             ProblemKind::PlatformError => "platform-error",
+            ProblemKind::PlatformFailed => "platform-failed",
+            ProblemKind::PlatformTimeout => "platform-timeout",
+            ProblemKind::PlatformRateLimited => "platform-rate-limited",
             ProblemKind::PlatformUnavailable => "platform-unavailable",
             ProblemKind::MappingError => "mapping-error",
             ProblemKind::Configuration => "configuration",
@@ -58,6 +73,9 @@ impl ProblemKind {
             ProblemKind::NotFound => "No such platform or operation",
             ProblemKind::UnknownId => "An id is not known on the platform",
             ProblemKind::PlatformError => "The platform refused the call",
+            ProblemKind::PlatformFailed => "The platform failed",
+            ProblemKind::PlatformTimeout => "The platform did not answer in time",
+            ProblemKind::PlatformRateLimited => "The platform asks to slow down",
             ProblemKind::PlatformUnavailable => "The platform is unavailable",
             ProblemKind::MappingError => "The platform's answer does not fit the canonical model",
             ProblemKind::Configuration => "The gateway is not configured for this call",
@@ -90,6 +108,13 @@ pub struct Problem {
     /// The platform's own error message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform_message: Option<String>,
+    /// The HTTP status the platform answered with, when it answered with a failure status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_status: Option<u16>,
+    /// Seconds to wait before trying again, from the platform's `Retry-After` or the
+    /// gateway's own pacing; also sent as the `Retry-After` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
     /// Whether trying again later may succeed.
     pub retryable: bool,
     /// Individual input problems, for `invalid-input`.
@@ -112,13 +137,29 @@ impl Problem {
             operation: None,
             platform_code: None,
             platform_message: None,
+            platform_status: None,
+            retry_after: None,
             retryable: matches!(
                 kind,
-                ProblemKind::PlatformUnavailable | ProblemKind::StoreUnavailable
+                ProblemKind::PlatformUnavailable
+                    | ProblemKind::PlatformFailed
+                    | ProblemKind::PlatformTimeout
+                    | ProblemKind::PlatformRateLimited
+                    | ProblemKind::StoreUnavailable
             ),
             errors: Vec::new(),
             kind: Some(kind),
         }
+    }
+
+    /// Whether this failure is the platform's (it counts against the circuit breaker):
+    /// transport errors, timeouts and 5xx answers. Invalid inputs, business refusals and
+    /// the gateway's own limits are not.
+    pub fn is_platform_failure(&self) -> bool {
+        matches!(
+            self.kind,
+            Some(ProblemKind::PlatformFailed | ProblemKind::PlatformTimeout)
+        )
     }
 
     /// The same problem, naming the platform and operation.

@@ -2,18 +2,35 @@
 //! with exponential backoff and full jitter, and a circuit breaker.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::plan::BreakerPlan;
 
-/// Paces calls so that no more than `qps` start per second: each call takes the next free
-/// slot, `1/qps` after the previous one, and waits for it.
+/// Paces calls so that no more than `qps` start per second. Callers queue in order; each
+/// starts `1/qps` after the previous start. Nothing is reserved ahead: a caller that goes
+/// away while queued gives its place up, and a caller whose turn would come after its
+/// deadline is refused at once.
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
-    next: Mutex<Option<Instant>>,
+    /// The start of the last call let through.
+    last: Mutex<Option<Instant>>,
+    /// The queue: held by the caller whose turn is next, while it waits for it.
+    turn: tokio::sync::Mutex<()>,
+    /// Callers queued or waiting for their turn.
+    waiting: AtomicUsize,
+}
+
+/// Counts a queued caller for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Pacer {
@@ -21,27 +38,49 @@ impl Pacer {
     pub fn new(qps: f64) -> Self {
         Pacer {
             interval: Duration::from_secs_f64(1.0 / qps.max(0.001)),
-            next: Mutex::new(None),
+            last: Mutex::new(None),
+            turn: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
-    /// The instant this call may start (reserving it).
-    pub fn reserve(&self, now: Instant) -> Instant {
-        let Ok(mut next) = self.next.lock() else {
-            return now;
-        };
-        let slot = match *next {
+    /// The earliest start after the last one.
+    fn next_free(&self, now: Instant) -> Instant {
+        let last = self.last.lock().ok().and_then(|l| *l);
+        match last.and_then(|l| l.checked_add(self.interval)) {
             Some(n) if n > now => n,
             _ => now,
-        };
-        *next = Some(slot + self.interval);
-        slot
+        }
     }
 
-    /// Waits for this call's slot.
-    pub async fn wait(&self) {
-        let slot = self.reserve(Instant::now());
+    /// Waits for this call's turn. `Err(wait)` when the turn would come after `deadline`
+    /// (estimated from the callers queued ahead): `wait` is how long until a turn is likely
+    /// free. Dropping the future gives the place up.
+    pub async fn wait(&self, deadline: Instant) -> Result<(), Duration> {
+        let now = Instant::now();
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        let queued = self
+            .interval
+            .saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX));
+        let estimate = later(self.next_free(now), queued);
+        if estimate > deadline {
+            return Err(estimate.saturating_duration_since(now));
+        }
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.turn.lock()).await else {
+            let now = Instant::now();
+            return Err(self.next_free(now).saturating_duration_since(now));
+        };
+        let now = Instant::now();
+        let slot = self.next_free(now);
+        if slot > deadline {
+            return Err(slot.saturating_duration_since(now));
+        }
         tokio::time::sleep_until(slot).await;
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(slot);
+        }
+        Ok(())
     }
 }
 
@@ -86,16 +125,27 @@ impl Breaker {
     }
 
     /// Whether a call may go now. An open breaker whose cool-down is over lets exactly one
-    /// trial call through (half-open).
-    pub fn allow(&self, now: Instant) -> Result<(), Duration> {
+    /// trial call through (half-open). The call reports its outcome through the returned
+    /// admission; a trial dropped without an outcome (its caller went away, or the request
+    /// could not be formed) lets the next call be the trial.
+    pub fn allow(&self, now: Instant) -> Result<Admission<'_>, Duration> {
         let Ok(mut b) = self.inner.lock() else {
-            return Ok(());
+            return Ok(Admission {
+                breaker: self,
+                trial: false,
+            });
         };
         match b.state {
-            BreakerState::Closed => Ok(()),
+            BreakerState::Closed => Ok(Admission {
+                breaker: self,
+                trial: false,
+            }),
             BreakerState::Open(until) if now >= until => {
                 b.state = BreakerState::HalfOpen;
-                Ok(())
+                Ok(Admission {
+                    breaker: self,
+                    trial: true,
+                })
             }
             BreakerState::Open(until) => Err(until - now),
             BreakerState::HalfOpen => Err(self.plan.cool_down),
@@ -103,7 +153,7 @@ impl Breaker {
     }
 
     /// Records the outcome of a call that was allowed.
-    pub fn record(&self, ok: bool, now: Instant) {
+    fn record(&self, ok: bool, now: Instant) {
         let Ok(mut b) = self.inner.lock() else { return };
         match b.state {
             BreakerState::HalfOpen => {
@@ -144,8 +194,51 @@ impl Breaker {
     }
 }
 
+/// A call let through by a [`Breaker`]; report its outcome with [`Admission::record`].
+#[derive(Debug)]
+pub struct Admission<'a> {
+    breaker: &'a Breaker,
+    trial: bool,
+}
+
+impl Admission<'_> {
+    /// Records the outcome: `ok` is false only for failures of the platform.
+    pub fn record(mut self, ok: bool, now: Instant) {
+        self.breaker.record(ok, now);
+        self.trial = false;
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.trial {
+            return;
+        }
+        // A trial without an outcome: the next call may try at once.
+        if let Ok(mut b) = self.breaker.inner.lock()
+            && b.state == BreakerState::HalfOpen
+        {
+            b.state = BreakerState::Open(Instant::now());
+        }
+    }
+}
+
+/// How long a `Retry-After` value asks to wait: delay-seconds or an HTTP date
+/// (RFC 9110 section 10.2.3), from `now`. `None` when it is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(Duration::from_secs(86_400 * 365)))
+}
+
 /// `now + d`, capped at a year from now (durations come from configuration).
-fn later(now: Instant, d: Duration) -> Instant {
+pub fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(Duration::from_secs(86_400 * 365)))
         .unwrap_or(now)
 }
@@ -177,43 +270,106 @@ mod tests {
         let t0 = Instant::now();
         let b = Breaker::new(plan(), t0);
         for ok in [true, false, false] {
-            assert!(b.allow(t0).is_ok());
-            b.record(ok, t0);
+            b.allow(t0).unwrap().record(ok, t0);
         }
         assert_eq!(b.state(), BreakerState::Closed, "fewer than min_calls");
-        b.record(false, t0);
+        b.allow(t0).unwrap().record(false, t0);
         assert_eq!(b.state(), BreakerState::Open(t0 + Duration::from_secs(10)));
         assert!(b.allow(t0 + Duration::from_secs(9)).is_err());
         // After the cool-down one trial goes through; a second waits for its outcome.
         let t1 = t0 + Duration::from_secs(10);
-        assert!(b.allow(t1).is_ok());
+        let trial = b.allow(t1).unwrap();
         assert!(b.allow(t1).is_err());
-        b.record(false, t1);
+        trial.record(false, t1);
         assert_eq!(b.state(), BreakerState::Open(t1 + Duration::from_secs(10)));
         let t2 = t1 + Duration::from_secs(10);
-        assert!(b.allow(t2).is_ok());
-        b.record(true, t2);
+        b.allow(t2).unwrap().record(true, t2);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow(t2).is_ok());
     }
 
     #[test]
-    fn pacer_spaces_calls() {
-        let p = Pacer::new(4.0);
+    fn an_abandoned_trial_lets_the_next_call_try() {
         let t0 = Instant::now();
-        let slots: Vec<Duration> = (0..4).map(|_| p.reserve(t0) - t0).collect();
-        assert_eq!(
-            slots,
-            vec![
-                Duration::ZERO,
-                Duration::from_millis(250),
-                Duration::from_millis(500),
-                Duration::from_millis(750)
-            ]
+        let b = Breaker::new(plan(), t0);
+        for _ in 0..4 {
+            b.allow(t0).unwrap().record(false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        drop(b.allow(t1).unwrap());
+        // Not stuck half-open: another call is the trial.
+        b.allow(t1 + Duration::from_millis(1))
+            .unwrap()
+            .record(true, t1);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn pacer_spaces_calls() {
+        let p = Pacer::new(20.0);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(10);
+        for i in 0..4u32 {
+            p.wait(deadline).await.unwrap();
+            // Call i starts no earlier than i intervals of 50 ms after the first.
+            assert!(t0.elapsed() >= Duration::from_millis(50) * i, "call {i}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn pacer_refuses_turns_past_the_deadline_and_forgets_abandoned_callers() {
+        let p = std::sync::Arc::new(Pacer::new(10.0));
+        let t0 = Instant::now();
+        p.wait(t0 + Duration::from_secs(1)).await.unwrap();
+        // 200 callers queue, then go away before their turn.
+        let queued: Vec<_> = (0..200)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.wait(t0 + Duration::from_secs(60)).await })
+            })
+            .collect();
+        while p.waiting.load(Ordering::SeqCst) < 200 {
+            tokio::task::yield_now().await;
+        }
+        // With 200 ahead (20 s of turns), a caller with a 1 s deadline is refused at once,
+        // told how long the queue is.
+        let asked = Instant::now();
+        let refused = p.wait(asked + Duration::from_secs(1)).await.unwrap_err();
+        assert!(asked.elapsed() < Duration::from_millis(50));
+        assert!(refused >= Duration::from_secs(20), "{refused:?}");
+        for q in &queued {
+            q.abort();
+        }
+        for q in queued {
+            let _ = q.await;
+        }
+        assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
+        // Their places are given up: the next caller waits about one interval (100 ms), not
+        // behind 200 turns (20 s).
+        let t1 = Instant::now();
+        p.wait(t1 + Duration::from_secs(1)).await.unwrap();
+        assert!(
+            t1.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t1.elapsed()
         );
-        // A call long after the last slot starts at once.
-        let later = t0 + Duration::from_secs(5);
-        assert_eq!(p.reserve(later), later);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        // RFC 9110's example date, 784111777 + 120 seconds after the epoch.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
     }
 
     #[test]
