@@ -222,6 +222,10 @@ impl Store {
                     })?
                     .map_err(|e| open_err(describe(&e), backend_hint))?;
             if backend == Backend::Sqlite {
+                // Other instances may be opening the same fresh file: wait for their locks.
+                conn.execute("PRAGMA busy_timeout = 10000")
+                    .await
+                    .map_err(|e| open_err(describe(&e), backend_hint))?;
                 conn.execute("PRAGMA journal_mode = WAL")
                     .await
                     .map_err(|e| open_err(describe(&e), backend_hint))?;
@@ -248,10 +252,26 @@ impl Store {
                         Backend::Postgres => {
                             if let Some(s) = &schema {
                                 let quoted = s.replace('"', "\"\"");
-                                conn.execute(
-                                    format!("CREATE SCHEMA IF NOT EXISTS \"{quoted}\"").as_str(),
-                                )
-                                .await?;
+                                let created = conn
+                                    .execute(
+                                        format!("CREATE SCHEMA IF NOT EXISTS \"{quoted}\"")
+                                            .as_str(),
+                                    )
+                                    .await;
+                                if let Err(e) = created {
+                                    // `IF NOT EXISTS` does not hold when another instance
+                                    // creates the schema at the same moment: that one is fine.
+                                    let exists = sqlx::query(
+                                        "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                                    )
+                                    .bind(s.as_str())
+                                    .fetch_optional(&mut *conn)
+                                    .await?
+                                    .is_some();
+                                    if !exists {
+                                        return Err(e);
+                                    }
+                                }
                                 conn.execute(format!("SET search_path TO \"{quoted}\"").as_str())
                                     .await?;
                             }
