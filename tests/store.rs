@@ -529,10 +529,23 @@ async fn conformance(s: &Store) {
         (c.version, c.values["app_secret"].as_str()),
         (6, Some("six"))
     );
+    // The set the last push replaced, and when, for the rotation window.
+    let previous = c.previous.clone().unwrap();
+    assert_eq!((previous.values, previous.rotated_at), (creds("five"), 3));
     assert!(
-        !format!("{c:?}").contains("six"),
+        !format!("{c:?}").contains("six") && !format!("{c:?}").contains("five"),
         "credentials must not print their values"
     );
+    // A first push replaces no pushed set: the values in force came from elsewhere.
+    s.credentials_put("q", 1, &creds("one"), 7).await.unwrap();
+    let first = s
+        .credentials_get("q")
+        .await
+        .unwrap()
+        .unwrap()
+        .previous
+        .unwrap();
+    assert_eq!((first.values, first.rotated_at), (Map::new(), 7));
     assert!(s.credentials_get("nobody").await.unwrap().is_none());
 
     // Replay guard: a key is refused until it expires.
