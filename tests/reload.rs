@@ -396,8 +396,11 @@ async fn a_log_in_the_config_directory_and_reading_the_files_cause_no_reload() {
     );
 
     // A real edit still reloads, exactly once; the reload's own reading of the files does not
-    // start another one.
-    std::fs::write(&platform_file, tiny_platform("alpha", "second")).unwrap();
+    // start another one. (Saved as editors do, by a rename: one event, however slow the
+    // machine, where truncating and writing in place could be two bursts.)
+    let tmp = platforms.join(".alpha.yaml.tmp");
+    std::fs::write(&tmp, tiny_platform("alpha", "second")).unwrap();
+    std::fs::rename(&tmp, &platform_file).unwrap();
     next_reload(&mut done).await;
     assert_eq!(title_of(&plan, "alpha").as_deref(), Some("second"));
     tokio::time::sleep(SETTLE).await;
