@@ -234,3 +234,203 @@ async fn pushed_credentials_take_effect_persist_and_rotate() {
     .await;
     assert_eq!(r.status, 200, "new secret after the window");
 }
+
+fn notice(secret: &str, id: &str, at: OffsetDateTime) -> Inbound {
+    Inbound {
+        method: "POST".into(),
+        route: "/yanxuan/notify".into(),
+        headers: vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        body: channel_sim::signed_form(
+            KEY,
+            secret,
+            "yanxuan.notification.inventory.count.changed",
+            at,
+            &[("notifyId", id), ("skuId", "100101"), ("inventory", "1")],
+        )
+        .into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// The status `engine` answers a delivery signed with `secret` at `at`.
+async fn delivered(
+    plan: &entrepot::plan::Plan,
+    engine: &Engine,
+    secret: &str,
+    id: &str,
+    at: OffsetDateTime,
+) -> u16 {
+    receive(plan, engine, &[], notice(secret, id, at), at, &|| {})
+        .await
+        .status
+}
+
+fn file_credentials(secret: &str) -> CredentialSets {
+    let mut sets = CredentialSets::new();
+    sets.insert(
+        "yanxuan".into(),
+        [
+            ("app_key".to_string(), json!(KEY)),
+            ("app_secret".to_string(), json!(secret)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    sets
+}
+
+fn pushed(secret: &str) -> serde_json::Map<String, Value> {
+    [
+        ("app_key".to_string(), json!(KEY)),
+        ("app_secret".to_string(), json!(secret)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[tokio::test]
+async fn the_file_value_stays_valid_for_the_window_after_the_first_push_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    };
+    // The plan's window is 10 minutes; the simulator is never called.
+    let plan = plan("http://127.0.0.1:9".into());
+    let engine = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        file_credentials(OLD),
+        |_| None,
+    );
+    let pushed_at = OffsetDateTime::now_utc();
+    let (within, after) = (
+        pushed_at + time::Duration::minutes(9),
+        pushed_at + time::Duration::minutes(11),
+    );
+    assert_eq!(delivered(&plan, &engine, OLD, "f-0", pushed_at).await, 200);
+    engine
+        .push_credentials("yanxuan", 1, pushed(NEW), pushed_at)
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered(&plan, &engine, OLD, "f-1", pushed_at).await,
+        200,
+        "the file's value right after the first push"
+    );
+    assert_eq!(delivered(&plan, &engine, NEW, "f-2", pushed_at).await, 200);
+    assert_eq!(
+        delivered(&plan, &engine, OLD, "f-3", within).await,
+        200,
+        "the file's value at the end of the window"
+    );
+    assert_eq!(
+        delivered(&plan, &engine, OLD, "f-4", after).await,
+        401,
+        "the file's value after the window"
+    );
+    assert_eq!(delivered(&plan, &engine, NEW, "f-5", after).await, 200);
+
+    // A restart: a new engine on the same store (and the same file) keeps the window.
+    drop(engine);
+    let restarted = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        file_credentials(OLD),
+        |_| None,
+    );
+    assert_eq!(restarted.load_pushed().await.unwrap(), 1);
+    assert_eq!(
+        delivered(&plan, &restarted, OLD, "f-6", within).await,
+        200,
+        "the file's value within the window, after a restart"
+    );
+    assert_eq!(
+        delivered(&plan, &restarted, OLD, "f-7", after).await,
+        401,
+        "the file's value after the window, after a restart"
+    );
+}
+
+/// The environment of a gateway whose yanxuan credentials come from variables.
+fn env_credentials(name: &str) -> Option<String> {
+    match name {
+        "ENTREPOT_CREDENTIAL_YANXUAN_APP_KEY" => Some(KEY.into()),
+        "ENTREPOT_CREDENTIAL_YANXUAN_APP_SECRET" => Some(OLD.into()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_environment_value_stays_valid_for_the_window_after_the_first_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let plan = plan("http://127.0.0.1:9".into());
+    let engine = Engine::new(store, CredentialSets::new(), env_credentials);
+    let pushed_at = OffsetDateTime::now_utc();
+    engine
+        .push_credentials("yanxuan", 1, pushed(NEW), pushed_at)
+        .await
+        .unwrap();
+    assert_eq!(delivered(&plan, &engine, OLD, "e-1", pushed_at).await, 200);
+    let after = pushed_at + time::Duration::minutes(11);
+    assert_eq!(delivered(&plan, &engine, OLD, "e-2", after).await, 401);
+}
+
+#[tokio::test]
+async fn a_pushed_value_replaced_by_a_push_stays_valid_after_a_restart_and_is_stored_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
+    let opts = StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        credentials_key: Some(entrepot::config::Secret::new(key)),
+        ..Default::default()
+    };
+    let plan = plan("http://127.0.0.1:9".into());
+    let engine = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        file_credentials(OLD),
+        |_| None,
+    );
+    let first = OffsetDateTime::now_utc();
+    engine
+        .push_credentials("yanxuan", 1, pushed(NEW), first)
+        .await
+        .unwrap();
+    // The second push, 20 minutes later: the file's value is out of its window, the first
+    // pushed value starts one.
+    let second = first + time::Duration::minutes(20);
+    const NEWER: &str = "the-newer-app-secret";
+    engine
+        .push_credentials("yanxuan", 2, pushed(NEWER), second)
+        .await
+        .unwrap();
+    let within = second + time::Duration::minutes(5);
+    let after = second + time::Duration::minutes(11);
+    drop(engine);
+    let restarted = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        file_credentials(OLD),
+        |_| None,
+    );
+    restarted.load_pushed().await.unwrap();
+    assert_eq!(delivered(&plan, &restarted, NEW, "p-1", within).await, 200);
+    assert_eq!(
+        delivered(&plan, &restarted, NEWER, "p-2", within).await,
+        200
+    );
+    assert_eq!(delivered(&plan, &restarted, OLD, "p-3", within).await, 401);
+    assert_eq!(delivered(&plan, &restarted, NEW, "p-4", after).await, 401);
+    restarted.store().close().await;
+    // Neither pushed value is anywhere in the store's files in clear text.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for secret in [NEW, NEWER] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} stored in clear text"
+            );
+        }
+    }
+}

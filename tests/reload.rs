@@ -317,3 +317,142 @@ async fn the_credentials_file_reloads_and_a_broken_one_keeps_the_last_values() {
         "a broken file keeps the last values"
     );
 }
+
+/// A minimal valid platform file with a distinct callback-free definition.
+fn tiny_platform(name: &str, title: &str) -> String {
+    format!(
+        "platform: {name}\ntitle: {title}\nrequest: {{ url: \"http://127.0.0.1:9/\" }}\noperations:\n  order.get: {{}}\n"
+    )
+}
+
+fn title_of(plan: &ArcSwap<entrepot::plan::Plan>, platform: &str) -> Option<String> {
+    plan.load()
+        .platforms
+        .get(platform)
+        .and_then(|p| p.title.clone())
+}
+
+/// A quiet period several times the debounce: a reload the watcher wrongly started would have
+/// begun (and, since every reload opens the files again, kept going) within it.
+const SETTLE: Duration = Duration::from_millis(400);
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+#[tokio::test]
+async fn a_log_in_the_config_directory_and_reading_the_files_cause_no_reload() {
+    // The layout of `entrepot serve > gateway.log 2>&1` run beside its files.
+    let dir = tempfile::tempdir().unwrap();
+    let platforms = dir.path().join("platforms");
+    std::fs::create_dir(&platforms).unwrap();
+    let platform_file = platforms.join("alpha.yaml");
+    std::fs::write(&platform_file, tiny_platform("alpha", "first")).unwrap();
+    let gateway = dir.path().join("entrepot.yaml");
+    std::fs::write(&gateway, "platforms_dir: platforms\n").unwrap();
+    let credentials = dir.path().join("credentials.yaml");
+    std::fs::write(&credentials, "alpha:\n  token: t\n").unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let engine = Arc::new(Engine::new(store, CredentialSets::new(), |_| None));
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Arc::new(
+        Reloader::new(platforms.clone(), plan.clone(), |_| None)
+            .with_engine(engine, Some(credentials.clone())),
+    );
+    assert_eq!(reloader.reload().await.result, "ok");
+    let mut done = reloader.done.subscribe();
+    let start = *done.borrow_and_update();
+    let watching = reloader
+        .clone()
+        .watch(
+            vec![credentials.clone(), gateway.clone()],
+            DEBOUNCE,
+            None,
+            std::future::pending(),
+        )
+        .unwrap();
+    tokio::spawn(watching);
+
+    // Noise: a log written line by line beside entrepot.yaml, a stray file in the platforms
+    // directory, and every file the gateway reads opened and read (as each reload does).
+    let log = dir.path().join("gateway.log");
+    for i in 0..20 {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        writeln!(f, "line {i}").unwrap();
+        for f in [&platform_file, &gateway, &credentials] {
+            std::fs::read_to_string(f).unwrap();
+        }
+        std::fs::read_dir(&platforms).unwrap().for_each(drop);
+    }
+    std::fs::write(platforms.join("notes.txt"), "not a platform").unwrap();
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        *done.borrow(),
+        start,
+        "the noise started {} reload(s)",
+        *done.borrow() - start
+    );
+
+    // A real edit still reloads, exactly once; the reload's own reading of the files does not
+    // start another one. (Saved as editors do, by a rename: one event, however slow the
+    // machine, where truncating and writing in place could be two bursts.)
+    let tmp = platforms.join(".alpha.yaml.tmp");
+    std::fs::write(&tmp, tiny_platform("alpha", "second")).unwrap();
+    std::fs::rename(&tmp, &platform_file).unwrap();
+    next_reload(&mut done).await;
+    assert_eq!(title_of(&plan, "alpha").as_deref(), Some("second"));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        *done.borrow(),
+        start + 1,
+        "one edit, one reload (the reload must not trigger itself)"
+    );
+
+    // The files beside the platforms count too: the credentials file and entrepot.yaml.
+    std::fs::write(&credentials, "alpha:\n  token: u\n").unwrap();
+    next_reload(&mut done).await;
+    std::fs::write(&gateway, "platforms_dir: platforms\n# edited\n").unwrap();
+    next_reload(&mut done).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_reloads() {
+    // Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>`, and
+    // updates it by pointing `..data` at a new directory (a rename of a new symlink over it).
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("..2026_01_01_00_00_00.1");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::write(first.join("alpha.yaml"), tiny_platform("alpha", "first")).unwrap();
+    symlink(first.file_name().unwrap(), dir.path().join("..data")).unwrap();
+    symlink("..data/alpha.yaml", dir.path().join("alpha.yaml")).unwrap();
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Arc::new(Reloader::new(
+        dir.path().to_path_buf(),
+        plan.clone(),
+        |_| None,
+    ));
+    assert_eq!(reloader.reload().await.result, "ok");
+    assert_eq!(title_of(&plan, "alpha").as_deref(), Some("first"));
+    let mut done = reloader.done.subscribe();
+    done.mark_unchanged();
+    let watching = reloader
+        .clone()
+        .watch(vec![], DEBOUNCE, None, std::future::pending())
+        .unwrap();
+    tokio::spawn(watching);
+    let second = dir.path().join("..2026_01_01_00_01_00.2");
+    std::fs::create_dir(&second).unwrap();
+    std::fs::write(second.join("alpha.yaml"), tiny_platform("alpha", "second")).unwrap();
+    symlink(second.file_name().unwrap(), dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    loop {
+        next_reload(&mut done).await;
+        if title_of(&plan, "alpha").as_deref() == Some("second") {
+            break;
+        }
+    }
+}

@@ -529,10 +529,23 @@ async fn conformance(s: &Store) {
         (c.version, c.values["app_secret"].as_str()),
         (6, Some("six"))
     );
+    // The set the last push replaced, and when, for the rotation window.
+    let previous = c.previous.clone().unwrap();
+    assert_eq!((previous.values, previous.rotated_at), (creds("five"), 3));
     assert!(
-        !format!("{c:?}").contains("six"),
+        !format!("{c:?}").contains("six") && !format!("{c:?}").contains("five"),
         "credentials must not print their values"
     );
+    // A first push replaces no pushed set: the values in force came from elsewhere.
+    s.credentials_put("q", 1, &creds("one"), 7).await.unwrap();
+    let first = s
+        .credentials_get("q")
+        .await
+        .unwrap()
+        .unwrap()
+        .previous
+        .unwrap();
+    assert_eq!((first.values, first.rotated_at), (Map::new(), 7));
     assert!(s.credentials_get("nobody").await.unwrap().is_none());
 
     // Replay guard: a key is refused until it expires.
@@ -570,4 +583,104 @@ async fn concurrent_claims(a: &Store, b: &Store) {
     assert!(xs.is_disjoint(&ys), "a row was claimed by both");
     assert_eq!(x.len() + y.len(), 200, "every row delivered exactly once");
     assert_eq!(xs.len(), x.len());
+}
+
+/// The migration versions recorded in a store, read over a connection of its own.
+async fn recorded_versions(pool: &sqlx::AnyPool) -> Vec<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT version FROM entrepot_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Opens `options` three times at once (three instances starting together); every open must
+/// succeed.
+async fn open_three_at_once(options: &StoreOptions) -> Vec<Store> {
+    let opens = (0..3).map(|_| {
+        let options = options.clone();
+        tokio::spawn(async move { Store::open(&options).await })
+    });
+    let mut stores = Vec::new();
+    for (i, r) in futures::future::join_all(opens)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r.unwrap() {
+            Ok(s) => stores.push(s),
+            Err(e) => panic!("instance {i} did not start: {e}"),
+        }
+    }
+    stores
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_instances_start_together_on_a_fresh_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/fresh/entrepot.db", dir.path().display());
+    let stores = open_three_at_once(&StoreOptions {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .await;
+    // The reference: the versions one instance alone records on another fresh file.
+    let alone = format!("sqlite://{}/alone.db", dir.path().display());
+    Store::open(&StoreOptions {
+        url: alone.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sqlx::any::install_default_drivers();
+    let expected = recorded_versions(&sqlx::AnyPool::connect(&alone).await.unwrap()).await;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    assert_eq!(recorded_versions(&pool).await, expected);
+    for s in &stores {
+        s.map_put("p", "sku", "a", "A", 1).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_instances_start_together_on_a_fresh_postgres_schema() {
+    let Some(url) = postgres_url(false) else {
+        return;
+    };
+    let schema = fresh_schema();
+    let stores = open_three_at_once(&StoreOptions {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+        ..Default::default()
+    })
+    .await;
+    let reference = fresh_schema();
+    postgres(&url, &reference).await.close().await;
+    sqlx::any::install_default_drivers();
+    let versions_in = |schema: String| {
+        let url = url.clone();
+        async move {
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .after_connect(move |conn, _| {
+                    let set = format!("SET search_path TO \"{schema}\"");
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, set.as_str()).await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+                .unwrap();
+            let v = recorded_versions(&pool).await;
+            pool.close().await;
+            v
+        }
+    };
+    let expected = versions_in(reference.clone()).await;
+    assert!(!expected.is_empty());
+    assert_eq!(versions_in(schema.clone()).await, expected);
+    for s in &stores {
+        s.map_put("p", "sku", "a", "A", 1).await.unwrap();
+        s.close().await;
+    }
+    drop_schema(&url, &schema).await;
+    drop_schema(&url, &reference).await;
 }

@@ -384,8 +384,13 @@ impl Reloader {
     }
 
     /// Watches the directory (and `extra` files' directories) and reloads after each burst of
-    /// changes has been quiet for `debounce`. With `poll`, the file system is polled at that
-    /// interval instead (for file systems without change events). Runs until `shutdown`.
+    /// relevant changes has been quiet for `debounce`. With `poll`, the file system is polled
+    /// at that interval instead (for file systems without change events). Runs until
+    /// `shutdown`.
+    ///
+    /// Only changes that can alter what a reload reads count (see [`WatchFilter`]): opening or
+    /// reading a file (as every reload does) and writing other files there (a log beside
+    /// `entrepot.yaml`) do not start a reload.
     ///
     /// The watch is registered before this returns, so no change made afterwards is missed;
     /// the returned future does the reloading.
@@ -397,24 +402,13 @@ impl Reloader {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let filter = WatchFilter::new(&self.dir, &extra);
+        let dirs = filter.dirs();
         let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.as_ref().is_ok_and(|e| filter.relevant(e)) {
                 let _ = tx.send(());
             }
         };
-        let mut dirs: Vec<PathBuf> = vec![self.dir.clone()];
-        for f in extra {
-            if let Some(parent) = f.parent().map(Path::to_path_buf) {
-                let parent = if parent.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    parent
-                };
-                if !dirs.contains(&parent) {
-                    dirs.push(parent);
-                }
-            }
-        }
         // Directories, not files: editors that save by rename and ConfigMap symlink swaps
         // replace the file, which a watch on the file itself would lose.
         let mut watcher: Box<dyn notify::Watcher + Send> = match poll {
@@ -456,6 +450,152 @@ impl Reloader {
     }
 }
 
+/// Which file system events can change what a reload reads.
+///
+/// The watch is on directories (editors that save by writing a new file and renaming it over
+/// the old one, and ConfigMap symlink swaps, replace the file, which a watch on the file itself
+/// would lose), so the events are filtered by file name:
+/// - in the platforms directory, `*.yaml` and `*.yml` files;
+/// - in the directory of each extra file (`entrepot.yaml`, the credentials file), that file;
+/// - in every watched directory, `..data`, the symlink a Kubernetes ConfigMap volume swaps to
+///   publish new contents;
+/// - a watched directory itself being removed or renamed.
+///
+/// Only creations, content and name changes and removals count: opening, reading and closing
+/// a file (every reload does that) and access-time updates never start a reload.
+#[derive(Debug, Clone)]
+pub struct WatchFilter {
+    dirs: Vec<WatchedDir>,
+}
+
+#[derive(Debug, Clone)]
+struct WatchedDir {
+    /// As given (events name paths under it).
+    path: PathBuf,
+    /// Canonical form, when it exists, for events that name it differently.
+    canonical: Option<PathBuf>,
+    /// Every `*.yaml` / `*.yml` file counts (the platforms directory).
+    any_yaml: bool,
+    /// These file names count.
+    names: Vec<std::ffi::OsString>,
+}
+
+/// The name of the symlink a Kubernetes ConfigMap volume swaps on every update.
+const CONFIGMAP_DATA: &str = "..data";
+
+impl WatchFilter {
+    /// The filter for a platforms directory and the extra files the gateway reads.
+    pub fn new(platforms_dir: &Path, extra: &[PathBuf]) -> Self {
+        let mut filter = WatchFilter { dirs: Vec::new() };
+        filter.entry(platforms_dir.to_path_buf()).any_yaml = true;
+        for f in extra {
+            let (Some(parent), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let parent = if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            };
+            let dir = filter.entry(parent);
+            if !dir.names.iter().any(|n| n == name) {
+                dir.names.push(name.to_os_string());
+            }
+        }
+        filter
+    }
+
+    fn entry(&mut self, path: PathBuf) -> &mut WatchedDir {
+        let canonical = std::fs::canonicalize(&path).ok();
+        let found = self.dirs.iter().position(|d| {
+            d.path == path || (canonical.is_some() && d.canonical.as_ref() == canonical.as_ref())
+        });
+        let index = match found {
+            Some(i) => i,
+            None => {
+                self.dirs.push(WatchedDir {
+                    path,
+                    canonical,
+                    any_yaml: false,
+                    names: Vec::new(),
+                });
+                self.dirs.len() - 1
+            }
+        };
+        // `index` is in range: found by `position` or just pushed.
+        #[allow(clippy::indexing_slicing)]
+        &mut self.dirs[index]
+    }
+
+    /// The directories to watch.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+
+    /// Whether `event` can change what a reload reads.
+    pub fn relevant(&self, event: &notify::Event) -> bool {
+        use notify::EventKind;
+        use notify::event::{MetadataKind, ModifyKind};
+        match event.kind {
+            EventKind::Access(_)
+            | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => {
+                return false;
+            }
+            _ => {}
+        }
+        // No path (e.g. the kernel's event queue overflowed and events were lost): look again.
+        if event.paths.is_empty() {
+            return true;
+        }
+        event
+            .paths
+            .iter()
+            .any(|p| self.path_relevant(p, &event.kind))
+    }
+
+    fn path_relevant(&self, path: &Path, kind: &notify::EventKind) -> bool {
+        use notify::EventKind;
+        use notify::event::ModifyKind;
+        // The watched directory itself, removed or renamed away.
+        if matches!(
+            kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        ) && self.find(path).is_some()
+        {
+            return true;
+        }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let Some(dir) = self.find(parent) else {
+            return false;
+        };
+        name == CONFIGMAP_DATA
+            || dir.names.iter().any(|n| n == name)
+            || (dir.any_yaml
+                && matches!(
+                    Path::new(name).extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                ))
+    }
+
+    fn find(&self, path: &Path) -> Option<&WatchedDir> {
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        self.dirs.iter().find(|d| d.path == path).or_else(|| {
+            // Named another way (absolute, through a symlink): compare canonical forms. Only
+            // for names that do not match as given, so the common case costs no system call.
+            let canonical = std::fs::canonicalize(path).ok()?;
+            self.dirs
+                .iter()
+                .find(|d| d.canonical.as_ref() == Some(&canonical))
+        })
+    }
+}
+
 /// The Prometheus text of the reload counters.
 pub fn metrics_text(totals: &[(&'static str, u64)]) -> String {
     let mut out = String::from(
@@ -477,4 +617,96 @@ pub fn metrics_text(totals: &[(&'static str, u64)]) -> String {
 /// Whether `platform` serves from `plan` (for tests and status pages).
 pub fn serving<'p>(plan: &'p Plan, platform: &str) -> Option<&'p Arc<PlatformPlan>> {
     plan.platforms.get(platform)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+    use notify::{Event, EventKind};
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_of_the_files_read_count() {
+        // `serve` started beside entrepot.yaml with `platforms_dir: platforms`.
+        let filter = WatchFilter::new(
+            Path::new("platforms"),
+            &[
+                PathBuf::from("entrepot.yaml"),
+                PathBuf::from("secrets/credentials.yaml"),
+            ],
+        );
+        assert_eq!(
+            filter.dirs(),
+            vec![
+                PathBuf::from("platforms"),
+                PathBuf::from("."),
+                PathBuf::from("secrets")
+            ]
+        );
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let relevant = [
+            event(write, "platforms/a.yaml"),
+            event(write, "platforms/b.yml"),
+            event(EventKind::Create(CreateKind::File), "platforms/new.yaml"),
+            event(EventKind::Remove(RemoveKind::File), "platforms/a.yaml"),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "platforms/a.yaml",
+            ),
+            // What the poll watcher reports for a changed file.
+            event(
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
+                "platforms/a.yaml",
+            ),
+            event(write, "./entrepot.yaml"),
+            event(write, "secrets/credentials.yaml"),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "secrets/..data",
+            ),
+            event(EventKind::Remove(RemoveKind::Folder), "platforms"),
+            // Events were lost: look again.
+            Event::new(EventKind::Other),
+        ];
+        for e in &relevant {
+            assert!(filter.relevant(e), "{e:?}");
+        }
+        let noise = [
+            event(write, "./gateway.log"),
+            event(EventKind::Create(CreateKind::File), "./gateway.log"),
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "platforms/a.yaml",
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "./entrepot.yaml",
+            ),
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "platforms",
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+                "platforms/a.yaml",
+            ),
+            event(write, "platforms/notes.txt"),
+            event(write, "platforms/.a.yaml.swp"),
+            // Only the named files count beside entrepot.yaml, not every YAML file there.
+            event(write, "./docker-compose.yaml"),
+            event(write, "secrets/other.yaml"),
+            event(write, "elsewhere/a.yaml"),
+            event(EventKind::Create(CreateKind::Folder), "data"),
+        ];
+        for e in &noise {
+            assert!(!filter.relevant(e), "{e:?}");
+        }
+    }
 }

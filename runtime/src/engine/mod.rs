@@ -71,7 +71,6 @@ enum Attempt {
 #[derive(Debug, Clone)]
 struct Pushed {
     current: crate::store::StoredCredentials,
-    previous: Option<(Map<String, Value>, OffsetDateTime)>,
 }
 
 /// A cached access token.
@@ -132,7 +131,9 @@ impl Engine {
     }
 
     /// The credentials a platform used before its last push, while its rotation window lasts:
-    /// inbound verification accepts them too.
+    /// inbound verification accepts them too. They are the credentials file's and the
+    /// environment's values with the pushed set the push replaced over them (none at the first
+    /// push: then the file's and environment's values are the ones that were in force).
     pub fn previous_credentials_for(
         &self,
         platform: &PlatformPlan,
@@ -140,52 +141,39 @@ impl Engine {
     ) -> Option<Map<String, Value>> {
         let window = platform.rotation_window?;
         let pushed = self.pushed.read().ok()?.get(&platform.name).cloned()?;
-        let (previous, rotated_at) = pushed.previous?;
-        let within =
-            now - rotated_at <= time::Duration::try_from(window).unwrap_or(time::Duration::ZERO);
+        let previous = pushed.current.previous?;
+        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let within = now_ms.saturating_sub(previous.rotated_at) <= window_ms;
         within.then(|| {
             let mut creds =
                 crate::credentials::resolve(platform, &self.file_credentials(), &self.env);
-            creds.extend(previous);
+            creds.extend(previous.values);
             creds
         })
     }
 
-    /// Loads the credentials pushed earlier (they survive restarts in the store).
+    /// Loads the credentials pushed earlier, with the sets they replaced (both survive
+    /// restarts in the store, and pushes through other instances sharing it show here).
     pub async fn load_pushed(&self) -> Result<usize, crate::store::StoreError> {
         let platforms = self.store.credentials_platforms().await?;
         let mut loaded = HashMap::new();
         for (platform, _) in &platforms {
             if let Some(c) = self.store.credentials_get(platform).await? {
-                loaded.insert(
-                    platform.clone(),
-                    Pushed {
-                        current: c,
-                        previous: None,
-                    },
-                );
+                loaded.insert(platform.clone(), Pushed { current: c });
             }
         }
         let n = loaded.len();
         if let Ok(mut m) = self.pushed.write() {
-            let now = OffsetDateTime::now_utc();
-            for (platform, fresh) in loaded.iter_mut() {
-                match m.remove(platform) {
-                    // Pushed through another instance since: the values we held rotate out.
-                    Some(held) if held.current.version != fresh.current.version => {
-                        fresh.previous = Some((held.current.values, now));
-                    }
-                    Some(held) => fresh.previous = held.previous,
-                    None => {}
-                }
-            }
             *m = loaded;
         }
         Ok(n)
     }
 
     /// Stores pushed credentials if `version` is newer than the stored one (compare-and-set:
-    /// an older push never overwrites a newer one); they take effect for the next request.
+    /// an older push never overwrites a newer one); they take effect for the next request, and
+    /// the values they replace stay valid for inbound verification during the platform's
+    /// `rotation_window`.
     pub async fn push_credentials(
         &self,
         platform: &str,
@@ -199,20 +187,30 @@ impl Engine {
             .credentials_put(platform, version, &values, ms)
             .await?;
         if outcome == crate::store::CredentialPut::Accepted {
-            let stored = crate::store::StoredCredentials {
-                version,
-                values,
-                updated_at: ms,
+            // What the store now holds, with the set it replaced (which may have come from
+            // another instance); if that read fails, what this instance knows.
+            let stored = match self.store.credentials_get(platform).await {
+                Ok(Some(c)) => c,
+                _ => {
+                    let before = self
+                        .pushed
+                        .read()
+                        .ok()
+                        .and_then(|m| m.get(platform).map(|p| p.current.values.clone()))
+                        .unwrap_or_default();
+                    crate::store::StoredCredentials {
+                        version,
+                        values,
+                        updated_at: ms,
+                        previous: Some(crate::store::Rotation {
+                            values: before,
+                            rotated_at: ms,
+                        }),
+                    }
+                }
             };
             if let Ok(mut m) = self.pushed.write() {
-                let previous = m.remove(platform).map(|p| (p.current.values, now));
-                m.insert(
-                    platform.to_string(),
-                    Pushed {
-                        current: stored,
-                        previous,
-                    },
-                );
+                m.insert(platform.to_string(), Pushed { current: stored });
             }
         }
         Ok(outcome)

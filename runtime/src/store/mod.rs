@@ -222,6 +222,10 @@ impl Store {
                     })?
                     .map_err(|e| open_err(describe(&e), backend_hint))?;
             if backend == Backend::Sqlite {
+                // Other instances may be opening the same fresh file: wait for their locks.
+                conn.execute("PRAGMA busy_timeout = 10000")
+                    .await
+                    .map_err(|e| open_err(describe(&e), backend_hint))?;
                 conn.execute("PRAGMA journal_mode = WAL")
                     .await
                     .map_err(|e| open_err(describe(&e), backend_hint))?;
@@ -248,10 +252,26 @@ impl Store {
                         Backend::Postgres => {
                             if let Some(s) = &schema {
                                 let quoted = s.replace('"', "\"\"");
-                                conn.execute(
-                                    format!("CREATE SCHEMA IF NOT EXISTS \"{quoted}\"").as_str(),
-                                )
-                                .await?;
+                                let created = conn
+                                    .execute(
+                                        format!("CREATE SCHEMA IF NOT EXISTS \"{quoted}\"")
+                                            .as_str(),
+                                    )
+                                    .await;
+                                if let Err(e) = created {
+                                    // `IF NOT EXISTS` does not hold when another instance
+                                    // creates the schema at the same moment: that one is fine.
+                                    let exists = sqlx::query(
+                                        "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                                    )
+                                    .bind(s.as_str())
+                                    .fetch_optional(&mut *conn)
+                                    .await?
+                                    .is_some();
+                                    if !exists {
+                                        return Err(e);
+                                    }
+                                }
                                 conn.execute(format!("SET search_path TO \"{quoted}\"").as_str())
                                     .await?;
                             }
@@ -860,6 +880,11 @@ impl Store {
     // ------------------------------------------------------------------ credentials
 
     /// Stores a platform's pushed credentials if `version` is newer than the stored one.
+    ///
+    /// The set it replaces is kept with the time of the push, for the rotation window (see
+    /// [`StoredCredentials::previous`]); the first push of a platform replaces no pushed set,
+    /// so the values in force before it came from the credentials file or the environment and
+    /// an empty set is kept.
     pub async fn credentials_put(
         &self,
         platform: &str,
@@ -867,19 +892,19 @@ impl Store {
         values: &Map<String, Value>,
         now: i64,
     ) -> Result<CredentialPut, StoreError> {
-        let plain = Value::Object(values.clone()).to_string();
-        let payload = match &self.cipher {
-            Some(c) => c.seal(plain.as_bytes()),
-            None => format!("plain:{plain}"),
-        };
+        let payload = self.seal_credentials(values);
+        let nothing_pushed_before = self.seal_credentials(&Map::new());
         let n = sqlx::query(
-            "INSERT INTO credential_sets (platform, version, payload, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (platform) DO UPDATE SET version = excluded.version, payload = excluded.payload, updated_at = excluded.updated_at \
+            "INSERT INTO credential_sets (platform, version, payload, updated_at, previous, rotated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (platform) DO UPDATE SET version = excluded.version, payload = excluded.payload, updated_at = excluded.updated_at, \
+             previous = credential_sets.payload, rotated_at = excluded.updated_at \
              WHERE credential_sets.version < excluded.version",
         )
         .bind(platform)
         .bind(version)
         .bind(&payload)
+        .bind(now)
+        .bind(&nothing_pushed_before)
         .bind(now)
         .execute(&self.pool)
         .await
@@ -896,20 +921,19 @@ impl Store {
         Ok(CredentialPut::Stale { current })
     }
 
-    /// A platform's pushed credentials.
-    pub async fn credentials_get(
+    fn seal_credentials(&self, values: &Map<String, Value>) -> String {
+        let plain = Value::Object(values.clone()).to_string();
+        match &self.cipher {
+            Some(c) => c.seal(plain.as_bytes()),
+            None => format!("plain:{plain}"),
+        }
+    }
+
+    fn open_credentials(
         &self,
         platform: &str,
-    ) -> Result<Option<StoredCredentials>, StoreError> {
-        let row = sqlx::query(
-            "SELECT version, payload, updated_at FROM credential_sets WHERE platform = $1",
-        )
-        .bind(platform)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("reading credentials"))?;
-        let Some(r) = row else { return Ok(None) };
-        let payload: String = r.try_get(1).map_err(q("reading credentials"))?;
+        payload: &str,
+    ) -> Result<Map<String, Value>, StoreError> {
         let bad = |reason: String| StoreError::Credentials {
             platform: platform.into(),
             reason,
@@ -917,7 +941,7 @@ impl Store {
         let plain = match payload.strip_prefix("plain:") {
             Some(p) => p.as_bytes().to_vec(),
             None => match &self.cipher {
-                Some(c) => c.open(&payload).map_err(bad)?,
+                Some(c) => c.open(payload).map_err(bad)?,
                 None => {
                     return Err(bad(
                         "they are encrypted and ENTREPOT_CREDENTIALS_KEY is not set".into(),
@@ -925,14 +949,42 @@ impl Store {
                 }
             },
         };
-        let values = match serde_json::from_slice(&plain) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(bad("the stored value is not a mapping".into())),
+        match serde_json::from_slice(&plain) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(bad("the stored value is not a mapping".into())),
+        }
+    }
+
+    /// A platform's pushed credentials, with the set the last push replaced.
+    pub async fn credentials_get(
+        &self,
+        platform: &str,
+    ) -> Result<Option<StoredCredentials>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, payload, updated_at, previous, rotated_at FROM credential_sets WHERE platform = $1",
+        )
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading credentials"))?;
+        let Some(r) = row else { return Ok(None) };
+        let payload: String = r.try_get(1).map_err(q("reading credentials"))?;
+        let values = self.open_credentials(platform, &payload)?;
+        let previous: Option<String> = r.try_get(3).map_err(q("reading credentials"))?;
+        let rotated_at: Option<i64> = r.try_get(4).map_err(q("reading credentials"))?;
+        let previous = match (previous, rotated_at) {
+            (Some(p), Some(at)) => Some(Rotation {
+                values: self.open_credentials(platform, &p)?,
+                rotated_at: at,
+            }),
+            // Stored before the store kept them.
+            _ => None,
         };
         Ok(Some(StoredCredentials {
             version: r.try_get(0).map_err(q("reading credentials"))?,
             values,
             updated_at: r.try_get(2).map_err(q("reading credentials"))?,
+            previous,
         }))
     }
 
@@ -1227,6 +1279,10 @@ pub struct StoredCredentials {
     pub values: Map<String, Value>,
     /// Last update (Unix ms).
     pub updated_at: i64,
+    /// The pushed set the last push replaced (empty when it was the first push: the values in
+    /// force then came from the credentials file or the environment), and when. `None` for
+    /// sets stored before the store kept them.
+    pub previous: Option<Rotation>,
 }
 
 impl std::fmt::Debug for StoredCredentials {
@@ -1234,6 +1290,25 @@ impl std::fmt::Debug for StoredCredentials {
         f.debug_struct("StoredCredentials")
             .field("version", &self.version)
             .field("names", &self.values.keys().collect::<Vec<_>>())
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+/// A pushed set replaced by a push.
+#[derive(Clone, PartialEq)]
+pub struct Rotation {
+    /// Values by name.
+    pub values: Map<String, Value>,
+    /// When the push replaced them (Unix ms).
+    pub rotated_at: i64,
+}
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotation")
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .field("rotated_at", &self.rotated_at)
             .finish()
     }
 }
