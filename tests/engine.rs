@@ -428,20 +428,27 @@ async fn breaker_opens_and_recovers() {
 async fn rate_limit_holds_the_quota() {
     let transport = "  qps: 10\n  retries: 0\n";
     let gw = start_with(Some(transport), SECRET, Catalog::sample()).await;
+    // Unix milliseconds, the simulator's clock for its request log.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let calls = (0..12).map(|_| gw.call("product.list", json!({})));
     for (status, body) in futures::future::join_all(calls).await {
         assert_eq!(status, 200, "{body}");
     }
-    let at: Vec<u64> = gw.sim.requests().iter().map(|r| r.at_ms).collect();
+    let mut at: Vec<u64> = gw.sim.requests().iter().map(|r| r.at_ms).collect();
+    at.sort_unstable();
     assert_eq!(at.len(), 12);
-    // No 1-second window holds more than 10 calls: call i+10 starts a full second after call i
-    // (a few milliseconds allowed for the trip to the simulator).
-    for i in 0..2 {
+    // Paced at 10 per second, the k-th call (0-based) cannot leave before start + k * 100 ms,
+    // so it cannot arrive before then either: no 1-second window holds more than 10 calls.
+    // (Network delay only makes calls later, so this bound holds on any machine; 1 ms is
+    // allowed for the two clocks' rounding.)
+    for (k, t) in at.iter().enumerate() {
         assert!(
-            at[i + 10] - at[i] >= 990,
-            "calls {i} and {}: {:?}",
-            i + 10,
-            at
+            *t + 1 >= start + 100 * k as u64,
+            "call {k} arrived {} ms after the start: {at:?}",
+            t.saturating_sub(start)
         );
     }
 }
