@@ -12,6 +12,7 @@ mod support;
 mod callbacks;
 mod cases;
 mod cli;
+mod contract;
 mod crash;
 mod credentials;
 mod engine;

@@ -315,15 +315,22 @@ async fn callback(
 fn admin_refusal(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Response> {
     use subtle::ConstantTimeEq;
     let Some(token) = &state.admin_token else {
-        return Some(problem_response(&Problem::new(
+        // Switched off by configuration: unavailable, not a server error.
+        let mut p = Problem::new(
             ProblemKind::Configuration,
-            "the admin API is disabled: set admin.token in entrepot.yaml (for example from ENTREPOT_ADMIN_TOKEN)",
-        )));
+            "the admin API is disabled: set admin.token in entrepot.yaml (for example from ENTREPOT_ADMIN_TOKEN) and restart",
+        );
+        p.status = 503;
+        p.title = "The admin API is disabled".into();
+        return Some(problem_response(&p));
     };
+    // `Authorization: <scheme> <token>`; the scheme name is case-insensitive (RFC 9110 §11.1).
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim_start())
         .unwrap_or_default();
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         None
