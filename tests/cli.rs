@@ -299,7 +299,9 @@ fn logs_have_no_colour_codes_when_not_on_a_terminal() {
         assert!(!line.contains("\x1b["), "colour codes in {line:?}");
     }
     assert!(
-        lines.iter().any(|l| l.contains("INFO") && l.contains("platforms loaded")),
+        lines
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("platforms loaded")),
         "{lines:?}"
     );
 }

@@ -39,7 +39,11 @@ async fn start(admin: Option<&str>) -> Gateway {
     let doc = entrepot::config::source::parse(Path::new("platforms/yanxuan.yaml"), text).unwrap();
     let env = move |name: &str| (name == "YANXUAN_BASE_URL").then(|| base.clone());
     let compiled = entrepot::compile::compile_docs(vec![doc], &env);
-    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
@@ -180,7 +184,10 @@ async fn every_mapped_output_matches_its_canonical_schema() {
         .as_str()
         .unwrap()
         .to_string();
-    outputs.push(("product.get", gw.ok("product.get", json!({"spu_id": spu})).await));
+    outputs.push((
+        "product.get",
+        gw.ok("product.get", json!({"spu_id": spu})).await,
+    ));
     outputs.push((
         "inventory.get",
         gw.ok("inventory.get", json!({"sku_ids": [sku]})).await,
@@ -199,12 +206,14 @@ async fn every_mapped_output_matches_its_canonical_schema() {
     ));
     outputs.push((
         "logistics.get",
-        gw.ok("logistics.get", json!({"order_id": "contract-1"})).await,
+        gw.ok("logistics.get", json!({"order_id": "contract-1"}))
+            .await,
     ));
     gw.sim.ship("contract-1", "顺丰", "SF1");
     outputs.push((
         "logistics.get",
-        gw.ok("logistics.get", json!({"order_id": "contract-1"})).await,
+        gw.ok("logistics.get", json!({"order_id": "contract-1"}))
+            .await,
     ));
     outputs.push((
         "order.get",
@@ -212,11 +221,13 @@ async fn every_mapped_output_matches_its_canonical_schema() {
     ));
     outputs.push((
         "order.cancel",
-        gw.ok("order.cancel", json!({"order_id": "contract-1"})).await,
+        gw.ok("order.cancel", json!({"order_id": "contract-1"}))
+            .await,
     ));
     outputs.push((
         "order.cancel",
-        gw.ok("order.cancel", json!({"order_id": "contract-2"})).await,
+        gw.ok("order.cancel", json!({"order_id": "contract-2"}))
+            .await,
     ));
     let mut covered: Vec<&str> = outputs.iter().map(|(op, _)| *op).collect();
     covered.sort_unstable();
@@ -237,9 +248,7 @@ async fn date_time_inputs_are_validated() {
         "2026-02-30T10:00:00Z",
         "2026-11-28T25:00:00+08:00",
     ] {
-        let (status, body) = gw
-            .call("product.list", json!({"updated_since": bad}))
-            .await;
+        let (status, body) = gw.call("product.list", json!({"updated_since": bad})).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(
             body.to_string().contains("input.updated_since"),
@@ -266,18 +275,78 @@ async fn every_answered_status_is_documented() {
         .to_string();
     let op = "/v1/platforms/{platform}/operations";
     let cases: Vec<(&str, String, String, Option<Value>)> = vec![
-        ("GET", "/v1/mappings/{platform}/{kind}".into(), "/v1/mappings/yanxuan/sku".into(), None),
-        ("GET", "/v1/mappings/{platform}/{kind}".into(), format!("/v1/mappings/yanxuan/sku?internal_id={sku}&platform_id=1"), None),
-        ("GET", "/v1/mappings/{platform}/{kind}".into(), "/v1/mappings/yanxuan/sku?internal_id=nope".into(), None),
-        ("GET", "/v1/mappings/{platform}/{kind}".into(), format!("/v1/mappings/yanxuan/sku?internal_id={sku}"), None),
-        ("POST", format!("{op}/inventory.get"), "/v1/platforms/nowhere/operations/inventory.get".into(), Some(json!({"sku_ids": ["x"]}))),
-        ("POST", format!("{op}/inventory.get"), "/v1/platforms/yanxuan/operations/inventory.get".into(), Some(json!({"sku_ids": []}))),
-        ("POST", format!("{op}/inventory.get"), "/v1/platforms/yanxuan/operations/inventory.get".into(), Some(json!("not an object"))),
-        ("POST", format!("{op}/order.get"), "/v1/platforms/yanxuan/operations/order.get".into(), Some(json!({"order_id": "never-seen"}))),
-        ("POST", format!("{op}/inventory.get"), "/v1/platforms/yanxuan/operations/inventory.get".into(), Some(json!({"sku_ids": [sku]}))),
-        ("POST", "/v1/operations/inventory.get".into(), "/v1/operations/inventory.get".into(), Some(json!({"sku_ids": []}))),
-        ("POST", "/v1/operations/order.get".into(), "/v1/operations/order.get".into(), Some(json!({"order_id": "never-seen"}))),
-        ("POST", "/v1/operations/inventory.get".into(), "/v1/operations/inventory.get".into(), Some(json!({"sku_ids": [sku]}))),
+        (
+            "GET",
+            "/v1/mappings/{platform}/{kind}".into(),
+            "/v1/mappings/yanxuan/sku".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/v1/mappings/{platform}/{kind}".into(),
+            format!("/v1/mappings/yanxuan/sku?internal_id={sku}&platform_id=1"),
+            None,
+        ),
+        (
+            "GET",
+            "/v1/mappings/{platform}/{kind}".into(),
+            "/v1/mappings/yanxuan/sku?internal_id=nope".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/v1/mappings/{platform}/{kind}".into(),
+            format!("/v1/mappings/yanxuan/sku?internal_id={sku}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("{op}/inventory.get"),
+            "/v1/platforms/nowhere/operations/inventory.get".into(),
+            Some(json!({"sku_ids": ["x"]})),
+        ),
+        (
+            "POST",
+            format!("{op}/inventory.get"),
+            "/v1/platforms/yanxuan/operations/inventory.get".into(),
+            Some(json!({"sku_ids": []})),
+        ),
+        (
+            "POST",
+            format!("{op}/inventory.get"),
+            "/v1/platforms/yanxuan/operations/inventory.get".into(),
+            Some(json!("not an object")),
+        ),
+        (
+            "POST",
+            format!("{op}/order.get"),
+            "/v1/platforms/yanxuan/operations/order.get".into(),
+            Some(json!({"order_id": "never-seen"})),
+        ),
+        (
+            "POST",
+            format!("{op}/inventory.get"),
+            "/v1/platforms/yanxuan/operations/inventory.get".into(),
+            Some(json!({"sku_ids": [sku]})),
+        ),
+        (
+            "POST",
+            "/v1/operations/inventory.get".into(),
+            "/v1/operations/inventory.get".into(),
+            Some(json!({"sku_ids": []})),
+        ),
+        (
+            "POST",
+            "/v1/operations/order.get".into(),
+            "/v1/operations/order.get".into(),
+            Some(json!({"order_id": "never-seen"})),
+        ),
+        (
+            "POST",
+            "/v1/operations/inventory.get".into(),
+            "/v1/operations/inventory.get".into(),
+            Some(json!({"sku_ids": [sku]})),
+        ),
         ("GET", "/v1/platforms".into(), "/v1/platforms".into(), None),
         ("GET", "/healthz".into(), "/healthz".into(), None),
         ("GET", "/readyz".into(), "/readyz".into(), None),
@@ -322,7 +391,11 @@ async fn admin_gate_answers_clearly() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{scheme}");
     }
-    for wrong in [format!("Bearer {ADMIN}x"), format!("Basic {ADMIN}"), ADMIN.to_string()] {
+    for wrong in [
+        format!("Bearer {ADMIN}x"),
+        format!("Basic {ADMIN}"),
+        ADMIN.to_string(),
+    ] {
         let resp = on
             .http
             .get(format!("{}/admin/v1/status", on.url))
@@ -365,7 +438,8 @@ fn unreadable_rsa_keys_in_the_file_are_load_time_diagnostics() {
         "{text}"
     );
     // A public key where the signing step needs a private one is caught too.
-    let public = std::fs::read_to_string(root().join("tests/vectors/rsa-test-key.pub.pem")).unwrap();
+    let public =
+        std::fs::read_to_string(root().join("tests/vectors/rsa-test-key.pub.pem")).unwrap();
     let wrong_kind = rsa_platform(
         "\"{{settings.private_key}}\"",
         &format!("settings: {{ private_key: {} }}\n", json!(public)),
@@ -387,8 +461,13 @@ fn unreadable_rsa_keys_in_the_file_are_load_time_diagnostics() {
 /// without a 500 and without telling the sender anything about the gateway's keys.
 #[tokio::test]
 async fn unreadable_rsa_credential_is_refused_without_internals() {
-    let compiled = entrepot::compile::compile_files(&[root().join("tests/vectors/rsa.yaml")], &|_| None);
-    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+    let compiled =
+        entrepot::compile::compile_files(&[root().join("tests/vectors/rsa.yaml")], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = crate::support::sqlite_store(&dir).await;
     let mut creds = CredentialSets::new();
@@ -396,7 +475,10 @@ async fn unreadable_rsa_credential_is_refused_without_internals() {
         "vector_rsa".into(),
         [
             ("private_key".to_string(), json!("garbage")),
-            ("platform_public_key".to_string(), json!("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----")),
+            (
+                "platform_public_key".to_string(),
+                json!("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----"),
+            ),
         ]
         .into_iter()
         .collect(),

@@ -24,5 +24,6 @@ mod reload;
 mod schemas;
 mod secrets;
 mod server;
+mod slow_clients;
 mod store;
 mod vectors;

@@ -637,9 +637,10 @@ fn serve(
     let dispatch_task = runtime.spawn(dispatcher.run(async move {
         let _ = dispatch_stopped.await;
     }));
-    let result = runtime.block_on(crate::server::serve(
+    let result = runtime.block_on(crate::server::serve_with(
         gateway.listen,
         state,
+        gateway.server,
         |addr| tracing::info!(%addr, "listening"),
         shutdown_signal(),
     ));

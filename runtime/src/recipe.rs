@@ -816,8 +816,13 @@ fn check_known_rsa_keys(
 ) {
     for (i, step) in config.iter().enumerate() {
         let name = step_name(step);
-        let Some((index, StepPlan { kind: StepKind::Digest(d), .. })) =
-            plans.iter().enumerate().find(|(_, p)| p.name == name)
+        let Some((
+            index,
+            StepPlan {
+                kind: StepKind::Digest(d),
+                ..
+            },
+        )) = plans.iter().enumerate().find(|(_, p)| p.name == name)
         else {
             continue;
         };
@@ -827,12 +832,10 @@ fn check_known_rsa_keys(
         let Some(key) = &d.key else { continue };
         let text = match (key.as_literal(), key.as_ref_path()) {
             (Some(literal), _) => literal.to_string(),
-            (None, Some([root, setting])) if root == "settings" => {
-                match cx.setting_text(setting) {
-                    Some(t) => t.to_string(),
-                    None => continue,
-                }
-            }
+            (None, Some([root, setting])) if root == "settings" => match cx.setting_text(setting) {
+                Some(t) => t.to_string(),
+                None => continue,
+            },
             _ => continue,
         };
         let public = verify_step == Some(index);
@@ -844,7 +847,8 @@ fn check_known_rsa_keys(
             }
         });
         if let Err(message) = read {
-            cx.error(&path.index(i).key("key"), Code::SigningKey, message).hint = Some(if public {
+            cx.error(&path.index(i).key("key"), Code::SigningKey, message)
+                .hint = Some(if public {
                 "give the platform's public key as PEM text (-----BEGIN PUBLIC KEY-----...), usually from a setting or a credential".into()
             } else {
                 "give your private key as PEM text (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----), usually from a credential".into()

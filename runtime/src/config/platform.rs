@@ -542,8 +542,6 @@ pub struct Ack {
 }
 
 /// A key that is present is `Some`, even when its value is `null` (`default: null`).
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<serde_json::Value>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
 }
