@@ -12,6 +12,7 @@ mod support;
 mod callbacks;
 mod cases;
 mod cli;
+mod config_fuzz;
 mod contract;
 mod crash;
 mod credentials;
