@@ -323,3 +323,36 @@ fn logs_as_json_lines() {
     let addr: std::net::SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
     assert!(addr.ip().is_loopback(), "{v}");
 }
+
+/// The README's demo: the committed gateway file of the simulator, with its committed demo
+/// credentials, gets a real answer from a simulator started with its defaults.
+#[tokio::test]
+async fn demo_gateway_file_calls_the_simulator_with_its_demo_credentials() {
+    let sim = channel_sim::Simulator::start(channel_sim::SimConfig::new(
+        channel_sim::DEMO_APP_KEY,
+        channel_sim::DEMO_APP_SECRET,
+        channel_sim::Catalog::sample(),
+    ))
+    .await
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut call = Command::new(env!("CARGO_BIN_EXE_entrepot"));
+    call.current_dir(cwd.path())
+        .args(["call", "yanxuan", "product.list", "--config"])
+        .arg(root().join("examples/channel-sim/entrepot.yaml"))
+        .env("YANXUAN_BASE_URL", sim.base_url())
+        .env_remove("ENTREPOT_STORE_URL");
+    let out = tokio::task::spawn_blocking(move || call.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["total"], 3, "{answer}");
+    // The store of the demo file is relative to the current directory.
+    assert!(cwd.path().join("data/entrepot.db").exists());
+}

@@ -83,6 +83,13 @@ pub use signing::{PLATFORM_OFFSET, format_timestamp, parse_timestamp, sign, sign
 use server::{Shared, router};
 use state::State;
 
+/// The `appKey` the simulator's binary accepts unless told otherwise (`--app-key`); the
+/// demo credentials in `examples/channel-sim/demo-credentials.yaml` are these.
+pub const DEMO_APP_KEY: &str = "sim-app-key";
+/// The app secret the simulator's binary checks signatures with unless told otherwise
+/// (`--app-secret`).
+pub const DEMO_APP_SECRET: &str = "sim-app-secret";
+
 /// How the simulator is set up.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
