@@ -20,7 +20,7 @@
 //! | `yanxuan.item.batch.get` | `itemIds` (comma-separated) | `[ITEM]`; none known → `6002` |
 //! | `yanxuan.item.inventory.get` | `skuIds` | `[{"skuId", "inventory"}]` (unknown left out) |
 //! | `yanxuan.order.paid.create` | `order` (JSON) | `{"orderId"}`; `400` / `6002` / `6001` / `6005` |
-//! | `yanxuan.order.paid.get` | `orderId` | `{"orderId", "orderStatus", "orderSkus", "realPrice"}`; `6003` |
+//! | `yanxuan.order.paid.get` | `orderId` | `{"orderId", "orderStatus", "receiverName", "receiverMobile", "receiverProvinceName", "receiverCityName", "receiverDistrictName", "receiverAddressDetail", "orderSkus", "realPrice", "expFee"}`; `6003` |
 //! | `yanxuan.order.paid.cancel` | `orderId` | `{"orderId", "cancelStatus": 1 \| 2}`; `6003` |
 //! | `yanxuan.order.express.get` | `orderId` | `{"orderId", "packages": [{"expressCompany", "expressNo", "shipTime"}]}`; `6003` |
 //!
