@@ -347,6 +347,18 @@ async fn every_answered_status_is_documented() {
             "/v1/operations/inventory.get".into(),
             Some(json!({"sku_ids": [sku]})),
         ),
+        (
+            "POST",
+            format!("{op}/inventory.get"),
+            "/v1/platforms/yanxuan/operations/inventory.get".into(),
+            Some(json!({"sku_ids": ["x".repeat(3 << 20)]})),
+        ),
+        (
+            "POST",
+            "/v1/operations/inventory.get".into(),
+            "/v1/operations/inventory.get".into(),
+            Some(json!({"sku_ids": ["x".repeat(3 << 20)]})),
+        ),
         ("GET", "/v1/platforms".into(), "/v1/platforms".into(), None),
         ("GET", "/healthz".into(), "/healthz".into(), None),
         ("GET", "/readyz".into(), "/readyz".into(), None),

@@ -53,6 +53,8 @@ fn problem_responses() -> Value {
         "404": { "description": "No such platform or operation.", "content": problem },
         "422": { "description": "An id is not known on the platform.", "content": problem },
         "502": { "description": "The platform refused the call, or its answer does not map.", "content": problem },
+        "408": { "description": "The request body did not arrive within the server's `body_timeout`; the connection is closed.", "content": problem },
+        "413": { "description": "The request body is larger than the gateway accepts (2 MiB)." },
         "500": { "description": "The gateway is not configured for this call (a credential has no value, the signing recipe cannot run).", "content": problem },
         "503": { "description": "The platform is unavailable (timeout, 5xx, open circuit breaker), or the gateway's store is.", "content": problem },
     })
@@ -126,6 +128,8 @@ fn build() -> Value {
                         "502": { "description": "At least one part failed; each part has its status.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
                         "400": problem_responses().get("400").cloned().unwrap_or_default(),
                         "404": problem_responses().get("404").cloned().unwrap_or_default(),
+                        "408": problem_responses().get("408").cloned().unwrap_or_default(),
+                        "413": problem_responses().get("413").cloned().unwrap_or_default(),
                         "422": problem_responses().get("422").cloned().unwrap_or_default(),
                         "503": { "description": "The gateway's store is unavailable.", "content": problem_content() },
                     },
