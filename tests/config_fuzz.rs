@@ -155,7 +155,11 @@ fn apply(text: &str, m: &Mutation) -> String {
 fn assert_located(diagnostics: &[Diagnostic], file: &Path, text: &str) {
     assert!(!diagnostics.is_empty(), "refused without a diagnostic");
     // Lines as YAML counts them: CR, LF and CR LF all end a line.
-    let lines = text.replace("\r\n", "\n").replace('\r', "\n").split('\n').count();
+    let lines = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .split('\n')
+        .count();
     for d in diagnostics {
         assert_eq!(d.file, file, "{d}");
         assert!(!d.message.is_empty(), "{d:?}");
