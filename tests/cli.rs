@@ -44,7 +44,13 @@ fn validate_json_format_is_machine_readable() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let list: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    // Machine-readable output is the command's result: it goes to standard output.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let first = &list.as_array().unwrap()[0];
     for key in [
         "severity", "code", "file", "line", "column", "path", "message",
@@ -239,4 +245,114 @@ fn call_dry_run_prints_the_signed_request() {
         err.contains("order 'mall-order-404' is not known on platform 'yanxuan'"),
         "{err}"
     );
+}
+
+/// Starts `serve` with a throwaway store and the sample platforms, its log (standard output)
+/// piped; returns every log line up to and including the one announcing the address.
+fn serve_log_until_listening(extra: &[&str]) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: {}\nreload: {{ watch: false }}\n",
+            dir.path().display(),
+            root().join("platforms").display()
+        ),
+    )
+    .unwrap();
+    let mut child = entrepot()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(extra)
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.last().is_some_and(|l| l.contains("listening")),
+        "the gateway did not start: {lines:?}"
+    );
+    lines
+}
+
+/// Logs written to a pipe or a file carry no terminal colour codes.
+#[test]
+fn logs_have_no_colour_codes_when_not_on_a_terminal() {
+    let lines = serve_log_until_listening(&[]);
+    for line in &lines {
+        assert!(!line.contains("\x1b["), "colour codes in {line:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("platforms loaded")),
+        "{lines:?}"
+    );
+}
+
+/// `--log-format json` writes one JSON object per line, with the event's fields.
+#[test]
+fn logs_as_json_lines() {
+    let lines = serve_log_until_listening(&["--log-format", "json"]);
+    let mut listening = None;
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(v["level"].is_string(), "{v}");
+        if v["fields"]["message"] == "listening" {
+            listening = Some(v);
+        }
+    }
+    let v = listening.expect("a 'listening' event");
+    let addr: std::net::SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{v}");
+}
+
+/// The README's demo: the committed gateway file of the simulator, with its committed demo
+/// credentials, gets a real answer from a simulator started with its defaults.
+#[tokio::test]
+async fn demo_gateway_file_calls_the_simulator_with_its_demo_credentials() {
+    let sim = channel_sim::Simulator::start(channel_sim::SimConfig::new(
+        channel_sim::DEMO_APP_KEY,
+        channel_sim::DEMO_APP_SECRET,
+        channel_sim::Catalog::sample(),
+    ))
+    .await
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut call = Command::new(env!("CARGO_BIN_EXE_entrepot"));
+    call.current_dir(cwd.path())
+        .args(["call", "yanxuan", "product.list", "--config"])
+        .arg(root().join("examples/channel-sim/entrepot.yaml"))
+        .env("YANXUAN_BASE_URL", sim.base_url())
+        .env_remove("ENTREPOT_STORE_URL");
+    let out = tokio::task::spawn_blocking(move || call.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["total"], 3, "{answer}");
+    // The store of the demo file is relative to the current directory.
+    assert!(cwd.path().join("data/entrepot.db").exists());
 }

@@ -12,7 +12,12 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         if p.is_dir() {
             yaml_files(&p, out);
         } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            out.push(p);
+            // Credentials files (the simulator's demo credentials) are data for the gateway,
+            // neither platform nor gateway files.
+            let name = p.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+            if !name.ends_with("credentials") {
+                out.push(p);
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Published signature vectors (`../shared/vectors/signing-public.json`) reproduced through the
-//! YAML recipes under `tests/vectors/`, and values made by OpenSSL (`tests/vectors/openssl.json`).
+//! Published signature vectors (`tests/vectors/signing-public.json`, a copy of the project's
+//! shared vector file kept in the repository) reproduced through the YAML recipes under
+//! `tests/vectors/`, and values made by OpenSSL (`tests/vectors/openssl.json`).
 //! Every expected value is read from those files, never computed by the code under test.
 
 use std::sync::Arc;
@@ -14,14 +15,35 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::support::root;
 
+/// The published vectors, vendored so a fresh clone tests without anything beside it.
+const VECTOR_FILE: &str = "tests/vectors/signing-public.json";
+
 fn vectors() -> Vec<Value> {
-    let path = root()
-        .parent()
-        .unwrap()
-        .join("shared/vectors/signing-public.json");
+    let path = root().join(VECTOR_FILE);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the published vectors must be at {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// The vendored copy is the shared vector file, byte for byte, when that file is beside the
+/// repository (it is not on a fresh clone: then this says so in one line and checks nothing).
+#[test]
+fn vendored_vectors_equal_the_shared_file() {
+    let shared = root()
+        .parent()
+        .unwrap()
+        .join("shared/vectors/signing-public.json");
+    let Ok(original) = std::fs::read(&shared) else {
+        eprintln!("skipped: {} is absent", shared.display());
+        return;
+    };
+    let copy = std::fs::read(root().join(VECTOR_FILE))
+        .unwrap_or_else(|e| panic!("{VECTOR_FILE} must exist: {e}"));
+    assert!(
+        copy == original,
+        "{VECTOR_FILE} differs from {}: copy it again",
+        shared.display()
+    );
 }
 
 fn vector(id: &str) -> Value {

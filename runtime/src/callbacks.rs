@@ -157,11 +157,16 @@ pub async fn receive(
             (r, _) => r,
         };
         if let Err(r) = result {
-            let status = match r {
-                Rejection::Recipe(_) => 500,
-                _ => verify.reject_status,
-            };
-            return refuse(delivery, status, r.to_string()).await;
+            if let Rejection::Recipe(e) = &r {
+                // The gateway's own setup failed (an unreadable key in a credential...): the
+                // reason is logged and recorded; the sender only learns to try again later.
+                let _ = refuse(delivery, 503, format!("the recipe could not run: {e}")).await;
+                return Reply::error(
+                    503,
+                    "this delivery cannot be verified right now; try again later",
+                );
+            }
+            return refuse(delivery, verify.reject_status, r.to_string()).await;
         }
         // The durable replay guard: a key seen before (and not expired) is a replay.
         if let Some((_, ttl)) = &verify.replay {

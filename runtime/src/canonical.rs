@@ -161,8 +161,11 @@ static INPUT_VALIDATORS: std::sync::LazyLock<
         .filter_map(|op| {
             let schema =
                 serde_json::json!({ "$ref": format!("{BASE_URI}{op}.json#/properties/input") });
+            // Formats are assertions here: a `date-time` must be a real RFC 3339 time, not
+            // only shaped like one (`0000-00-00T00:00:00Z` is refused).
             jsonschema::options()
                 .with_retriever(Embedded)
+                .should_validate_formats(true)
                 .build(&schema)
                 .ok()
                 .map(|v| (*op, v))

@@ -41,6 +41,10 @@ pub enum Command {
         /// Listen on this address instead of the one in the gateway file (e.g. 127.0.0.1:0).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Format of the log (written to standard output). `text` is coloured only when
+        /// standard output is a terminal; `json` writes one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check platform files and gateway files without running anything.
     ///
@@ -51,7 +55,8 @@ pub enum Command {
     Validate {
         /// Files or directories. Default: the platforms directory of `entrepot.yaml`.
         paths: Vec<PathBuf>,
-        /// Output format of the diagnostics (written to standard error).
+        /// Output format of the diagnostics: `text` is written to standard error, `json` (the
+        /// command's result, for tools) to standard output.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -135,6 +140,15 @@ pub enum PreviewFormat {
     Json,
 }
 
+/// Format of the gateway's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields.
+    Text,
+    /// One JSON object per line for log collectors.
+    Json,
+}
+
 /// Output format of diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -156,7 +170,11 @@ pub enum SchemaKind {
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+        } => serve(config, listen, log_format),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Schema { kind, out, docs } => {
             if let Some(path) = &docs
@@ -371,7 +389,7 @@ fn print_diagnostics(diagnostics: &[Diagnostic], format: Format) {
             }
         }
         Format::Json => {
-            eprintln!(
+            println!(
                 "{}",
                 serde_json::to_string_pretty(diagnostics).unwrap_or_default()
             );
@@ -446,13 +464,28 @@ fn schema(kind: SchemaKind, out: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// Installs the log: to standard output, coloured only on a terminal, as text or JSON lines.
+fn init_log(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    log_format: LogFormat,
+) -> ExitCode {
+    init_log(log_format);
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from("entrepot.yaml"));
     let mut gateway = match load_gateway(&path, explicit, &process_env) {
@@ -604,9 +637,10 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitC
     let dispatch_task = runtime.spawn(dispatcher.run(async move {
         let _ = dispatch_stopped.await;
     }));
-    let result = runtime.block_on(crate::server::serve(
+    let result = runtime.block_on(crate::server::serve_with(
         gateway.listen,
         state,
+        gateway.server,
         |addr| tracing::info!(%addr, "listening"),
         shutdown_signal(),
     ));

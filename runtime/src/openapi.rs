@@ -42,15 +42,22 @@ fn rewrite_refs(v: &mut Value) {
     }
 }
 
+fn problem_content() -> Value {
+    json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } })
+}
+
 fn problem_responses() -> Value {
-    let problem = json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
+    let problem = problem_content();
     json!({
         "400": { "description": "The input is not valid (each problem named in `errors`).", "content": problem },
         "404": { "description": "No such platform or operation.", "content": problem },
         "422": { "description": "An id is not known on the platform.", "content": problem },
+        "408": { "description": "The request body did not arrive within the server's `body_timeout`; the connection is closed.", "content": problem },
+        "413": { "description": "The request body is larger than the gateway accepts (2 MiB)." },
         "429": { "description": "The platform asked to slow down (its HTTP 429); `retry_after` says how long, when it did.", "content": problem },
+        "500": { "description": "The gateway is not configured for this call (a credential has no value, the signing recipe cannot run).", "content": problem },
         "502": { "description": "The platform refused the call, failed (unreachable, HTTP 5xx: `platform_status`), or its answer does not map.", "content": problem },
-        "503": { "description": "The call could not be made on the gateway's side: open circuit breaker, or no rate-limit or concurrency slot free within the deadline (`retry_after`).", "content": problem },
+        "503": { "description": "The call could not be made on the gateway's side: open circuit breaker, no rate-limit or concurrency slot free within the deadline (`retry_after`), or the gateway's store is unavailable.", "content": problem },
         "504": { "description": "The platform did not answer within the operation's deadline.", "content": problem },
     })
 }
@@ -124,7 +131,11 @@ fn build() -> Value {
                         "200": { "description": "Every part succeeded.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
                         "502": { "description": "At least one part failed; each part has its status.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RoutedParts" } } } },
                         "400": problem_responses().get("400").cloned().unwrap_or_default(),
+                        "404": problem_responses().get("404").cloned().unwrap_or_default(),
+                        "408": problem_responses().get("408").cloned().unwrap_or_default(),
+                        "413": problem_responses().get("413").cloned().unwrap_or_default(),
                         "422": problem_responses().get("422").cloned().unwrap_or_default(),
+                        "503": { "description": "The gateway's store is unavailable.", "content": problem_content() },
                     },
                 }}),
             );
@@ -152,16 +163,30 @@ fn build() -> Value {
                 { "name": "internal_id", "in": "query", "schema": { "type": "string" } },
                 { "name": "platform_id", "in": "query", "schema": { "type": "string" } }
             ],
-            "responses": { "200": { "description": "The pair." }, "404": problem_responses().get("404").cloned().unwrap_or_default() }
+            "responses": {
+                "200": { "description": "The pair." },
+                "400": { "description": "Neither or both of internal_id and platform_id were given.", "content": problem_content() },
+                "404": { "description": "No mapping of that kind on that platform for that id.", "content": problem_content() },
+                "503": { "description": "The gateway's store is unavailable.", "content": problem_content() }
+            }
         }}),
     );
     for (p, what) in [
         ("/healthz", "The process is alive."),
         ("/readyz", "The store answers."),
     ] {
+        let mut responses = json!({ "200": { "description": "OK" } });
+        if p == "/readyz"
+            && let Value::Object(r) = &mut responses
+        {
+            r.insert(
+                "503".into(),
+                json!({ "description": "The store does not answer." }),
+            );
+        }
         paths.insert(
             p.into(),
-            json!({ "get": { "summary": what, "responses": { "200": { "description": "OK" } } } }),
+            json!({ "get": { "summary": what, "responses": responses } }),
         );
     }
     json!({

@@ -375,6 +375,7 @@ fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
 pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Option<SignPlan> {
     let before = cx.problems.len();
     let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), RECIPE_ROOTS);
+    check_known_rsa_keys(cx, &recipe.steps, &steps, &path.key("steps"), None);
     let scope = Scope {
         roots: RECIPE_ROOTS,
         extra: &names,
@@ -437,6 +438,7 @@ pub fn compile_verify(
         }
         rsa_step = rsa_index;
         check_binary(cx, t, &binary, &path.key("expect"), false);
+        check_known_rsa_keys(cx, &recipe.steps, &steps, &path.key("steps"), rsa_step);
     }
     let timestamp = recipe.timestamp.as_ref().and_then(|ts| {
         let tp = path.key("timestamp");
@@ -798,6 +800,61 @@ fn hmac_of<M: Mac + KeyInit>(key: &[u8], input: &[u8]) -> Result<Vec<u8>, String
         .map_err(|_| "the HMAC key is not usable".to_string())?;
     mac.update(input);
     Ok(mac.finalize().into_bytes().to_vec())
+}
+
+/// RSA keys known when the file loads (written literally, or a single `{{settings.NAME}}`)
+/// are read now, so an unreadable key is a located diagnostic instead of a failure of every
+/// request or delivery. `verify_step` is the step checked with a public key (a verification
+/// recipe's); every other rsa-sha256 step signs with a private key. Keys from credentials are
+/// only known at run time.
+fn check_known_rsa_keys(
+    cx: &mut Cx<'_>,
+    config: &[Step],
+    plans: &[StepPlan],
+    path: &DocPath,
+    verify_step: Option<usize>,
+) {
+    for (i, step) in config.iter().enumerate() {
+        let name = step_name(step);
+        let Some((
+            index,
+            StepPlan {
+                kind: StepKind::Digest(d),
+                ..
+            },
+        )) = plans.iter().enumerate().find(|(_, p)| p.name == name)
+        else {
+            continue;
+        };
+        if d.alg != DigestAlg::RsaSha256 {
+            continue;
+        }
+        let Some(key) = &d.key else { continue };
+        let text = match (key.as_literal(), key.as_ref_path()) {
+            (Some(literal), _) => literal.to_string(),
+            (None, Some([root, setting])) if root == "settings" => match cx.setting_text(setting) {
+                Some(t) => t.to_string(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let public = verify_step == Some(index);
+        let read = decode_key(text.as_bytes(), d).and_then(|raw| {
+            if public {
+                public_key(&raw).map(|_| ())
+            } else {
+                private_key(&raw).map(|_| ())
+            }
+        });
+        if let Err(message) = read {
+            cx.error(&path.index(i).key("key"), Code::SigningKey, message)
+                .hint = Some(if public {
+                "give the platform's public key as PEM text (-----BEGIN PUBLIC KEY-----...), usually from a setting or a credential".into()
+            } else {
+                "give your private key as PEM text (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----), usually from a credential".into()
+            });
+        }
+    }
 }
 
 type KeyCache<K> = LazyLock<Mutex<HashMap<[u8; 32], Arc<K>>>>;

@@ -1,5 +1,6 @@
-//! The HTTP server: health endpoints and the platform listing. Knows no platform by name: it
-//! serves whatever the current plan holds.
+//! The HTTP server (HTTP/1.1, with header and body timeouts and a connection cap): the
+//! canonical API, callbacks and the admin API. Knows no platform by name: it serves whatever
+//! the current plan holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,19 +108,182 @@ async fn platforms(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "platforms": list }))
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address through
-/// `bound` (useful with port 0).
+/// How long clients may take and how many may be connected at once (`server:` in
+/// `entrepot.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time allowed to send a request's header block. Default: 10 s.
+    pub header_timeout: std::time::Duration,
+    /// Time allowed to send a request's body, counted from its arrival. Default: 30 s.
+    pub body_timeout: std::time::Duration,
+    /// Connections served at once; more wait to be accepted. Default: 1024.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` resolves, with the default [`ServerLimits`].
+/// Returns the bound address through `bound` (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     state: AppState,
     bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(addr, state, ServerLimits::default(), bound, shutdown).await
+}
+
+/// Binds `addr` and serves HTTP/1.1 until `shutdown` resolves, holding clients to `limits`: a
+/// header block must arrive within `header_timeout` of the connection being ready for it
+/// (else the connection is closed; this also closes idle kept-alive connections), a body within
+/// `body_timeout` of its request (else 408 and the connection is closed), and at most
+/// `max_connections` connections are served at once (the others wait in the listen queue).
+/// On shutdown it stops accepting, lets requests in progress finish and closes idle
+/// connections.
+pub async fn serve_with(
+    addr: SocketAddr,
+    state: AppState,
+    limits: ServerLimits,
+    bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     bound(listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        limits.body_timeout,
+        body_deadline,
+    ));
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // HTTP/1.1 only: its header timer runs from the moment a request is awaited, so a
+    // connection that sends nothing, or a header block that never ends, is closed.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A place first, then a connection: beyond the cap, clients wait to be accepted.
+        let place = tokio::select! {
+            p = places.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection closed: {e}");
+            }
+            drop(place);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A request body that must be complete by a deadline; past it, reading fails and `expired`
+/// is set.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                this.expired
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Poll::Ready(Some(Err(axum::Error::new(
+                    "the request body took too long",
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request body until `limit` after the request arrived; a body still incomplete
+/// then is answered 408 and its connection closed.
+async fn body_deadline(
+    State(limit): State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = expired.clone();
+    let request = request.map(|inner| {
+        axum::body::Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            expired: flag,
+        })
+    });
+    let response = next.run(request).await;
+    if !expired.load(std::sync::atomic::Ordering::SeqCst) {
+        return response;
+    }
+    let mut p = Problem::new(
+        ProblemKind::InvalidInput,
+        format!(
+            "the request body did not arrive within {} ms; send it at once",
+            limit.as_millis()
+        ),
+    );
+    p.status = 408;
+    p.title = "Request timeout".into();
+    let mut response = problem_response(&p);
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// A problem as an HTTP answer (`application/problem+json`).
@@ -322,15 +486,22 @@ async fn callback(
 fn admin_refusal(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Response> {
     use subtle::ConstantTimeEq;
     let Some(token) = &state.admin_token else {
-        return Some(problem_response(&Problem::new(
+        // Switched off by configuration: unavailable, not a server error.
+        let mut p = Problem::new(
             ProblemKind::Configuration,
-            "the admin API is disabled: set admin.token in entrepot.yaml (for example from ENTREPOT_ADMIN_TOKEN)",
-        )));
+            "the admin API is disabled: set admin.token in entrepot.yaml (for example from ENTREPOT_ADMIN_TOKEN) and restart",
+        );
+        p.status = 503;
+        p.title = "The admin API is disabled".into();
+        return Some(problem_response(&p));
     };
+    // `Authorization: <scheme> <token>`; the scheme name is case-insensitive (RFC 9110 §11.1).
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim_start())
         .unwrap_or_default();
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         None

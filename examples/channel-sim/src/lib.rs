@@ -20,7 +20,7 @@
 //! | `yanxuan.item.batch.get` | `itemIds` (comma-separated) | `[ITEM]`; none known → `6002` |
 //! | `yanxuan.item.inventory.get` | `skuIds` | `[{"skuId", "inventory"}]` (unknown left out) |
 //! | `yanxuan.order.paid.create` | `order` (JSON) | `{"orderId"}`; `400` / `6002` / `6001` / `6005` |
-//! | `yanxuan.order.paid.get` | `orderId` | `{"orderId", "orderStatus", "orderSkus", "realPrice"}`; `6003` |
+//! | `yanxuan.order.paid.get` | `orderId` | `{"orderId", "orderStatus", "receiverName", "receiverMobile", "receiverProvinceName", "receiverCityName", "receiverDistrictName", "receiverAddressDetail", "orderSkus", "realPrice", "expFee"}`; `6003` |
 //! | `yanxuan.order.paid.cancel` | `orderId` | `{"orderId", "cancelStatus": 1 \| 2}`; `6003` |
 //! | `yanxuan.order.express.get` | `orderId` | `{"orderId", "packages": [{"expressCompany", "expressNo", "shipTime"}]}`; `6003` |
 //!
@@ -82,6 +82,13 @@ pub use signing::{PLATFORM_OFFSET, format_timestamp, parse_timestamp, sign, sign
 
 use server::{Shared, router};
 use state::State;
+
+/// The `appKey` the simulator's binary accepts unless told otherwise (`--app-key`); the
+/// demo credentials in `examples/channel-sim/demo-credentials.yaml` are these.
+pub const DEMO_APP_KEY: &str = "sim-app-key";
+/// The app secret the simulator's binary checks signatures with unless told otherwise
+/// (`--app-secret`).
+pub const DEMO_APP_SECRET: &str = "sim-app-secret";
 
 /// How the simulator is set up.
 #[derive(Clone, Debug)]

@@ -56,8 +56,8 @@ fn parse_catalog(spec: &str) -> Result<Catalog, String> {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut out = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 18080)),
-        app_key: "sim-app-key".to_string(),
-        app_secret: "sim-app-secret".to_string(),
+        app_key: channel_sim::DEMO_APP_KEY.to_string(),
+        app_secret: channel_sim::DEMO_APP_SECRET.to_string(),
         catalog: Catalog::sample(),
     };
     let mut args = args.into_iter();

@@ -141,8 +141,15 @@ impl Order {
         json!({
             "orderId": self.order_id,
             "orderStatus": self.status.as_str(),
+            "receiverName": self.receiver_name,
+            "receiverMobile": self.receiver_mobile,
+            "receiverProvinceName": self.receiver_province_name,
+            "receiverCityName": self.receiver_city_name,
+            "receiverDistrictName": self.receiver_district_name,
+            "receiverAddressDetail": self.receiver_address_detail,
             "orderSkus": self.lines_json(),
             "realPrice": format_fen(self.real_price_fen),
+            "expFee": format_fen(self.exp_fee_fen),
         })
     }
 

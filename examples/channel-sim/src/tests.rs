@@ -499,11 +499,18 @@ async fn order_lifecycle() {
         json!({
             "orderId": "CH-1",
             "orderStatus": "PAID",
+            "receiverName": "张三",
+            "receiverMobile": "13800000000",
+            "receiverProvinceName": "浙江省",
+            "receiverCityName": "杭州市",
+            "receiverDistrictName": "滨江区",
+            "receiverAddressDetail": "网商路599号",
             "orderSkus": [
                 {"skuId": "100101", "saleCount": 2, "originPrice": "299.00"},
                 {"skuId": "100301", "saleCount": 1, "originPrice": "12.50"}
             ],
-            "realPrice": "620.50"
+            "realPrice": "620.50",
+            "expFee": "10.00"
         })
     );
     let v = call(&app, "yanxuan.order.express.get", &[("orderId", "CH-1")]).await;

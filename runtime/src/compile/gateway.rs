@@ -48,6 +48,8 @@ pub struct GatewaySettings {
     pub reload_poll: Option<std::time::Duration>,
     /// Quiet time before a reload.
     pub reload_debounce: std::time::Duration,
+    /// How long clients may take, and how many are served at once.
+    pub server: crate::server::ServerLimits,
 }
 
 /// One event target, resolved.
@@ -204,6 +206,48 @@ pub fn compile_gateway(
             }
         }
     }
+    let mut server = crate::server::ServerLimits::default();
+    if let Some(sc) = &file.server {
+        let sp = DocPath::root().key("server");
+        for (value, key, slot) in [
+            (
+                &sc.header_timeout,
+                "header_timeout",
+                &mut server.header_timeout,
+            ),
+            (&sc.body_timeout, "body_timeout", &mut server.body_timeout),
+        ] {
+            if let Some(text) = value {
+                match super::parse_duration(text) {
+                    Ok(v) if !v.is_zero() => *slot = v,
+                    Ok(_) => problems.push(
+                        doc.at(
+                            &sp.key(key),
+                            Code::Duration,
+                            "a zero timeout would refuse every request",
+                        )
+                        .with_hint("give a time such as 10s or 30s"),
+                    ),
+                    Err(e) => problems.push(
+                        doc.at(&sp.key(key), Code::Duration, e)
+                            .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                    ),
+                }
+            }
+        }
+        match sc.max_connections {
+            Some(0) => problems.push(
+                doc.at(
+                    &sp.key("max_connections"),
+                    Code::Gateway,
+                    "the gateway must serve at least one connection",
+                )
+                .with_hint("leave it out for the default of 1024"),
+            ),
+            Some(n) => server.max_connections = usize::try_from(n).unwrap_or(usize::MAX),
+            None => {}
+        }
+    }
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -226,6 +270,7 @@ pub fn compile_gateway(
         reload_watch: file.reload.as_ref().and_then(|r| r.watch).unwrap_or(true),
         reload_poll,
         reload_debounce,
+        server,
     })
 }
 

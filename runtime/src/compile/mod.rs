@@ -257,6 +257,14 @@ impl<'a> Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The text of setting `name` (after `${env:...}` expansion), when it is a string.
+    pub fn setting_text(&self, name: &str) -> Option<&str> {
+        match self.file.settings.get(name) {
+            Some(crate::config::platform::SettingValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Records a problem at the value at `path`.
     pub fn error(
         &mut self,

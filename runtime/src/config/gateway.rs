@@ -31,6 +31,9 @@ pub struct GatewayFile {
     /// How platform files are reloaded while the gateway runs.
     #[serde(default)]
     pub reload: Option<ReloadConfig>,
+    /// How long clients may take to send a request, and how many are served at once.
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -118,4 +121,23 @@ pub struct ReloadConfig {
     /// Quiet time after a burst of changes before reloading. Default: `250ms`.
     #[serde(default)]
     pub debounce: Option<String>,
+}
+
+/// Limits that keep slow or numerous clients from holding the gateway's connections.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Time a client has to send a request's header block, from the moment the connection is
+    /// ready for a request (just opened, or idle after an answer); past it the connection is
+    /// closed. This also ends idle kept-alive connections. Default: `10s`.
+    #[serde(default)]
+    pub header_timeout: Option<String>,
+    /// Time a client has to send a request's whole body, counted from the request's arrival;
+    /// past it the request is answered `408` and the connection closed. Default: `30s`.
+    #[serde(default)]
+    pub body_timeout: Option<String>,
+    /// Connections served at once; further clients wait to be accepted until one closes.
+    /// Default: `1024`.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }

@@ -430,8 +430,10 @@ pub struct Mapping {
     /// looked up as text.
     #[serde(default)]
     pub map: Option<IndexMap<String, serde_json::Value>>,
-    /// Value used when the platform sends none (or a value missing from `map`).
-    #[serde(default)]
+    /// Value used when the platform sends none (or a value missing from `map`). An explicit
+    /// `default: null` yields `null` (the field is present, with no value); without `default`
+    /// a missing optional value is left out. Default: none.
+    #[serde(default, deserialize_with = "present")]
     pub default: Option<serde_json::Value>,
     /// When true, a missing value is a mapping error naming the platform, operation and path.
     /// Default: false (a missing optional value is left out and counted).
@@ -554,4 +556,9 @@ pub struct Ack {
     /// Content type of the body. Default: `application/json`.
     #[serde(default)]
     pub content_type: Option<String>,
+}
+
+/// A key that is present is `Some`, even when its value is `null` (`default: null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
