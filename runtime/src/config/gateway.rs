@@ -31,6 +31,9 @@ pub struct GatewayFile {
     /// How platform files are reloaded while the gateway runs.
     #[serde(default)]
     pub reload: Option<ReloadConfig>,
+    /// How long stored deliveries and delivered events are kept (see docs/limits.md).
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -118,4 +121,27 @@ pub struct ReloadConfig {
     /// Quiet time after a burst of changes before reloading. Default: `250ms`.
     #[serde(default)]
     pub debounce: Option<String>,
+}
+
+/// How long stored rows are kept; older ones are removed on a schedule. Expired replay keys
+/// (each kept for its recipe's `replay.ttl`) and idempotency records go at the same time.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Verified deliveries, duplicates included. Their dedupe keys go with them: a resend
+    /// arriving later than this is a new delivery, so keep it longer than the platforms' resend
+    /// horizon. A delivery with an event not yet delivered (pending or dead-lettered) is kept.
+    /// Default: `7d`.
+    #[serde(default)]
+    pub deliveries: Option<String>,
+    /// Refused deliveries (bad signature, over a limit...). Default: `1d`.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// Events delivered to their target. Pending and dead-lettered events are never removed.
+    /// Default: `7d`.
+    #[serde(default)]
+    pub events: Option<String>,
+    /// How often the store is pruned. Default: `10m`.
+    #[serde(default)]
+    pub prune_every: Option<String>,
 }

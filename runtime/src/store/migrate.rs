@@ -6,30 +6,43 @@ use sqlx::Row;
 use super::{Backend, Store};
 
 /// `(version, statements)`; `{id}` is an auto-increment primary key, `{bytes}` a byte column.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE key_mappings (platform TEXT NOT NULL, kind TEXT NOT NULL, internal_id TEXT NOT NULL, \
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE key_mappings (platform TEXT NOT NULL, kind TEXT NOT NULL, internal_id TEXT NOT NULL, \
          platform_id TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (platform, kind, internal_id), \
          UNIQUE (platform, kind, platform_id))",
-        "CREATE INDEX key_mappings_by_internal ON key_mappings (kind, internal_id)",
-        "CREATE TABLE idempotency (key TEXT PRIMARY KEY, state TEXT NOT NULL, response TEXT, \
+            "CREATE INDEX key_mappings_by_internal ON key_mappings (kind, internal_id)",
+            "CREATE TABLE idempotency (key TEXT PRIMARY KEY, state TEXT NOT NULL, response TEXT, \
          created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
-        "CREATE TABLE inbox (id {id}, platform TEXT NOT NULL, route TEXT NOT NULL, dedupe_key TEXT, \
+            "CREATE TABLE inbox (id {id}, platform TEXT NOT NULL, route TEXT NOT NULL, dedupe_key TEXT, \
          claimed_key TEXT, headers TEXT NOT NULL, body {bytes} NOT NULL, verified BIGINT NOT NULL, rejection TEXT, \
          event_type TEXT, received_at BIGINT NOT NULL, UNIQUE (platform, dedupe_key))",
-        "CREATE TABLE outbox (id {id}, event_id TEXT NOT NULL UNIQUE, inbox_id BIGINT, target TEXT NOT NULL, \
+            "CREATE TABLE outbox (id {id}, event_id TEXT NOT NULL UNIQUE, inbox_id BIGINT, target TEXT NOT NULL, \
          event_type TEXT NOT NULL, payload TEXT NOT NULL, idempotency_key TEXT NOT NULL, attempts BIGINT NOT NULL, \
          max_attempts BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, last_error TEXT, dead BIGINT NOT NULL, \
          delivered_at BIGINT, lease_owner TEXT, lease_until BIGINT, created_at BIGINT NOT NULL)",
-        "CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE delivered_at IS NULL AND dead = 0",
-        "CREATE TABLE flows (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, version BIGINT NOT NULL, \
+            "CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE delivered_at IS NULL AND dead = 0",
+            "CREATE TABLE flows (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, version BIGINT NOT NULL, \
          updated_at BIGINT NOT NULL)",
-        "CREATE TABLE credential_sets (platform TEXT PRIMARY KEY, version BIGINT NOT NULL, payload TEXT NOT NULL, \
+            "CREATE TABLE credential_sets (platform TEXT PRIMARY KEY, version BIGINT NOT NULL, payload TEXT NOT NULL, \
          updated_at BIGINT NOT NULL)",
-        "CREATE TABLE replay_keys (key TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)",
-    ],
-)];
+            "CREATE TABLE replay_keys (key TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)",
+        ],
+    ),
+    (
+        // Refused and duplicate deliveries keep at most the start of their body: the size received
+        // is kept beside it. A duplicate names the delivery it repeats. Retention prunes by age.
+        2,
+        &[
+            "ALTER TABLE inbox ADD COLUMN body_bytes BIGINT",
+            "ALTER TABLE inbox ADD COLUMN duplicate_of BIGINT",
+            "CREATE INDEX inbox_by_age ON inbox (received_at)",
+            "CREATE INDEX outbox_by_inbox ON outbox (inbox_id)",
+        ],
+    ),
+];
 
 fn dialect(sql: &str, backend: Backend) -> String {
     let (id, bytes) = match backend {
