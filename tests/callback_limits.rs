@@ -303,3 +303,40 @@ async fn pruning_keeps_recent_rows_and_pending_events() {
     let again = rec(delivery("p", Some("old-done"), true, now), vec![]).await;
     assert!(matches!(again, InboxOutcome::Stored { .. }), "{again:?}");
 }
+
+#[test]
+fn retention_is_read_from_the_gateway_file() {
+    let compile = |text: &str| {
+        let doc = entrepot::config::source::parse(
+            std::path::Path::new("entrepot.yaml"),
+            text.to_string(),
+        )
+        .unwrap();
+        entrepot::compile::gateway::compile_gateway(doc, std::path::Path::new("."), &|_| None)
+    };
+    let defaults = compile("targets: {}\n").unwrap().delivery.retention;
+    assert_eq!(defaults.deliveries.as_secs(), 7 * 86_400);
+    assert_eq!(defaults.refused.as_secs(), 86_400);
+    assert_eq!(defaults.events.as_secs(), 7 * 86_400);
+    assert_eq!(defaults.prune_every.as_secs(), 600);
+    let set = compile("retention: { deliveries: 3d, refused: 2h, events: 12h, prune_every: 1m }\n")
+        .unwrap()
+        .delivery
+        .retention;
+    assert_eq!(
+        (
+            set.deliveries.as_secs(),
+            set.refused.as_secs(),
+            set.events.as_secs(),
+            set.prune_every.as_secs()
+        ),
+        (3 * 86_400, 7_200, 43_200, 60)
+    );
+    let bad = compile("retention: { refused: 1 week, events: 0d }\n").unwrap_err();
+    let text = crate::support::render(&bad);
+    assert!(text.contains("retention.refused"), "{text}");
+    assert!(
+        text.contains("retention.events: events cannot be zero"),
+        "{text}"
+    );
+}
