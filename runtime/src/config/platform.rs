@@ -285,7 +285,9 @@ pub enum BodyFormat {
     /// JSON (the default).
     #[default]
     Json,
-    /// `application/x-www-form-urlencoded`.
+    /// `application/x-www-form-urlencoded`. A name sent once is a string; a name sent several
+    /// times is an array of its values, in the order sent (`a=1&a=2` is `{"a": ["1", "2"]}`),
+    /// and a `canonical` step over `form` sees every pair.
     Form,
     /// XML; elements become object keys, repeated elements arrays, text content strings.
     Xml,
