@@ -9,6 +9,9 @@
 
 mod support;
 
+mod callback_fuzz;
+mod callback_limits;
+mod callback_semantics;
 mod callbacks;
 mod cases;
 mod cli;

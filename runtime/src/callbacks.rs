@@ -9,8 +9,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::compile::gateway::TargetSettings;
+use crate::config::platform::BodyFormat;
 use crate::engine::Engine;
-use crate::engine::decode::decode;
+use crate::engine::decode;
 use crate::plan::{CallbackPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
 use crate::store::{InboxOutcome, NewDelivery, NewEvent};
@@ -23,12 +24,21 @@ pub struct Inbound {
     pub method: String,
     /// The route after `/callbacks`, such as `/acme/notify`.
     pub route: String,
-    /// Query parameters, decoded.
+    /// The full URL as received, with its query string (scheme and host as the sender used
+    /// them). When empty, `/callbacks{route}` and the query string stand for it.
+    pub url: String,
+    /// The query string exactly as received, without the `?`.
+    pub raw_query: String,
+    /// Query parameters, decoded; when empty they are read from `raw_query` (after the
+    /// route's field limit is checked).
     pub query: Vec<(String, String)>,
     /// Headers as received.
     pub headers: Vec<(String, String)>,
-    /// The exact body.
+    /// The exact body; when `over_limit` is set, at most its first bytes.
     pub body: Vec<u8>,
+    /// Set when the body was larger than the route's `limits.body`: the size declared or
+    /// read before reading stopped.
+    pub over_limit: Option<u64>,
 }
 
 /// The answer to a delivery.
@@ -59,7 +69,8 @@ pub fn find<'p>(plan: &'p Plan, route: &str) -> Option<(&'p Arc<PlatformPlan>, &
         .find_map(|p| p.callbacks.iter().find(|c| c.path == route).map(|c| (p, c)))
 }
 
-/// Records a refused delivery (never acknowledged, never an event) and makes its answer.
+/// Records a refused delivery (never acknowledged, never an event; at most the start of its
+/// body is kept) and makes its answer.
 async fn refused(
     store: &crate::store::Store,
     mut d: NewDelivery,
@@ -69,6 +80,7 @@ async fn refused(
     tracing::warn!(platform = %d.platform, route = %d.route, "delivery refused: {reason}");
     d.rejection = Some(reason.clone());
     d.verified = false;
+    d.body.truncate(crate::store::KEPT_BODY_BYTES);
     if let Err(e) = store.inbox_record(&d, &[], d.received_at).await {
         tracing::error!("cannot record a refused delivery: {e}");
     }
@@ -79,7 +91,120 @@ fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// A delivery over one of its route's limits, with the reason; `fallback` is the status of a
+/// route without `verify` (otherwise its `reject_status` is answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverLimit {
+    /// Why.
+    pub reason: String,
+    /// Status of a route without `verify`.
+    pub fallback: u16,
+}
+
+/// Checks a delivery against its route's limits on the raw bytes, building nothing: body
+/// size, number of query parameters and form fields, nesting depth of JSON or XML.
+pub fn check_limits(cb: &CallbackPlan, inbound: &Inbound) -> Result<(), OverLimit> {
+    let l = &cb.limits;
+    if let Some(n) = inbound.over_limit {
+        return Err(OverLimit {
+            reason: format!(
+                "the body ({n} bytes or more) is larger than {} bytes, this route's limits.body",
+                l.body
+            ),
+            fallback: 413,
+        });
+    }
+    if inbound.body.len() > l.body {
+        return Err(OverLimit {
+            reason: format!(
+                "the body ({} bytes) is larger than {} bytes, this route's limits.body",
+                inbound.body.len(),
+                l.body
+            ),
+            fallback: 413,
+        });
+    }
+    let fields = |what: &str| OverLimit {
+        reason: format!(
+            "the {what} has more than {} fields, this route's limits.fields",
+            l.fields
+        ),
+        fallback: 400,
+    };
+    if decode::count_pairs(inbound.raw_query.as_bytes(), l.fields) > l.fields
+        || inbound.query.len() > l.fields
+    {
+        return Err(fields("query string"));
+    }
+    let depth = |e: String| OverLimit {
+        reason: format!("{e}, this route's limits.depth"),
+        fallback: 400,
+    };
+    match cb.format {
+        BodyFormat::Form => {
+            if decode::count_pairs(&inbound.body, l.fields) > l.fields {
+                return Err(fields("form body"));
+            }
+        }
+        BodyFormat::Json => decode::json_depth_within(&inbound.body, l.depth).map_err(depth)?,
+        BodyFormat::Xml => decode::xml_depth_within(&inbound.body, l.depth).map_err(depth)?,
+        BodyFormat::Text => {}
+    }
+    Ok(())
+}
+
+/// The recipe parts of a delivery that is within its route's limits: the form fields are
+/// decoded (bounded by the limits) only for a form route, whose recipes may read them.
+pub fn parts_of(cb: &CallbackPlan, inbound: Inbound) -> Result<Parts, decode::DecodeError> {
+    let query = if inbound.query.is_empty() && !inbound.raw_query.is_empty() {
+        decode::form_pairs(inbound.raw_query.as_bytes())?
+    } else {
+        inbound.query
+    };
+    let form = if cb.format == BodyFormat::Form {
+        decode::form_pairs(&inbound.body)?
+    } else {
+        Vec::new()
+    };
+    let path = format!("/callbacks{}", inbound.route);
+    let url = if inbound.url.is_empty() {
+        if inbound.raw_query.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{}", inbound.raw_query)
+        }
+    } else {
+        inbound.url
+    };
+    Ok(Parts {
+        method: inbound.method,
+        url,
+        path,
+        query,
+        raw_query: inbound.raw_query,
+        form,
+        headers: inbound.headers,
+        body: inbound.body,
+    })
+}
+
+/// The document of a verified delivery, decoded per its route's `format`: an empty body (a
+/// handshake) is an empty object; a form body reuses its decoded fields.
+pub fn document_of(cb: &CallbackPlan, parts: &Parts) -> Result<Value, decode::DecodeError> {
+    if parts.body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    match cb.format {
+        BodyFormat::Form => Ok(decode::form_document(parts.form.clone())),
+        f => decode::decode_within(f, &parts.body, cb.limits.depth),
+    }
+}
+
 /// Handles one delivery. `notify` is called when new events were stored.
+///
+/// The order keeps a hostile delivery cheap: the route's limits are checked on the raw bytes,
+/// then the signature is verified (on the raw body, or on the form fields of a form route),
+/// and only a verified delivery is decoded, mapped and stored in full.
 pub async fn receive(
     plan: &Plan,
     engine: &Engine,
@@ -100,37 +225,46 @@ pub async fn receive(
             .collect();
         Value::Object(m).to_string()
     };
+    let body_bytes = inbound
+        .over_limit
+        .unwrap_or(u64::try_from(inbound.body.len()).unwrap_or(u64::MAX));
     let mut delivery = NewDelivery {
         platform: platform.name.clone(),
         route: cb.path.clone(),
         dedupe_key: None,
         headers: headers_json,
-        body: inbound.body.clone(),
+        body: Vec::new(),
+        body_bytes: i64::try_from(body_bytes).unwrap_or(i64::MAX),
         verified: false,
         rejection: None,
         event_type: None,
         received_at: millis(now),
         replay: None,
     };
-    let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
-
-    let doc = match decode(cb.format, &inbound.body) {
-        Ok(d) => d,
-        Err(e) => return refuse(delivery, 400, e.to_string()).await,
+    let reject_status = cb.verify.as_ref().map(|v| v.reject_status);
+    let refuse = |mut d: NewDelivery, body: &[u8], status: u16, reason: String| {
+        d.body = body
+            .get(..crate::store::KEPT_BODY_BYTES)
+            .unwrap_or(body)
+            .to_vec();
+        refused(store, d, status, reason)
     };
-    let parts = Parts {
-        method: inbound.method.clone(),
-        url: inbound.route.clone(),
-        path: format!("/callbacks{}", inbound.route),
-        query: inbound.query.clone(),
-        form: match &doc {
-            Value::Object(m) if cb.format == crate::config::platform::BodyFormat::Form => {
-                m.iter().map(|(k, v)| (k.clone(), text_of(v))).collect()
-            }
-            _ => Vec::new(),
-        },
-        headers: inbound.headers.clone(),
-        body: inbound.body.clone(),
+
+    if let Err(over) = check_limits(cb, &inbound) {
+        let status = reject_status.unwrap_or(over.fallback);
+        return refuse(delivery, &inbound.body, status, over.reason).await;
+    }
+    let start = inbound
+        .body
+        .get(..crate::store::KEPT_BODY_BYTES)
+        .unwrap_or(&inbound.body)
+        .to_vec();
+    let parts = match parts_of(cb, inbound) {
+        Ok(p) => p,
+        Err(e) => {
+            let status = reject_status.unwrap_or(400);
+            return refuse(delivery, &start, status, e.to_string()).await;
+        }
     };
     if let Some(verify) = &cb.verify {
         let creds = engine.credentials_for(platform);
@@ -160,13 +294,13 @@ pub async fn receive(
             if let Rejection::Recipe(e) = &r {
                 // The gateway's own setup failed (an unreadable key in a credential...): the
                 // reason is logged and recorded; the sender only learns to try again later.
-                let _ = refuse(delivery, 503, format!("the recipe could not run: {e}")).await;
+                let _ = refuse(delivery, &parts.body, 503, format!("the recipe could not run: {e}")).await;
                 return Reply::error(
                     503,
                     "this delivery cannot be verified right now; try again later",
                 );
             }
-            return refuse(delivery, verify.reject_status, r.to_string()).await;
+            return refuse(delivery, &parts.body, verify.reject_status, r.to_string()).await;
         }
         // The durable replay guard: a key seen before (and not expired) is a replay.
         if let Some((_, ttl)) = &verify.replay {
@@ -175,6 +309,7 @@ pub async fn receive(
                 _ => {
                     return refuse(
                         delivery,
+                        &parts.body,
                         verify.reject_status,
                         "the delivery has no replay key".into(),
                     )
@@ -188,23 +323,27 @@ pub async fn receive(
             delivery.replay = Some((format!("{}:{key}", platform.name), expires));
         }
     }
+    // Decoded only now that it is verified.
+    let doc = match document_of(cb, &parts) {
+        Ok(d) => d,
+        Err(e) => return refuse(delivery, &parts.body, 400, e.to_string()).await,
+    };
     delivery.verified = true;
     let spec = Ingest {
         event_type: &cb.event_type,
         events: &cb.events,
         dedupe_key: cb.dedupe_key.as_ref(),
+        replay_status: reject_status.unwrap_or(401),
     };
+    let Parts {
+        headers,
+        query,
+        body,
+        ..
+    } = parts;
+    delivery.body = body;
     if let Err(reply) = ingest(
-        platform,
-        &spec,
-        engine,
-        targets,
-        delivery,
-        &doc,
-        &inbound.headers,
-        &inbound.query,
-        now,
-        notify,
+        platform, &spec, engine, targets, delivery, &doc, &headers, &query, now, notify,
     )
     .await
     {
@@ -225,6 +364,8 @@ pub struct Ingest<'a> {
     pub events: &'a indexmap::IndexMap<String, crate::plan::MappingPlan>,
     /// Deduplication key template.
     pub dedupe_key: Option<&'a crate::template::CompiledTemplate>,
+    /// Status answered to a delivery refused as a replay (the route's `reject_status`).
+    pub replay_status: u16,
 }
 
 /// Stores a verified delivery: deduplicated, classified, mapped into events for every
@@ -256,15 +397,8 @@ pub async fn ingest(
                 .collect(),
         ),
     );
-    ctx.insert(
-        "query".into(),
-        Value::Object(
-            query
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        ),
-    );
+    // A repeated query parameter is an array of its values, as in form bodies.
+    ctx.insert("query".into(), decode::form_document(query.to_vec()));
     ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
     ctx.insert("platform".into(), Value::String(platform.name.clone()));
     let ctx = Value::Object(ctx);
@@ -382,7 +516,7 @@ pub async fn ingest(
             }
         }
         Ok(InboxOutcome::Replayed) => {
-            let status = 401;
+            let status = spec.replay_status;
             return Err(refuse(delivery, status, Rejection::Replayed.to_string()).await);
         }
         Ok(InboxOutcome::Duplicate { id }) => {

@@ -25,6 +25,8 @@ pub struct DispatchOptions {
     pub timeout: Duration,
     /// How often the outbox is looked at without a notification.
     pub poll: Duration,
+    /// How long stored rows are kept, and how often the store is pruned.
+    pub retention: crate::store::Retention,
 }
 
 impl Default for DispatchOptions {
@@ -35,6 +37,7 @@ impl Default for DispatchOptions {
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
             poll: Duration::from_secs(1),
+            retention: crate::store::Retention::default(),
         }
     }
 }
@@ -101,13 +104,14 @@ impl Dispatcher {
         tokio::pin!(shutdown);
         let mut last_prune = tokio::time::Instant::now();
         loop {
-            // Expired replay keys and idempotency records go every ten minutes.
-            if last_prune.elapsed() > Duration::from_secs(600) {
+            // Expired replay keys and idempotency records, and rows past their retention, go
+            // every `retention.prune_every`.
+            if last_prune.elapsed() > self.options.retention.prune_every {
                 last_prune = tokio::time::Instant::now();
-                match self.store.prune(now_ms()).await {
+                match self.store.prune(now_ms(), &self.options.retention).await {
                     Ok(n) if n > 0 => tracing::info!(
                         rows = n,
-                        "expired replay keys and idempotency records removed"
+                        "expired replay keys and idempotency records, and rows past their retention, removed"
                     ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!("cannot prune the store: {e}"),
@@ -172,6 +176,10 @@ impl Dispatcher {
             url: url.to_string(),
             path: crate::engine::build::url_path(url),
             query: Vec::new(),
+            raw_query: url
+                .split_once('?')
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default(),
             form: Vec::new(),
             headers: headers.to_vec(),
             body: body.to_vec(),

@@ -374,6 +374,44 @@ pub struct CallbackPlan {
     pub ack_body: String,
     /// Acknowledgement content type.
     pub ack_content_type: String,
+    /// What a delivery may hold.
+    pub limits: CallbackLimitsPlan,
+}
+
+/// The limits of a callback route, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallbackLimitsPlan {
+    /// Largest body, bytes.
+    pub body: usize,
+    /// Most form fields (and, separately, query parameters).
+    pub fields: usize,
+    /// Deepest JSON/XML nesting.
+    pub depth: usize,
+}
+
+impl CallbackLimitsPlan {
+    /// Default largest body: 1 MiB.
+    pub const DEFAULT_BODY: usize = 1024 * 1024;
+    /// Largest body a route may allow: 64 MiB.
+    pub const MAX_BODY: usize = 64 * 1024 * 1024;
+    /// Default most fields: 1000.
+    pub const DEFAULT_FIELDS: usize = 1000;
+    /// Most fields a route may allow.
+    pub const MAX_FIELDS: usize = 100_000;
+    /// Default deepest nesting: 32.
+    pub const DEFAULT_DEPTH: usize = 32;
+    /// Deepest nesting a route may allow.
+    pub const MAX_DEPTH: usize = 128;
+}
+
+impl Default for CallbackLimitsPlan {
+    fn default() -> Self {
+        CallbackLimitsPlan {
+            body: Self::DEFAULT_BODY,
+            fields: Self::DEFAULT_FIELDS,
+            depth: Self::DEFAULT_DEPTH,
+        }
+    }
 }
 
 /// Where the event type of a delivery comes from.

@@ -30,6 +30,8 @@ pub async fn poll_once(
         event_type: &poller.event_type,
         events: &poller.events,
         dedupe_key: poller.dedupe_key.as_ref(),
+        // Polled messages carry no replay key.
+        replay_status: 401,
     };
     for m in &messages {
         let now = OffsetDateTime::now_utc();
@@ -38,6 +40,7 @@ pub async fn poll_once(
             route: format!("poll:{}", poller.name),
             dedupe_key: None,
             headers: "{}".into(),
+            body_bytes: i64::try_from(m.to_string().len()).unwrap_or(i64::MAX),
             body: m.to_string().into_bytes(),
             verified: true,
             rejection: None,

@@ -32,6 +32,7 @@ pub const RECIPE_ROOTS: &[&str] = &[
     "url",
     "path",
     "query",
+    "raw_query",
     "form",
     "headers",
     "body",
@@ -496,12 +497,14 @@ pub fn compile_verify(
 pub struct Parts {
     /// Method, upper case.
     pub method: String,
-    /// The full URL.
+    /// The full URL, with its query string.
     pub url: String,
     /// The path (without query).
     pub path: String,
     /// Query parameters, in order, decoded.
     pub query: Vec<(String, String)>,
+    /// The query string exactly as sent or received, without the `?` (empty when none).
+    pub raw_query: String,
     /// Form fields, in order, decoded.
     pub form: Vec<(String, String)>,
     /// Headers, in order, names as sent.
@@ -635,6 +638,7 @@ impl<'a> Run<'a> {
         ctx.insert("url".into(), Value::String(parts.url.clone()));
         ctx.insert("path".into(), Value::String(parts.path.clone()));
         ctx.insert("query".into(), pairs_object(&parts.query, false));
+        ctx.insert("raw_query".into(), Value::String(parts.raw_query.clone()));
         ctx.insert("form".into(), pairs_object(&parts.form, false));
         ctx.insert("headers".into(), pairs_object(&parts.headers, true));
         ctx.insert(

@@ -433,20 +433,65 @@ async fn callback(
     Path(route): Path<String>,
     method: axum::http::Method,
     headers: axum::http::HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    body: axum::body::Bytes,
+    uri: axum::http::Uri,
+    body: axum::body::Body,
 ) -> Response {
     let plan = state.plan.load_full();
     let Some(engine) = &state.engine else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    let route = format!("/{route}");
+    // The body is read no further than the route's limit (nothing is read for an unknown
+    // route, or when the declared length is already over the limit).
+    let (body, over_limit) = match crate::callbacks::find(&plan, &route) {
+        None => (Vec::new(), None),
+        Some((_, cb)) => {
+            let declared = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match declared {
+                Some(n) if n > u64::try_from(cb.limits.body).unwrap_or(u64::MAX) => {
+                    (Vec::new(), Some(n))
+                }
+                _ => match read_capped(body, cb.limits.body).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!(route = %route, "a callback body could not be read: {e}");
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            Json(json!({ "error": "the body could not be read" })),
+                        )
+                            .into_response();
+                    }
+                },
+            }
+        }
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or_default().trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    // The URL as the sender used it: scheme and host from a proxy's X-Forwarded-Proto and
+    // X-Forwarded-Host when present, else http and the Host header.
+    let scheme = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string());
     let inbound = crate::callbacks::Inbound {
         method: method.as_str().to_string(),
-        route: format!("/{route}"),
-        query: query
-            .as_deref()
-            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-            .unwrap_or_default(),
+        route,
+        url: format!("{scheme}://{host}{path_and_query}"),
+        raw_query: uri.query().unwrap_or_default().to_string(),
+        query: Vec::new(),
         headers: headers
             .iter()
             .map(|(k, v)| {
@@ -456,7 +501,8 @@ async fn callback(
                 )
             })
             .collect(),
-        body: body.to_vec(),
+        body,
+        over_limit,
     };
     let notify = state.notify.clone();
     let wake = move || {
@@ -480,6 +526,31 @@ async fn callback(
         reply.body,
     )
         .into_response()
+}
+
+/// Reads a body up to `limit` bytes. Past the limit, reading stops: the first
+/// [`crate::store::KEPT_BODY_BYTES`] are returned with the size read so far.
+async fn read_capped(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<u64>), axum::Error> {
+    use axum::body::HttpBody;
+    let mut body = std::pin::pin!(body);
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if buf.len().saturating_add(data.len()) > limit {
+            let read = buf.len().saturating_add(data.len());
+            let mut start = buf;
+            start.extend_from_slice(&data);
+            start.truncate(crate::store::KEPT_BODY_BYTES);
+            return Ok((start, Some(u64::try_from(read).unwrap_or(u64::MAX))));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf, None))
 }
 
 /// Refuses unless the request carries the admin bearer token (compared in constant time).
@@ -565,6 +636,7 @@ async fn admin_deliveries(
         Ok(rows) => Json(json!({ "deliveries": rows.iter().map(|r| json!({
             "id": r.id, "platform": r.platform, "route": r.route, "dedupe_key": r.dedupe_key,
             "verified": r.verified, "rejection": r.rejection, "event_type": r.event_type, "received_at_ms": r.received_at,
+            "duplicate_of": r.duplicate_of, "body_bytes": r.body_bytes, "body_stored_bytes": r.body_stored_bytes,
         })).collect::<Vec<_>>() }))
         .into_response(),
         Err(e) => store_failed(e),

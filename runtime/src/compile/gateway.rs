@@ -206,6 +206,34 @@ pub fn compile_gateway(
             }
         }
     }
+    if let Some(r) = &file.retention {
+        let rp = DocPath::root().key("retention");
+        let slots = &mut delivery.retention;
+        for (value, key, slot) in [
+            (&r.deliveries, "deliveries", &mut slots.deliveries),
+            (&r.refused, "refused", &mut slots.refused),
+            (&r.events, "events", &mut slots.events),
+            (&r.prune_every, "prune_every", &mut slots.prune_every),
+        ] {
+            if let Some(text) = value {
+                match super::parse_duration(text) {
+                    Ok(v) if !v.is_zero() => *slot = v,
+                    Ok(_) => problems.push(
+                        doc.at(
+                            &rp.key(key),
+                            Code::Duration,
+                            format!("{key} cannot be zero"),
+                        )
+                        .with_hint("write a duration such as 1h, 1d or 7d"),
+                    ),
+                    Err(e) => problems.push(
+                        doc.at(&rp.key(key), Code::Duration, e)
+                            .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                    ),
+                }
+            }
+        }
+    }
     let mut server = crate::server::ServerLimits::default();
     if let Some(sc) = &file.server {
         let sp = DocPath::root().key("server");

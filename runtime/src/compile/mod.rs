@@ -1028,10 +1028,12 @@ impl Cx<'_> {
             )
             .hint = Some("use the status the platform expects, usually 200".into());
         }
+        let limits = self.callback_limits(cb.limits.as_ref(), &path.key("limits"));
         if self.problems.len() != before {
             return None;
         }
         Some(CallbackPlan {
+            limits,
             path: cb.path.clone(),
             format: cb.format.unwrap_or_default(),
             verify,
@@ -1044,6 +1046,59 @@ impl Cx<'_> {
                 .and_then(|a| a.content_type.clone())
                 .unwrap_or_else(|| "application/json".into()),
         })
+    }
+
+    /// Resolves a callback route's limits against their defaults and bounds.
+    fn callback_limits(
+        &mut self,
+        limits: Option<&crate::config::platform::CallbackLimits>,
+        path: &DocPath,
+    ) -> crate::plan::CallbackLimitsPlan {
+        use crate::plan::CallbackLimitsPlan as L;
+        let mut out = L::default();
+        let Some(l) = limits else {
+            return out;
+        };
+        if let Some(size) = &l.body {
+            match size.bytes() {
+                Ok(n) if (1..=L::MAX_BODY as u64).contains(&n) => {
+                    out.body = usize::try_from(n).unwrap_or(L::MAX_BODY);
+                }
+                Ok(n) => {
+                    self.error(
+                        &path.key("body"),
+                        Code::InvalidValue,
+                        format!("a body limit of {n} bytes is outside 1 byte to 64MiB"),
+                    )
+                    .hint = Some("write a size like 256KiB or 1MiB (at most 64MiB)".into());
+                }
+                Err(e) => {
+                    self.error(&path.key("body"), Code::InvalidValue, e).hint = Some(
+                        "write a number of bytes, or a number and a unit: 4096, 512KiB, 1MiB"
+                            .into(),
+                    );
+                }
+            }
+        }
+        for (value, key, slot, max) in [
+            (l.fields, "fields", &mut out.fields, L::MAX_FIELDS),
+            (l.depth, "depth", &mut out.depth, L::MAX_DEPTH),
+        ] {
+            if let Some(n) = value {
+                match usize::try_from(n) {
+                    Ok(n) if (1..=max).contains(&n) => *slot = n,
+                    _ => {
+                        self.error(
+                            &path.key(key),
+                            Code::InvalidValue,
+                            format!("{key}: {n} is outside 1 to {max}"),
+                        )
+                        .hint = Some(format!("write a whole number from 1 to {max}"));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Compiles what turns a delivery into events (shared by callbacks and pollers).

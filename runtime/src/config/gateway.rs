@@ -34,6 +34,9 @@ pub struct GatewayFile {
     /// How long clients may take to send a request, and how many are served at once.
     #[serde(default)]
     pub server: Option<ServerConfig>,
+    /// How long stored deliveries and delivered events are kept (see docs/limits.md).
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -140,4 +143,27 @@ pub struct ServerConfig {
     /// Default: `1024`.
     #[serde(default)]
     pub max_connections: Option<u32>,
+}
+
+/// How long stored rows are kept; older ones are removed on a schedule. Expired replay keys
+/// (each kept for its recipe's `replay.ttl`) and idempotency records go at the same time.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Verified deliveries, duplicates included. Their dedupe keys go with them: a resend
+    /// arriving later than this is a new delivery, so keep it longer than the platforms' resend
+    /// horizon. A delivery with an event not yet delivered (pending or dead-lettered) is kept.
+    /// Default: `7d`.
+    #[serde(default)]
+    pub deliveries: Option<String>,
+    /// Refused deliveries (bad signature, over a limit...). Default: `1d`.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// Events delivered to their target. Pending and dead-lettered events are never removed.
+    /// Default: `7d`.
+    #[serde(default)]
+    pub events: Option<String>,
+    /// How often the store is pruned. Default: `10m`.
+    #[serde(default)]
+    pub prune_every: Option<String>,
 }

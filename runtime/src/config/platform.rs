@@ -302,10 +302,15 @@ pub enum BodyFormat {
     /// JSON (the default).
     #[default]
     Json,
-    /// `application/x-www-form-urlencoded`.
+    /// `application/x-www-form-urlencoded`. A name sent once is a string; a name sent several
+    /// times is an array of its values, in the order sent (`a=1&a=2` is `{"a": ["1", "2"]}`),
+    /// and a `canonical` step over `form` sees every pair.
     Form,
     /// XML; elements become object keys, repeated elements arrays, text content strings.
     Xml,
+    /// Plain text: the whole body, decoded as UTF-8 (invalid sequences replaced), is one
+    /// string, so `$` is the text itself.
+    Text,
 }
 
 /// How answers are judged: which ones are successes and where the error code is.
@@ -525,6 +530,64 @@ pub struct Callback {
     /// The answer the platform expects once the delivery is stored.
     #[serde(default)]
     pub ack: Option<Ack>,
+    /// What a delivery may hold, checked on the raw bytes before it is verified or parsed.
+    /// Default: `{ body: 1MiB, fields: 1000, depth: 32 }` (see docs/limits.md).
+    #[serde(default)]
+    pub limits: Option<CallbackLimits>,
+}
+
+/// Limits of one callback route. A delivery over a limit is refused with the route's
+/// `verify.reject_status` (413 for the body size, 400 for the others, on a route without
+/// `verify`), before any expensive work, and recorded with at most its first 4 KiB.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackLimits {
+    /// Largest body: a number of bytes, or a number with a unit `B`, `KiB` or `MiB`, such as
+    /// `64KiB`; at most `64MiB`. The body is read no further than this. Default: `1MiB`.
+    #[serde(default)]
+    pub body: Option<ByteSize>,
+    /// Most `name=value` pairs in a form body, and separately in the query string (1 to
+    /// 100000). Counted on the raw bytes before anything is decoded. Default: 1000.
+    #[serde(default)]
+    pub fields: Option<u64>,
+    /// Deepest nesting of JSON arrays and objects, or XML elements (1 to 128). Checked on the
+    /// raw bytes before anything is decoded. Default: 32.
+    #[serde(default)]
+    pub depth: Option<u64>,
+}
+
+/// A size in bytes: a number, or a number and a unit (`B`, `KiB`, `MiB`), like `64KiB`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ByteSize {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A number and a unit, like `512KiB` or `1MiB`.
+    Text(String),
+}
+
+impl ByteSize {
+    /// The size in bytes, or why it cannot be read.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            ByteSize::Bytes(n) => Ok(*n),
+            ByteSize::Text(t) => {
+                let t = t.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (digits, unit) = t.split_at(split);
+                let n: u64 = digits.parse().map_err(|_| format!("'{t}' is not a size"))?;
+                let unit_size: u64 = match unit.trim() {
+                    "" | "B" => 1,
+                    "KiB" => 1024,
+                    "MiB" => 1024 * 1024,
+                    "GiB" => 1024 * 1024 * 1024,
+                    other => return Err(format!("'{t}' has an unknown unit '{other}'")),
+                };
+                n.checked_mul(unit_size)
+                    .ok_or_else(|| format!("'{t}' is too large"))
+            }
+        }
+    }
 }
 
 /// Picks a canonical event type from a value of the delivery.

@@ -230,15 +230,33 @@ pub fn build(
             set_header(&mut headers, o.header.clone(), value);
         }
     }
+    // A declared Content-Type replaces the default one (one header on the wire), and the
+    // signing recipe sees the content type that will be sent.
+    let content_type_of = |form: &Option<Vec<(String, String)>>, headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+            .or_else(|| match (form, fixed_type) {
+                (Some(_), _) => Some("application/x-www-form-urlencoded; charset=utf-8".into()),
+                (None, Some(t)) => Some(t.to_string()),
+                (None, None) => None,
+            })
+    };
     let mut trace = Trace::default();
     if let Some(sign) = &req.sign {
+        let mut seen = headers.clone();
+        if let Some(ct) = content_type_of(&form, &headers) {
+            set_header(&mut seen, "Content-Type".into(), ct);
+        }
         let parts = Parts {
             method: method_text(req.method).to_string(),
             url: with_query(&base_url, &query),
             path: url_path(&base_url),
             query: query.clone(),
+            raw_query: encode_pairs(&query, false),
             form: form.clone().unwrap_or_default(),
-            headers: headers.clone(),
+            headers: seen,
             body: body_of(&form),
         };
         let env = RunEnv {
@@ -273,11 +291,8 @@ pub fn build(
             "the value holds a line break or another control character, or the name is not a valid header name; check its template and the credentials or settings it reads".into(),
         ),
     })?;
-    let content_type = match (&form, fixed_type) {
-        (Some(_), _) => Some("application/x-www-form-urlencoded; charset=utf-8".to_string()),
-        (None, Some(t)) => Some(t.to_string()),
-        (None, None) => None,
-    };
+    let content_type = content_type_of(&form, &headers);
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
 
     Ok(BuiltRequest {
         method: req.method,

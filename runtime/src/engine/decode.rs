@@ -1,5 +1,12 @@
 //! Decoding platform answers (and callback bodies) into JSON values: JSON as is, form bodies as
-//! an object of fields, XML as nested objects.
+//! an object of fields, XML as nested objects, plain text as one string.
+//!
+//! A form body keeps every field: a name seen once is a string, a name seen several times is an
+//! array of its values in the order they came (`a=1&b=2&a=3` is `{"a": ["1", "3"], "b": "2"}`);
+//! [`form_pairs`] gives the pairs themselves, in order, for signatures.
+//!
+//! Bounded checks on the raw bytes ([`count_pairs`], [`json_depth_within`],
+//! [`xml_depth_within`]) let a callback refuse a hostile body before anything is built from it.
 //!
 //! XML becomes JSON by a fixed rule: an element's children become keys of an object (a name
 //! seen twice becomes an array), attributes become `@name` keys, an element with only text
@@ -24,29 +31,127 @@ pub struct DecodeError {
 
 /// Decodes `body` written in `format`.
 pub fn decode(format: BodyFormat, body: &[u8]) -> Result<Value, DecodeError> {
+    decode_within(format, body, MAX_DEPTH)
+}
+
+/// Decodes `body` written in `format`, refusing XML nested deeper than `max_depth`.
+pub fn decode_within(
+    format: BodyFormat,
+    body: &[u8],
+    max_depth: usize,
+) -> Result<Value, DecodeError> {
     match format {
         BodyFormat::Json => serde_json::from_slice(body).map_err(|e| DecodeError {
             format: "JSON",
             message: e.to_string(),
         }),
-        BodyFormat::Form => {
-            let pairs: Vec<(String, String)> =
-                serde_urlencoded::from_bytes(body).map_err(|e| DecodeError {
-                    format: "form data",
-                    message: e.to_string(),
-                })?;
-            let mut m = Map::new();
-            for (k, v) in pairs {
-                m.entry(k).or_insert(Value::String(v));
-            }
-            Ok(Value::Object(m))
-        }
-        BodyFormat::Xml => xml_to_json(body),
+        BodyFormat::Form => Ok(form_document(form_pairs(body)?)),
+        BodyFormat::Xml => xml_to_json(body, max_depth),
+        BodyFormat::Text => Ok(Value::String(String::from_utf8_lossy(body).into_owned())),
     }
 }
 
-/// Deepest XML nesting accepted (serde_json's own limit for JSON).
-const MAX_DEPTH: usize = 128;
+/// The `name=value` pairs of a form body, decoded, every one in order.
+pub fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
+    serde_urlencoded::from_bytes(body).map_err(|e| DecodeError {
+        format: "form data",
+        message: e.to_string(),
+    })
+}
+
+/// The document of form pairs: a name seen once is a string, a name seen several times an
+/// array of its values in order.
+pub fn form_document(pairs: Vec<(String, String)>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        match m.get_mut(&k) {
+            Some(Value::Array(items)) => items.push(Value::String(v)),
+            Some(first) => {
+                let earlier = first.take();
+                *first = Value::Array(vec![earlier, Value::String(v)]);
+            }
+            None => {
+                m.insert(k, Value::String(v));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// How many `name=value` pairs a form body or query string holds (empty pieces between `&`s
+/// are not pairs), counted without decoding or allocating; stops counting past `limit`.
+pub fn count_pairs(raw: &[u8], limit: usize) -> usize {
+    let mut n = 0usize;
+    for piece in raw.split(|b| *b == b'&') {
+        if !piece.is_empty() {
+            n += 1;
+            if n > limit {
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// Checks that JSON arrays and objects nest at most `max` deep, by a scan of the bytes (strings
+/// skipped) that builds nothing. Malformed JSON passes here and fails when decoded.
+pub fn json_depth_within(body: &[u8], max: usize) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(format!(
+                        "JSON arrays and objects are nested deeper than {max} levels"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that XML elements nest at most `max` deep, reading the events without building
+/// anything. Malformed XML passes here and fails when decoded.
+pub fn xml_depth_within(body: &[u8], max: usize) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(());
+    };
+    let mut reader = Reader::from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(_)) => {
+                depth += 1;
+                if depth > max {
+                    return Err(format!("XML elements are nested deeper than {max} levels"));
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Deepest XML nesting accepted in answers (serde_json's own limit for JSON).
+pub const MAX_DEPTH: usize = 128;
 
 struct Node {
     name: String,
@@ -81,7 +186,7 @@ fn add_child(parent: &mut Map<String, Value>, name: String, value: Value) {
     }
 }
 
-fn xml_to_json(body: &[u8]) -> Result<Value, DecodeError> {
+fn xml_to_json(body: &[u8], max_depth: usize) -> Result<Value, DecodeError> {
     let bad = |message: String| DecodeError {
         format: "XML",
         message,
@@ -112,9 +217,9 @@ fn xml_to_json(body: &[u8]) -> Result<Value, DecodeError> {
         match event {
             Event::Start(e) => {
                 // Deep nesting would make the value itself a hazard (recursive drops).
-                if stack.len() >= MAX_DEPTH {
+                if stack.len() >= max_depth {
                     return Err(bad(format!(
-                        "elements are nested deeper than {MAX_DEPTH} levels"
+                        "elements are nested deeper than {max_depth} levels"
                     )));
                 }
                 stack.push(open(&e)?);
@@ -198,9 +303,58 @@ mod tests {
         assert!(decode(BodyFormat::Xml, b"<a><b></a>").is_err());
         assert!(decode(BodyFormat::Xml, b"<a>").is_err());
         assert!(decode(BodyFormat::Json, b"{\"code\": ").is_err());
+    }
+
+    #[test]
+    fn repeated_form_names_keep_every_value_in_order() {
         assert_eq!(
-            decode(BodyFormat::Form, b"a=1&b=x+y&a=2").unwrap(),
-            json!({"a": "1", "b": "x y"})
+            decode(BodyFormat::Form, b"a=1&b=x+y&a=2&a=").unwrap(),
+            json!({"a": ["1", "2", ""], "b": "x y"})
         );
+        assert_eq!(
+            form_pairs(b"a=1&b=x+y&a=2").unwrap(),
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".into(), "x y".into()),
+                ("a".into(), "2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn text_is_one_string() {
+        assert_eq!(
+            decode(BodyFormat::Text, b"ping \xff").unwrap(),
+            json!("ping \u{fffd}")
+        );
+    }
+
+    /// The issue's hostile form: 2 000 000 bytes of 300 000 empty fields. Counting stops just
+    /// past the limit, and nothing is decoded.
+    #[test]
+    fn pairs_are_counted_without_decoding() {
+        let mut body = b"sign=F".to_vec();
+        for _ in 0..300_000 {
+            body.extend_from_slice(b"&x=");
+        }
+        body.extend_from_slice(b"&pad=");
+        body.resize(2_000_000, b'a');
+        assert_eq!(count_pairs(&body, 1000), 1001);
+        assert_eq!(count_pairs(&body, usize::MAX), 300_002);
+        assert_eq!(count_pairs(b"", 10), 0);
+        assert_eq!(count_pairs(b"&&a=1&&b&", 10), 2);
+    }
+
+    #[test]
+    fn depth_is_checked_on_the_bytes() {
+        assert!(json_depth_within(br#"{"a":{"b":[1]}}"#, 3).is_ok());
+        let err = json_depth_within(br#"{"a":{"b":[[1]]}}"#, 3).unwrap_err();
+        assert!(err.contains("deeper than 3"), "{err}");
+        // Brackets inside strings, escaped quotes included, do not count.
+        assert!(json_depth_within(br#"{"a":"[[[[\"{{{{"}"#, 1).is_ok());
+        let deep = "[".repeat(1_000_000);
+        assert!(json_depth_within(deep.as_bytes(), 32).is_err());
+        assert!(xml_depth_within(b"<a><b><c/></b></a>", 2).is_ok());
+        assert!(xml_depth_within(b"<a><b><c></c></b></a>", 2).is_err());
     }
 }

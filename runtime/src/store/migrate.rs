@@ -40,6 +40,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE credential_sets ADD COLUMN rotated_at BIGINT",
         ],
     ),
+    (
+        // Refused and duplicate deliveries keep at most the start of their body: the size received
+        // is kept beside it. A duplicate names the delivery it repeats. Retention prunes by age.
+        3,
+        &[
+            "ALTER TABLE inbox ADD COLUMN body_bytes BIGINT",
+            "ALTER TABLE inbox ADD COLUMN duplicate_of BIGINT",
+            "CREATE INDEX inbox_by_age ON inbox (received_at)",
+            "CREATE INDEX outbox_by_inbox ON outbox (inbox_id)",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -585,8 +585,11 @@ impl Store {
 
     // ------------------------------------------------------------------ inbox and outbox
 
-    /// Records a delivery and the events it produced in one transaction. A delivery whose
-    /// dedupe key was already recorded for the platform produces nothing new.
+    /// Records a delivery and the events it produced in one transaction. A verified delivery
+    /// whose dedupe key was already recorded for the platform produces nothing new: it is
+    /// recorded as a duplicate of the earlier one (so resends are visible), before and
+    /// regardless of its replay key. Refused deliveries and duplicates keep at most the first
+    /// [`KEPT_BODY_BYTES`] of their body.
     pub async fn inbox_record(
         &self,
         d: &NewDelivery,
@@ -598,20 +601,27 @@ impl Store {
             .begin()
             .await
             .map_err(q("starting to record a delivery"))?;
+        let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
+        let body = if d.verified {
+            d.body.clone()
+        } else {
+            kept(&d.body)
+        };
         let inserted = sqlx::query(
-            "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at, body_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(&d.platform)
         .bind(&d.route)
         .bind(if d.verified { d.dedupe_key.clone() } else { None })
         .bind(d.dedupe_key.clone())
         .bind(&d.headers)
-        .bind(d.body.clone())
+        .bind(body)
         .bind(i64::from(d.verified))
         .bind(d.rejection.clone())
         .bind(d.event_type.clone())
         .bind(d.received_at)
+        .bind(d.body_bytes)
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("recording a delivery"))?;
@@ -625,6 +635,22 @@ impl Store {
                     .map_err(q("finding the earlier delivery"))?
                     .try_get(0)
                     .map_err(q("reading the earlier delivery"))?;
+            sqlx::query(
+                "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at, body_bytes, duplicate_of) \
+                 VALUES ($1, $2, NULL, $3, $4, $5, 1, NULL, $6, $7, $8, $9)",
+            )
+            .bind(&d.platform)
+            .bind(&d.route)
+            .bind(d.dedupe_key.clone())
+            .bind(&d.headers)
+            .bind(kept(&d.body))
+            .bind(d.event_type.clone())
+            .bind(d.received_at)
+            .bind(d.body_bytes)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording a duplicate delivery"))?;
             tx.commit()
                 .await
                 .map_err(q("committing a duplicate delivery"))?;
@@ -665,20 +691,25 @@ impl Store {
         platform: Option<&str>,
         limit: i64,
     ) -> Result<Vec<InboxRow>, StoreError> {
+        const COLUMNS: &str = "id, platform, route, claimed_key, verified, rejection, event_type, received_at, body_bytes, CAST(length(body) AS BIGINT), duplicate_of";
         let rows = match platform {
-            Some(p) => sqlx::query(
-                "SELECT id, platform, route, claimed_key, verified, rejection, event_type, received_at FROM inbox WHERE platform = $1 ORDER BY id DESC LIMIT $2",
-            )
-            .bind(p)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(
-                "SELECT id, platform, route, claimed_key, verified, rejection, event_type, received_at FROM inbox ORDER BY id DESC LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await,
+            Some(p) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM inbox WHERE platform = $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(p)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM inbox ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(q("listing deliveries"))?;
         rows.iter().map(inbox_row).collect()
@@ -1029,18 +1060,53 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Forgets expired replay keys and idempotency records. Returns how many rows went.
-    pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
-        let a = sqlx::query("DELETE FROM replay_keys WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await;
-        let b = sqlx::query("DELETE FROM idempotency WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await;
-        Ok(a.map_err(q("pruning replay keys"))?.rows_affected()
-            + b.map_err(q("pruning idempotency records"))?.rows_affected())
+    /// Forgets expired replay keys and idempotency records, and what `retention` lets go:
+    /// refused deliveries older than `refused`; verified deliveries (duplicates included)
+    /// older than `deliveries` whose events were all delivered (a delivery with an event still
+    /// pending or dead-lettered stays, and so does that event); delivered events older than
+    /// `events`. Returns how many rows went.
+    pub async fn prune(&self, now: i64, retention: &Retention) -> Result<u64, StoreError> {
+        let before = |d: std::time::Duration| {
+            now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        let steps: [(&str, i64, &'static str); 5] = [
+            (
+                "DELETE FROM replay_keys WHERE expires_at <= $1",
+                now,
+                "pruning replay keys",
+            ),
+            (
+                "DELETE FROM idempotency WHERE expires_at <= $1",
+                now,
+                "pruning idempotency records",
+            ),
+            (
+                "DELETE FROM inbox WHERE verified = 0 AND received_at < $1",
+                before(retention.refused),
+                "pruning refused deliveries",
+            ),
+            (
+                "DELETE FROM inbox WHERE verified <> 0 AND received_at < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM outbox WHERE outbox.inbox_id = inbox.id AND outbox.delivered_at IS NULL)",
+                before(retention.deliveries),
+                "pruning deliveries",
+            ),
+            (
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+                before(retention.events),
+                "pruning delivered events",
+            ),
+        ];
+        let mut removed = 0;
+        for (sql, bound, what) in steps {
+            removed += sqlx::query(sql)
+                .bind(bound)
+                .execute(&self.pool)
+                .await
+                .map_err(q(what))?
+                .rows_affected();
+        }
+        Ok(removed)
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -1098,6 +1164,9 @@ fn outbox_row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
 
 fn inbox_row(r: &AnyRow) -> Result<InboxRow, StoreError> {
     Ok(InboxRow {
+        body_bytes: r.try_get(8).map_err(q("reading a delivery"))?,
+        body_stored_bytes: r.try_get(9).map_err(q("reading a delivery"))?,
+        duplicate_of: r.try_get(10).map_err(q("reading a delivery"))?,
         id: r.try_get(0).map_err(q("reading a delivery"))?,
         platform: r.try_get(1).map_err(q("reading a delivery"))?,
         route: r.try_get(2).map_err(q("reading a delivery"))?,
@@ -1142,8 +1211,10 @@ pub struct NewDelivery {
     pub dedupe_key: Option<String>,
     /// Headers as JSON.
     pub headers: String,
-    /// Raw body.
+    /// Raw body (for a refused delivery, at most its start is kept: [`KEPT_BODY_BYTES`]).
     pub body: Vec<u8>,
+    /// Size of the body as received, which may be more than `body` holds.
+    pub body_bytes: i64,
     /// Whether verification passed.
     pub verified: bool,
     /// Why it was rejected.
@@ -1210,6 +1281,41 @@ pub struct InboxRow {
     pub event_type: Option<String>,
     /// When it arrived.
     pub received_at: i64,
+    /// Size of the body as received (unknown for deliveries recorded before it was kept).
+    pub body_bytes: Option<i64>,
+    /// Bytes of the body kept: all of it for an accepted delivery, at most
+    /// [`KEPT_BODY_BYTES`] for a refused one or a duplicate.
+    pub body_stored_bytes: i64,
+    /// For a verified resend acknowledged by deduplication: the delivery it repeats.
+    pub duplicate_of: Option<i64>,
+}
+
+/// How much of the body of a refused or duplicate delivery is kept: 4 KiB.
+pub const KEPT_BODY_BYTES: usize = 4096;
+
+/// How long stored rows are kept (`retention` in entrepot.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Verified deliveries, duplicates included (and so their dedupe keys). Default: 7 days.
+    pub deliveries: std::time::Duration,
+    /// Refused deliveries. Default: 1 day.
+    pub refused: std::time::Duration,
+    /// Events delivered to their target. Default: 7 days.
+    pub events: std::time::Duration,
+    /// How often the store is pruned. Default: 10 minutes.
+    pub prune_every: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            deliveries: std::time::Duration::from_secs(7 * DAY),
+            refused: std::time::Duration::from_secs(DAY),
+            events: std::time::Duration::from_secs(7 * DAY),
+            prune_every: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// An event in the outbox.
