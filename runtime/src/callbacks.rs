@@ -294,7 +294,13 @@ pub async fn receive(
             if let Rejection::Recipe(e) = &r {
                 // The gateway's own setup failed (an unreadable key in a credential...): the
                 // reason is logged and recorded; the sender only learns to try again later.
-                let _ = refuse(delivery, &parts.body, 503, format!("the recipe could not run: {e}")).await;
+                let _ = refuse(
+                    delivery,
+                    &parts.body,
+                    503,
+                    format!("the recipe could not run: {e}"),
+                )
+                .await;
                 return Reply::error(
                     503,
                     "this delivery cannot be verified right now; try again later",
