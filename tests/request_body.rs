@@ -407,3 +407,36 @@ async fn a_three_line_order_reaches_the_platform_with_every_line() {
     assert_eq!(lines, ["A-1", "B-2", "C-3"]);
     let _ = stop.send(());
 }
+
+#[test]
+fn a_list_element_that_maps_to_nothing_is_refused_not_dropped() {
+    let yaml = r#"
+platform: strict_lines
+request:
+  url: "http://127.0.0.1:9/orders"
+operations:
+  order.create:
+    request:
+      body:
+        fields:
+          currencies: { each: input.lines, path: item.unit_price.currency }
+    response: { path: $.output }
+"#;
+    let p = compile(yaml);
+    let mut input = three_line_order();
+    let req = build_op(&p, "order.create", &input).unwrap();
+    assert_eq!(
+        String::from_utf8(req.body).unwrap(),
+        r#"{"currencies":["EUR","EUR","EUR"]}"#
+    );
+    input["lines"][1]["unit_price"]
+        .as_object_mut()
+        .unwrap()
+        .remove("currency");
+    match build_op(&p, "order.create", &input).unwrap_err() {
+        BuildError::InvalidInput { fields, .. } => {
+            assert_eq!(fields, "body field currencies[1]")
+        }
+        other => panic!("expected an input error, got {other}"),
+    }
+}

@@ -976,5 +976,8 @@ mod tests {
         assert!(paths.contains(&"input.items".to_string()), "{paths:?}");
         assert!(paths.contains(&"settings.x".to_string()), "{paths:?}");
         assert!(!paths.iter().any(|p| p.contains("this")), "{paths:?}");
+        // Only the reference written out directly is an output; helper arguments are not.
+        let outputs: Vec<String> = a.outputs.iter().map(|p| p.join(".")).collect();
+        assert_eq!(outputs, vec!["credentials.key".to_string()]);
     }
 }

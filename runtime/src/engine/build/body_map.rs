@@ -46,7 +46,11 @@ impl Cx<'_> {
             }
             out.push_str(part);
         }
-        out
+        if out.is_empty() {
+            "(the body)".into()
+        } else {
+            out
+        }
     }
 
     fn input_error(&self, message: impl Into<String>) -> BodyError {
