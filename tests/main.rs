@@ -25,6 +25,7 @@ mod layout;
 mod pollers;
 mod recipe_properties;
 mod reload;
+mod request_body;
 mod schemas;
 mod secrets;
 mod server;

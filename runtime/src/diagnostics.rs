@@ -79,6 +79,9 @@ codes! {
     SigningKey => "E_SIGNING_KEY",
     /// A mapping that is empty or mixes exclusive options.
     Mapping => "E_MAPPING",
+    /// A reference that reaches one element of a list at most (a list where one value goes):
+    /// the other elements would be lost.
+    ArrayAsScalar => "E_ARRAY_AS_SCALAR",
     /// An id entity kind with forbidden characters.
     IdKind => "E_ID_KIND",
     /// A gateway setting that is malformed.

@@ -270,6 +270,8 @@ pub struct RequestPlan {
     pub body: BodyPlan,
     /// Signing recipe.
     pub sign: Option<SignPlan>,
+    /// Whether query parameters rendering empty are left out.
+    pub omit_empty: bool,
 }
 
 /// A request body.
@@ -283,6 +285,55 @@ pub enum BodyPlan {
     Json(JsonTemplate),
     /// An XML document described as JSON (see the `xml` request field).
     Xml(JsonTemplate),
+    /// A body mapped from the canonical input (the `body` request field).
+    Mapped(BodyMappingPlan),
+}
+
+/// A request body mapped from the canonical input.
+#[derive(Debug)]
+pub struct BodyMappingPlan {
+    /// The root element's name for XML; `None` for JSON.
+    pub xml_root: Option<String>,
+    /// Top-level fields.
+    pub fields: Vec<(String, RequestMappingPlan)>,
+}
+
+/// One compiled field of a mapped request body.
+#[derive(Debug)]
+pub struct RequestMappingPlan {
+    /// Where the value comes from.
+    pub source: RequestSource,
+    /// The list to map element by element.
+    pub each: Option<Vec<String>>,
+    /// Object fields.
+    pub fields: Option<Vec<(String, RequestMappingPlan)>>,
+    /// Conversion.
+    pub kind: Option<crate::config::platform::RequestValueType>,
+    /// Minor-unit scale of decimals.
+    pub scale: Option<u32>,
+    /// Value translation table, keyed by text.
+    pub map: Option<IndexMap<String, Value>>,
+    /// Fallback value.
+    pub default: Option<Value>,
+    /// Whether an absent value is sent as `null`.
+    pub nullable: bool,
+    /// Whether an absent value is an error.
+    pub required: bool,
+    /// Whether XML text is written as CDATA.
+    pub cdata: bool,
+}
+
+/// Where a request body value comes from.
+#[derive(Debug)]
+pub enum RequestSource {
+    /// The current scope itself (an object built from `fields`, or each element).
+    Current,
+    /// A dotted path from a root (`input`, `item`, `settings`...).
+    Path(Vec<String>),
+    /// A constant.
+    Value(Value),
+    /// A template.
+    Template(CompiledTemplate),
 }
 
 /// A JSON document whose string leaves are templates.

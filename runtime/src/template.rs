@@ -85,6 +85,8 @@ pub struct Analysis {
     pub paths: Vec<Vec<String>>,
     /// Literal time formats and offsets given to `now`.
     pub now_args: Vec<String>,
+    /// Of `paths`, those written out directly (`{{input.x}}`), not given to a helper.
+    pub outputs: Vec<Vec<String>>,
 }
 
 /// A problem with a template, found at compile time.
@@ -559,7 +561,13 @@ fn analyse_call(
                 out.helpers.push(n.clone());
             }
         }
-        other => analyse_param(other, depth, out),
+        other => {
+            let before = out.paths.len();
+            analyse_param(other, depth, out);
+            if let Some(written) = out.paths.get(before..) {
+                out.outputs.extend(written.iter().cloned());
+            }
+        }
     }
     for p in params.iter().chain(hash.values()) {
         analyse_param(p, depth, out);
@@ -968,5 +976,8 @@ mod tests {
         assert!(paths.contains(&"input.items".to_string()), "{paths:?}");
         assert!(paths.contains(&"settings.x".to_string()), "{paths:?}");
         assert!(!paths.iter().any(|p| p.contains("this")), "{paths:?}");
+        // Only the reference written out directly is an output; helper arguments are not.
+        let outputs: Vec<String> = a.outputs.iter().map(|p| p.join(".")).collect();
+        assert_eq!(outputs, vec!["credentials.key".to_string()]);
     }
 }

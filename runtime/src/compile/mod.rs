@@ -2,6 +2,8 @@
 //! every problem of every file collected with its location. Pure: no network, no async.
 
 pub mod gateway;
+pub mod input_shape;
+mod request_map;
 pub mod structure;
 
 use std::collections::HashMap;
@@ -215,6 +217,7 @@ pub fn compile_platform(
         doc: &doc,
         file: &file,
         problems: Vec::new(),
+        input_op: None,
     };
     let plan = cx.platform();
     problems.append(&mut cx.problems);
@@ -241,6 +244,9 @@ pub struct Cx<'a> {
     file: &'a PlatformFile,
     /// Problems found so far.
     pub problems: Vec<Diagnostic>,
+    /// The canonical operation whose request is being compiled: `input` references are
+    /// checked against its input schema.
+    input_op: Option<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -252,6 +258,7 @@ impl<'a> Cx<'a> {
             doc,
             file,
             problems: Vec::new(),
+            input_op: None,
         }
     }
 }
@@ -563,6 +570,7 @@ impl Cx<'_> {
 
     fn operation(&mut self, name: &str, op: &Operation, path: &DocPath) -> Option<OperationPlan> {
         let before = self.problems.len();
+        self.input_op = Some(name.to_string());
         let request = self.request(&self.file.request, &op.request, path);
         let answer = self.answer(&self.file.response, op.answer.as_ref(), path);
         let output = op
@@ -598,6 +606,7 @@ impl Cx<'_> {
                 });
             }
         }
+        self.input_op = None;
         let transport = self.transport(name, &op.transport, path);
         let request = request?;
         (self.problems.len() == before).then(|| OperationPlan {
@@ -699,17 +708,26 @@ impl Cx<'_> {
             }
             None => None,
         };
+        let mapped = match (&op.body, &base.body) {
+            (Some(b), _) => self.body_mapping(b, &op_req.key("body")),
+            (None, Some(b)) => self.body_mapping(b, &base_path.key("body")),
+            (None, None) => None,
+        };
+        let has_mapped = op.body.is_some() || base.body.is_some();
         let bodies = usize::from(!form.is_empty())
             + usize::from(json.is_some())
-            + usize::from(xml.is_some());
+            + usize::from(xml.is_some())
+            + usize::from(has_mapped);
         let body = if bodies > 1 {
-            self.error(&op_req, Code::Conflict, "the request has more than one body: `form`, `json` and `xml` exclude each other")
+            self.error(&op_req, Code::Conflict, "the request has more than one body: `form`, `json`, `xml` and `body` exclude each other")
                 .hint = Some("keep exactly one of them, counting the platform-wide `request` and the operation's together".into());
             BodyPlan::None
         } else if let Some(j) = json {
             BodyPlan::Json(j)
         } else if let Some(x) = xml {
             BodyPlan::Xml(x)
+        } else if let Some(m) = mapped {
+            BodyPlan::Mapped(m)
         } else if !form.is_empty() {
             BodyPlan::Form(form)
         } else {
@@ -725,7 +743,12 @@ impl Cx<'_> {
                 .iter()
                 .any(|(t, _, _)| *t == crate::config::recipe::PlaceTarget::Form)
         });
-        if places_form && matches!(body, BodyPlan::Json(_)) {
+        let json_body = match &body {
+            BodyPlan::Json(_) => true,
+            BodyPlan::Mapped(m) => m.xml_root.is_none(),
+            _ => false,
+        };
+        if places_form && json_body {
             self.error(
                 &op_req,
                 Code::Conflict,
@@ -742,6 +765,7 @@ impl Cx<'_> {
             headers,
             body,
             sign,
+            omit_empty: op.omit_empty.or(base.omit_empty).unwrap_or(false),
         })
     }
 
@@ -790,7 +814,7 @@ impl Cx<'_> {
 
     fn json_template(&mut self, value: &Value, path: &DocPath, scope: &Scope<'_>) -> JsonTemplate {
         match value {
-            Value::String(s) => match self.template(s, path, scope) {
+            Value::String(s) => match self.template_checked(s, path, scope, true) {
                 Some(t) => JsonTemplate::Text(t),
                 None => JsonTemplate::Value(Value::Null),
             },
@@ -1240,6 +1264,19 @@ impl Cx<'_> {
         path: &DocPath,
         scope: &Scope<'_>,
     ) -> Option<CompiledTemplate> {
+        self.template_checked(source, path, scope, false)
+    }
+
+    /// [`Self::template`]; `whole_value` is true where a template that is exactly one
+    /// reference keeps the referenced value's type (a JSON body's leaf), so a whole list may
+    /// be copied there.
+    fn template_checked(
+        &mut self,
+        source: &str,
+        path: &DocPath,
+        scope: &Scope<'_>,
+        whole_value: bool,
+    ) -> Option<CompiledTemplate> {
         let (template, analysis) = match CompiledTemplate::compile(source) {
             Ok(t) => t,
             Err(p) => {
@@ -1323,6 +1360,11 @@ impl Cx<'_> {
                 _ => {}
             }
         }
+        self.check_list_refs(
+            &analysis,
+            whole_value && template.as_ref_path().is_some(),
+            path,
+        );
         for arg in &analysis.now_args {
             let bad = if arg.starts_with('+') || arg.starts_with('-') || arg == "Z" {
                 parse_offset(arg).err()

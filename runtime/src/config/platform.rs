@@ -290,9 +290,147 @@ pub struct RequestSpec {
     /// with `form` and `json`.
     #[serde(default)]
     pub xml: Option<serde_json::Value>,
+    /// A JSON or XML body built by mapping from the canonical input, field by field: nested
+    /// objects, arrays built per element (`each: input.lines`), constants, defaults, optional
+    /// fields and typed values (decimals from minor units). The mirror of a response mapping.
+    /// Mutually exclusive with `form`, `json` and `xml`. Default: none.
+    #[serde(default)]
+    pub body: Option<BodyMapping>,
+    /// When true, query parameters whose value renders empty are left out of the URL (so a
+    /// first page can leave out `cursor`) and are not signed. Default: false (sent as
+    /// `name=`); an operation's value overrides the platform's.
+    #[serde(default)]
+    pub omit_empty: Option<bool>,
     /// Signing recipe run over the fully built request (see the recipe reference).
     #[serde(default)]
     pub sign: Option<crate::config::recipe::SignRecipe>,
+}
+
+/// A request body mapped from the canonical input.
+///
+/// ```yaml
+/// body:
+///   fields:
+///     reference: { path: input.order_id }
+///     lines:
+///       each: input.lines
+///       fields:
+///         sku: { path: item.sku_id }
+///         quantity: { path: item.quantity, type: integer }
+///         unit_price: { path: item.unit_price.amount, type: decimal, scale: 2 }
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyMapping {
+    /// Format of the body sent. Default: `json` (`application/json`); `xml` sends
+    /// `application/xml` with the element named by `root`.
+    #[serde(default)]
+    pub format: Option<RequestBodyFormat>,
+    /// For `format: xml`: the name of the root element, such as `order`. Required for XML,
+    /// not allowed for JSON.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// The body's top-level fields (in XML: the root's child elements; a name starting with
+    /// `@` is an attribute and `#text` the element's text): field name → its mapping.
+    /// Fields are written in the order given.
+    pub fields: IndexMap<String, RequestMapping>,
+}
+
+/// Format of a mapped request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestBodyFormat {
+    /// A JSON object (the default).
+    #[default]
+    Json,
+    /// An XML document under one root element.
+    Xml,
+}
+
+/// How one field of a request body is built from the canonical input.
+///
+/// A mapping reads one value (`path`, `value` or `template`), or builds an object from
+/// `fields`, or builds an array with `each` (an input path to a list) and `fields` (or
+/// `path`) applied to every element, which is called `item` inside. Paths are names joined by
+/// `.`, starting with `input` (the canonical input), `item` (the current element of the
+/// nearest `each`, or the value found by a `path` given with `fields`) or `settings`.
+///
+/// A value that is absent (missing or `null`) leaves the field out, unless `default` gives a
+/// value, `nullable: true` sends `null`, or `required: true` refuses the call. A path that can
+/// only reach one element of a list (`input.lines.sku_id`, `input.lines.0.sku_id`) is refused
+/// when the file loads: build the list with `each`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMapping {
+    /// Where the value is, such as `input.order_id` or `item.sku_id`. With `fields`, the
+    /// object is sent only when this value is present, and `item` inside is this value.
+    /// Default: none.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A constant value, sent as written (a string, number, boolean, list or object).
+    /// Default: none.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// A template producing a string, over `input`, `item`, `settings`, `credentials`,
+    /// `platform` and `operation`, such as `"{{input.address.province}} {{input.address.city}}"`.
+    /// Default: none.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// An input path to a list, such as `input.lines`: the field is an array with one mapped
+    /// element per list element (`item` inside). An element that maps to nothing is an error,
+    /// never left out. Default: none.
+    #[serde(default)]
+    pub each: Option<String>,
+    /// Builds an object: field name → its mapping. Default: none.
+    #[serde(default)]
+    pub fields: Option<IndexMap<String, RequestMapping>>,
+    /// Converts the value before it is sent. Default: sent as found in the input.
+    #[serde(rename = "type", default)]
+    pub kind: Option<RequestValueType>,
+    /// For `type: decimal` and `type: number`: the value is an integer in minor units and is
+    /// divided by 10^scale, such as 1999 with scale 2 → `19.99`, with scale 3 → `1.999`, with
+    /// scale 0 → `1999`. Any currency's exponent can be given (0 to 18). Default: none (the
+    /// value is already a decimal number).
+    #[serde(default)]
+    pub scale: Option<u32>,
+    /// Translates canonical values into platform values (`standard: STD`); the input value is
+    /// looked up as text. A value missing from the table is an error unless `default` is set.
+    /// Default: none.
+    #[serde(default)]
+    pub map: Option<IndexMap<String, serde_json::Value>>,
+    /// Value sent when the input has none (or a value missing from `map`), as written.
+    /// Default: none.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// When the input has no value: true sends `null`, false leaves the field out.
+    /// Default: false.
+    #[serde(default)]
+    pub nullable: bool,
+    /// When true, an absent value refuses the call with an error naming the field.
+    /// Default: false.
+    #[serde(default)]
+    pub required: bool,
+    /// For XML bodies: write the text as a CDATA section (`<![CDATA[...]]>`) instead of
+    /// escaping it. Default: false.
+    #[serde(default)]
+    pub cdata: bool,
+}
+
+/// Conversion applied to a value of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestValueType {
+    /// Text; numbers and booleans are written out.
+    String,
+    /// A whole number (numeric text is accepted); a JSON number.
+    Integer,
+    /// An exact decimal sent as a JSON string (`"19.99"`); with `scale`, from minor units.
+    Decimal,
+    /// An exact decimal sent as a JSON number (`19.99`, written digit for digit, never
+    /// rounded through floating point); with `scale`, from minor units.
+    Number,
+    /// `true`/`false`; also `1`/`0` and `"true"`/`"false"`.
+    Bool,
 }
 
 /// Format of a body sent or received.

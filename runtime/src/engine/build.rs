@@ -1,6 +1,8 @@
 //! Building a request: a pure function of the plan, the input, the clock, the nonce and the
 //! credentials. No I/O, so a signed request can be printed, snapshot-tested and diffed.
 
+mod body_map;
+
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -169,6 +171,9 @@ pub fn build(
         ));
     }
     let mut query = pairs(&req.query, "query parameter")?;
+    if req.omit_empty {
+        query.retain(|(_, v)| !v.is_empty());
+    }
     let mut headers = pairs(&req.headers, "header")?;
     let (mut form, json_bytes, fixed_type) = match &req.body {
         BodyPlan::None => (None, None, None),
@@ -188,6 +193,16 @@ pub fn build(
                 Some(to_xml(&v).into_bytes()),
                 Some("application/xml; charset=utf-8"),
             )
+        }
+        BodyPlan::Mapped(m) => {
+            let (bytes, ctype) = body_map::render(m, &ctx).map_err(|e| {
+                if e.input {
+                    invalid_input(&[format!("body field {}", e.field)], e.message)
+                } else {
+                    err(&format!("body field {}", e.field), e.message)
+                }
+            })?;
+            (None, Some(bytes), Some(ctype))
         }
     };
     let body_of = |form: &Option<Vec<(String, String)>>| match (form, &json_bytes) {
