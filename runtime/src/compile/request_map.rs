@@ -265,8 +265,12 @@ impl Cx<'_> {
                 roots: REQUEST_ROOTS,
                 extra: &extra,
             };
-            self.template(t, &path.key("template"), &scope)
-                .map(RequestSource::Template)
+            let tp = path.key("template");
+            let compiled = self.template(t, &tp, &scope);
+            if let (Some(_), Some(node)) = (&compiled, inner.node) {
+                self.check_item_refs(t, node, &tp);
+            }
+            compiled.map(RequestSource::Template)
         } else {
             Some(RequestSource::Current)
         };
@@ -372,6 +376,27 @@ impl Cx<'_> {
             None => (Reach::Other, None),
         };
         Some((segs, reach, node))
+    }
+
+    /// The `item.X` references of a template (one that compiled) name fields of `node`, the
+    /// element of the canonical input that `item` is.
+    fn check_item_refs(&mut self, source: &str, node: Node, path: &DocPath) {
+        let Ok((_, analysis)) = crate::template::CompiledTemplate::compile(source) else {
+            return;
+        };
+        for p in &analysis.paths {
+            let Some(("item", rest)) = p.split_first().map(|(r, rest)| (r.as_str(), rest)) else {
+                continue;
+            };
+            if let Reach::Unknown {
+                parent,
+                field,
+                known,
+            } = input_shape::reach(node, "item", rest).0
+            {
+                self.unknown_input_field(path, &p.join("."), &parent, &field, &known);
+            }
+        }
     }
 
     /// Reports a reference to a field the canonical input does not have: `written` as written,
