@@ -228,6 +228,29 @@ pub fn property(node: Node, name: &str) -> Option<Node> {
     })
 }
 
+/// The only values `node` allows (its `enum`s and `const`s), or `None` when some alternative
+/// allows any value of its type.
+pub fn allowed_values(node: Node) -> Option<Vec<&'static Value>> {
+    let mut out = Vec::new();
+    for v in variants(node) {
+        let mut found = false;
+        for f in &v {
+            if let Some(Value::Array(values)) = f.schema.get("enum") {
+                out.extend(values.iter());
+                found = true;
+            }
+            if let Some(c) = f.schema.get("const") {
+                out.push(c);
+                found = true;
+            }
+        }
+        if !found {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// The declared fields of an object node, in schema order.
 pub fn field_names(node: Node) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();

@@ -2,7 +2,7 @@
 //! fields of the operation's input, and mapped outputs and event data name the canonical
 //! fields and map every required one.
 
-use crate::config::platform::Mapping;
+use crate::config::platform::{Mapping, ValueType};
 use crate::config::source::DocPath;
 use crate::diagnostics::{Code, did_you_mean};
 use crate::plan::{InputPath, InputSeg};
@@ -163,6 +163,9 @@ impl Cx<'_> {
             return;
         }
         let Some(fields) = &m.fields else {
+            if m.each.is_none() {
+                self.check_constants(m, node, path, shown, of);
+            }
             return;
         };
         if !input_shape::may_be_object(node) {
@@ -237,6 +240,59 @@ impl Cx<'_> {
                 }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+impl Cx<'_> {
+    /// The constants a leaf mapping may produce — its `value` (when no `map` follows), its
+    /// `map` values (when no `type` converts them to something else) and its `default` — are
+    /// values the canonical field allows, where it allows only some (an `enum`).
+    fn check_constants(&mut self, m: &Mapping, node: Node, path: &DocPath, shown: &str, of: &str) {
+        let Some(allowed) = input_shape::allowed_values(node) else {
+            return;
+        };
+        let converted = !matches!(m.kind, None | Some(ValueType::String));
+        let mut constants: Vec<(&serde_json::Value, DocPath)> = Vec::new();
+        if let Some(v) = &m.value
+            && m.map.is_none()
+            && !converted
+        {
+            constants.push((v, path.key("value")));
+        }
+        if let Some(table) = &m.map
+            && !converted
+        {
+            for (k, v) in table {
+                constants.push((v, path.key("map").key(k.clone())));
+            }
+        }
+        if let Some(v) = &m.default {
+            constants.push((v, path.key("default")));
+        }
+        for (v, at) in constants {
+            if allowed.contains(&v) {
+                continue;
+            }
+            let names: Vec<&str> = allowed.iter().filter_map(|a| a.as_str()).collect();
+            let written = crate::template::text_of(v);
+            let hint = match did_you_mean(&written, names.iter().copied()) {
+                Some(best) => format!("did you mean '{best}'?"),
+                None => format!(
+                    "the values of '{shown}' are: {}",
+                    allowed
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.error(
+                &at,
+                Code::InvalidValue,
+                format!("{v} is not a value of '{shown}' in {of}"),
+            )
+            .hint = Some(hint);
         }
     }
 }
