@@ -81,7 +81,7 @@ operations:
       method: GET
       url: "{{settings.base_url}}/v1/stock"
       query:
-        cursor: "{{input.cursor}}"
+        cursor: ""
         ids: "{{join input.sku_ids ','}}"
     response: { path: $.output }
 "#;

@@ -84,6 +84,14 @@ codes! {
     ArrayAsScalar => "E_ARRAY_AS_SCALAR",
     /// An id entity kind with forbidden characters.
     IdKind => "E_ID_KIND",
+    /// An id entity kind used (`id:`, `ids:`, `record`) but not declared under the platform's
+    /// `ids:` policies.
+    UndeclaredIdKind => "E_UNDECLARED_ID_KIND",
+    /// A field the canonical model does not have: an `input.X` reference, an `ids:` path or a
+    /// mapped output or event field.
+    UnknownField => "E_UNKNOWN_FIELD",
+    /// A field the canonical model requires that a mapping leaves out, or may leave out.
+    RequiredUnmapped => "E_REQUIRED_UNMAPPED",
     /// A gateway setting that is malformed.
     Gateway => "E_GATEWAY",
 }

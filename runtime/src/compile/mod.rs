@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod input_shape;
+mod model;
 mod request_map;
 pub mod structure;
 
@@ -225,6 +226,9 @@ pub fn compile_platform(
         Ok((plan, doc))
     } else {
         problems.sort_by_key(|d| (d.line, d.column));
+        // The platform-wide request is compiled with each operation: report its problems once.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|d| seen.insert(d.to_string()));
         Err(problems)
     }
 }
@@ -577,12 +581,21 @@ impl Cx<'_> {
             .response
             .as_ref()
             .and_then(|m| self.mapping(m, &path.key("response"), false));
+        if let (Some(m), Some(node)) = (&op.response, input_shape::output_node(name)) {
+            let of = format!("the canonical output of {name}");
+            self.check_model_mapping(m, node, &path.key("response"), "", &of);
+        }
         let mut input_ids = Vec::new();
         for (p, kind) in &op.ids {
             let ip = path.key("ids").key(p.clone());
-            self.check_kind(kind, &ip);
+            if self.check_kind(kind, &ip) {
+                self.check_kind_declared(kind, &ip);
+            }
             match InputPath::parse(p) {
-                Ok(parsed) => input_ids.push((parsed, kind.clone())),
+                Ok(parsed) => {
+                    self.check_input_ids_path(name, &parsed, &ip);
+                    input_ids.push((parsed, kind.clone()));
+                }
                 Err(e) => {
                     self.error_key(&ip, Code::InvalidValue, e);
                 }
@@ -591,7 +604,9 @@ impl Cx<'_> {
         let mut record = Vec::new();
         for (i, r) in op.record.iter().enumerate() {
             let rp = path.key("record").index(i);
-            self.check_kind(&r.kind, &rp.key("kind"));
+            if self.check_kind(&r.kind, &rp.key("kind")) {
+                self.check_kind_declared(&r.kind, &rp.key("kind"));
+            }
             let scope = Scope {
                 roots: &["input"],
                 extra: &[],
@@ -620,7 +635,8 @@ impl Cx<'_> {
         })
     }
 
-    fn check_kind(&mut self, kind: &str, path: &DocPath) {
+    /// Checks the characters of an id kind; true when it is well formed.
+    fn check_kind(&mut self, kind: &str, path: &DocPath) -> bool {
         let ok = !kind.is_empty()
             && kind
                 .chars()
@@ -633,6 +649,7 @@ impl Cx<'_> {
             )
             .hint = Some("use lowercase letters, digits and '_', like spu, sku or order".into());
         }
+        ok
     }
 
     fn request(
@@ -940,8 +957,10 @@ impl Cx<'_> {
                 "a mapping with `fields` builds an object, so `type`, `map` and `id` do not apply",
             );
         }
-        if let Some(kind) = &m.id {
-            self.check_kind(kind, &path.key("id"));
+        if let Some(kind) = &m.id
+            && self.check_kind(kind, &path.key("id"))
+        {
+            self.check_kind_declared(kind, &path.key("id"));
         }
         let time_format = match (&m.format, &m.offset) {
             (None, None) => None,
@@ -1160,10 +1179,14 @@ impl Cx<'_> {
         let mut mapped = IndexMap::new();
         for (event, m) in events {
             let ep = path.key("events").key(event.clone());
-            if self.check_event(event, &ep)
-                && let Some(plan) = self.mapping(m, &ep, false)
-            {
-                mapped.insert(event.clone(), plan);
+            if self.check_event(event, &ep) {
+                if let Some(node) = input_shape::event_node(event) {
+                    let of = format!("the data of event {event}");
+                    self.check_model_mapping(m, node, &ep, "", &of);
+                }
+                if let Some(plan) = self.mapping(m, &ep, false) {
+                    mapped.insert(event.clone(), plan);
+                }
             }
         }
         let scope = Scope {
@@ -1423,6 +1446,32 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("'{text}' has an unknown unit '{unit}'")),
     };
     Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// Compiles the mapping that is the whole of `doc` on its own, as the mapping engine sees it:
+/// not checked against a canonical schema, with the id `kinds` declared (the engine's tests map
+/// documents of any shape).
+#[cfg(test)]
+pub(crate) fn bare_mapping(
+    doc: &SourceDoc,
+    kinds: &[&str],
+) -> Result<MappingPlan, Vec<Diagnostic>> {
+    let type_error =
+        |e: serde_json::Error| vec![doc.at(&DocPath::root(), Code::Type, e.to_string())];
+    let m: Mapping = serde_json::from_value(doc.value.clone()).map_err(type_error)?;
+    let ids: serde_json::Map<String, Value> = kinds
+        .iter()
+        .map(|k| (k.to_string(), Value::String("allocate".into())))
+        .collect();
+    let file: PlatformFile =
+        serde_json::from_value(serde_json::json!({ "platform": "t", "ids": ids }))
+            .map_err(type_error)?;
+    let mut cx = Cx::for_document(doc, &file);
+    let plan = cx.mapping(&m, &DocPath::root(), false);
+    match plan {
+        Some(plan) if cx.problems.is_empty() => Ok(plan),
+        _ => Err(cx.problems),
+    }
 }
 
 /// Compiles every platform file in `dir` (used by `serve` and tests).

@@ -2,13 +2,18 @@
 //! that no reference can only reach one element of a list.
 
 use crate::config::platform::{BodyMapping, RequestBodyFormat, RequestMapping, RequestValueType};
-use crate::config::source::DocPath;
+use crate::config::source::{DocPath, Seg};
 use crate::diagnostics::{Code, did_you_mean};
 use crate::plan::{BodyMappingPlan, RequestMappingPlan, RequestSource};
 use crate::template::Analysis;
 
 use super::input_shape::{self, Node, Reach};
 use super::{Cx, REQUEST_ROOTS, Scope};
+
+/// Whether `path` is in the platform-wide `request` (shared by every operation).
+fn platform_wide(path: &DocPath) -> bool {
+    matches!(path.0.first(), Some(Seg::Key(k)) if k == "request")
+}
 
 /// What `item` is where a mapping is compiled.
 #[derive(Clone, Copy)]
@@ -196,6 +201,11 @@ impl Cx<'_> {
                                 );
                             }
                             Reach::Other => {}
+                            Reach::Unknown {
+                                parent,
+                                field,
+                                known,
+                            } => self.unknown_input_field(&ep, e, &parent, &field, &known),
                         }
                         inner = ItemScope {
                             defined: true,
@@ -226,6 +236,11 @@ impl Cx<'_> {
                             )
                             .hint = Some(EACH_HINT.into());
                         }
+                        Reach::Unknown {
+                            parent,
+                            field,
+                            known,
+                        } => self.unknown_input_field(&pp, p, &parent, &field, &known),
                         _ => {}
                     }
                     if m.fields.is_some() {
@@ -250,8 +265,12 @@ impl Cx<'_> {
                 roots: REQUEST_ROOTS,
                 extra: &extra,
             };
-            self.template(t, &path.key("template"), &scope)
-                .map(RequestSource::Template)
+            let tp = path.key("template");
+            let compiled = self.template(t, &tp, &scope);
+            if let (Some(_), Some(node)) = (&compiled, inner.node) {
+                self.check_item_refs(t, node, &tp);
+            }
+            compiled.map(RequestSource::Template)
         } else {
             Some(RequestSource::Current)
         };
@@ -359,6 +378,57 @@ impl Cx<'_> {
         Some((segs, reach, node))
     }
 
+    /// The `item.X` references of a template (one that compiled) name fields of `node`, the
+    /// element of the canonical input that `item` is.
+    fn check_item_refs(&mut self, source: &str, node: Node, path: &DocPath) {
+        let Ok((_, analysis)) = crate::template::CompiledTemplate::compile(source) else {
+            return;
+        };
+        for p in &analysis.paths {
+            let Some(("item", rest)) = p.split_first().map(|(r, rest)| (r.as_str(), rest)) else {
+                continue;
+            };
+            if let Reach::Unknown {
+                parent,
+                field,
+                known,
+            } = input_shape::reach(node, "item", rest).0
+            {
+                self.unknown_input_field(path, &p.join("."), &parent, &field, &known);
+            }
+        }
+    }
+
+    /// Reports a reference to a field the canonical input does not have: `written` as written,
+    /// `parent` (dotted) has no field `field`; `known` are the fields it has.
+    pub(super) fn unknown_input_field(
+        &mut self,
+        path: &DocPath,
+        written: &str,
+        parent: &str,
+        field: &str,
+        known: &[&str],
+    ) {
+        let of = match self.input_op.as_deref() {
+            Some(op) => format!("the canonical input of {op}"),
+            None => "the canonical input".to_string(),
+        };
+        let hint = if known.is_empty() {
+            format!("'{parent}' is a single value, with no fields: remove '.{field}'")
+        } else {
+            match did_you_mean(field, known.iter().copied()) {
+                Some(best) => format!("did you mean '{parent}.{best}'?"),
+                None => format!("the fields of '{parent}' are: {}", known.join(", ")),
+            }
+        };
+        self.error(
+            path,
+            Code::UnknownField,
+            format!("'{written}' is not in {of}: '{parent}' has no field '{field}'"),
+        )
+        .hint = Some(hint);
+    }
+
     fn through_list(&mut self, path: &DocPath, source: &str, list: &str) {
         self.error(
             path,
@@ -372,12 +442,14 @@ impl Cx<'_> {
 
     /// Templates of an operation's request: a reference into a list (`input.lines.0.sku_id`,
     /// `input.lines.sku_id`) or a whole list written as one text value is an error, since it
-    /// renders one element at most. `whole_value`: the template is a JSON leaf that keeps the
+    /// renders one element at most; so is a field the operation's canonical input does not
+    /// have (outside the platform-wide `request`). `whole_value`: the template is a JSON leaf that keeps the
     /// referenced value's type (a whole list is copied as a list).
     pub(super) fn check_list_refs(&mut self, a: &Analysis, whole_value: bool, path: &DocPath) {
         let Some(input) = self.input_op.as_deref().and_then(input_shape::input_node) else {
             return;
         };
+        let wide = platform_wide(path);
         for p in &a.paths {
             let Some((root, rest)) = p.split_first() else {
                 continue;
@@ -399,6 +471,13 @@ impl Cx<'_> {
                         "map the body with `body:` and {EACH_HINT}; in a template, loop with {{{{#each {list}}}}}...{{{{/each}}}}"
                     ));
                 }
+                // The platform-wide request is shared by every operation (and signing
+                // fixtures feed it inputs of their own): its fields are not checked here.
+                Reach::Unknown {
+                    parent,
+                    field,
+                    known,
+                } if !wide => self.unknown_input_field(path, &written, &parent, &field, &known),
                 Reach::List(list) if !whole_value && a.outputs.contains(p) => {
                     self.error(
                         path,

@@ -65,7 +65,9 @@ pub struct PlatformFile {
     #[serde(default)]
     pub transport: TransportSpec,
     /// Id kinds (`spu`, `sku`, `order`...) → what to do with a platform id that has no internal
-    /// id yet. Kinds not listed allocate one.
+    /// id yet. Every kind the file uses (a mapping's `id`, an operation's `ids` or `record`)
+    /// must be listed here, so a misspelt kind is a load-time error rather than an id
+    /// namespace of its own. Default: none.
     #[serde(default)]
     pub ids: IndexMap<String, IdPolicy>,
 }
@@ -512,13 +514,17 @@ pub struct Operation {
     /// Answer judging for this operation; overrides the platform-wide `response` rules.
     #[serde(default)]
     pub answer: Option<ResponseSpec>,
-    /// How the platform's answer maps onto the canonical output of this operation.
+    /// How the platform's answer maps onto the canonical output of this operation. Its
+    /// `fields` are checked against the output schema when the file loads: each must be a
+    /// canonical field, and each required field must be mapped so that it cannot be left out
+    /// (`required: true`, a `default`, a `value` or a `template`). Default: the answer as it is.
     #[serde(default)]
     pub response: Option<Mapping>,
     /// Internal ids in the canonical input to translate into platform ids before the request
     /// is built: input path → id kind. Paths are field names joined by `.`, with `[*]` after
-    /// an array, such as `sku_ids[*]`, `lines[*].sku_id` or `order_id`. An id without a
-    /// mapping is refused with a clear error.
+    /// an array, such as `sku_ids[*]`, `lines[*].sku_id` or `order_id`; checked against the
+    /// operation's canonical input when the file loads. An id without a mapping is refused
+    /// with a clear error. Default: none.
     #[serde(default)]
     pub ids: IndexMap<String, String>,
     /// Pairs of ids to remember after a successful call, such as the platform's order id for
@@ -534,7 +540,7 @@ pub struct Operation {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordSpec {
-    /// Id kind, such as `order`.
+    /// Id kind, such as `order`; declared under the platform's `ids`.
     pub kind: String,
     /// Template of the internal id, over the canonical input: `{{input.order_id}}`.
     pub internal: String,
@@ -582,8 +588,9 @@ pub struct Mapping {
     /// Default: false (a missing optional value is left out and counted).
     #[serde(default)]
     pub required: bool,
-    /// Marks the value as an id of this entity kind (`spu`, `sku`, `order`...): it is
-    /// translated between the platform's id and the mall's internal id by the key-mapping store.
+    /// Marks the value as an id of this entity kind (`spu`, `sku`, `order`...), declared under
+    /// the platform's `ids`: it is translated between the platform's id and the mall's internal
+    /// id by the key-mapping store. Default: none.
     #[serde(default)]
     pub id: Option<String>,
     /// For `type: time`: the platform's time format when it is not RFC 3339 or Unix

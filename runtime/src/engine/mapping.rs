@@ -335,23 +335,13 @@ fn convert(v: &Value, kind: ValueType, plan: &MappingPlan) -> Result<Value, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::compile_docs;
     use crate::config::source::parse;
     use serde_json::json;
     use std::path::Path;
 
-    fn plan(yaml_response: &str) -> std::sync::Arc<crate::plan::PlatformPlan> {
-        let text = format!(
-            "platform: t\nrequest: {{ url: \"http://127.0.0.1:9/\" }}\noperations:\n  product.list:\n    response:\n{}",
-            yaml_response
-                .lines()
-                .map(|l| format!("      {l}\n"))
-                .collect::<String>()
-        );
-        let doc = parse(Path::new("t.yaml"), text).unwrap();
-        let c = compile_docs(vec![doc], &|_| None);
-        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
-        c.plan.platforms["t"].clone()
+    fn plan(yaml_response: &str) -> MappingPlan {
+        let doc = parse(Path::new("t.yaml"), yaml_response.to_string()).unwrap();
+        crate::compile::bare_mapping(&doc, &["spu", "sku"]).unwrap()
     }
 
     #[test]
@@ -363,12 +353,7 @@ mod tests {
             {"id": 7, "st": 1, "skus": [{"id": "s1", "price": "12.5", "n": "3"}]},
             {"id": "8", "st": 0, "skus": []}
         ]});
-        let out = map_document(
-            p.operations["product.list"].output.as_ref().unwrap(),
-            &doc,
-            &Map::new(),
-        )
-        .unwrap();
+        let out = map_document(&p, &doc, &Map::new()).unwrap();
         assert_eq!(
             out.value,
             json!({"items": [
@@ -397,7 +382,7 @@ mod tests {
         let p = plan(
             "fields:\n  items:\n    each: $.r[*]\n    fields:\n      id: { path: $.id, required: true }\n      n: { path: $.n, type: integer }",
         );
-        let m = p.operations["product.list"].output.as_ref().unwrap();
+        let m = &p;
         let err = map_document(m, &json!({"r": [{"id": 1}, {"n": 2}]}), &Map::new()).unwrap_err();
         assert_eq!(err.field, "items[1].id");
         assert!(
@@ -416,7 +401,7 @@ mod tests {
         let p = plan(
             "fields:\n  t: { path: $.t, type: time, format: \"yyyy-MM-dd HH:mm:ss\", offset: \"+08:00\" }\n  r: { path: $.r, type: time }\n  b: { path: $.b, type: bool }\n  d: { path: $.d, type: decimal }",
         );
-        let m = p.operations["product.list"].output.as_ref().unwrap();
+        let m = &p;
         let out = map_document(
             m,
             &json!({"t": "2016-01-01 12:00:00", "r": 1451620800, "b": "1", "d": 12.5}),
