@@ -181,21 +181,37 @@ fn ecdsa_p256_signatures_by_openssl_and_python_verify_with_the_key_named_in_an_e
             body,
         );
         assert_eq!(verify.verify(&wrong_key, &e), Err(Rejection::Mismatch));
-        // An unknown key id or an envelope without one is refused with a reason.
+        // An unknown key id, or an envelope without one, is the delivery's fault, not the
+        // gateway's: refused with `reject_status` and a reason (a recipe error would answer
+        // 503 and invite the sender to retry).
         let unknown = base64_of(r#"{"kid":"k-1999"}"#);
         let unknown = delivery(
             &[("X-Signature", sig), ("X-Signature-Envelope", &unknown)],
             body,
         );
-        let err = verify.verify(&unknown, &e).unwrap_err().to_string();
-        assert!(err.contains("no key with id 'k-1999'"), "{err}");
+        let err = verify.verify(&unknown, &e).unwrap_err();
+        assert!(matches!(err, Rejection::UnknownKey(_)), "{err:?}");
+        assert!(err.to_string().contains("no key with id 'k-1999'"), "{err}");
         let no_kid = base64_of(r#"{"alg":"ES256"}"#);
-        let no_kid = delivery(
-            &[("X-Signature", sig), ("X-Signature-Envelope", &no_kid)],
+        let not_json = base64_of("not json");
+        for envelope in [no_kid.as_str(), "not base64!", &not_json, ""] {
+            let d = delivery(
+                &[("X-Signature", sig), ("X-Signature-Envelope", envelope)],
+                body,
+            );
+            assert!(
+                matches!(verify.verify(&d, &e), Err(Rejection::UnknownKey(_))),
+                "{envelope}"
+            );
+        }
+        // A key map that is not JSON is the gateway's own setup problem.
+        let broken = map(&[("sender_keys", "k-2026: MFkw")]);
+        let good = delivery(
+            &[("X-Signature", sig), ("X-Signature-Envelope", envelope)],
             body,
         );
         assert!(matches!(
-            verify.verify(&no_kid, &e),
+            verify.verify(&good, &env(&broken, &settings)),
             Err(Rejection::Recipe(_))
         ));
     }

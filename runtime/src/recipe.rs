@@ -635,6 +635,15 @@ pub enum RecipeError {
         /// What went wrong.
         message: String,
     },
+    /// The key id the request carries names no usable key (absent, unreadable envelope,
+    /// unknown id): the request's fault, not the recipe's.
+    #[error("signing step '{step}': {message}")]
+    KeyId {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a delivery was rejected.
@@ -662,9 +671,21 @@ pub enum Rejection {
     /// The delivery's replay key was already seen.
     #[error("the delivery was already received (replay key seen before)")]
     Replayed,
+    /// The key id the delivery carries names no key of the gateway (or none is there).
+    #[error("the delivery's key id cannot be used: {0}")]
+    UnknownKey(String),
     /// The recipe itself failed.
     #[error(transparent)]
-    Recipe(#[from] RecipeError),
+    Recipe(RecipeError),
+}
+
+impl From<RecipeError> for Rejection {
+    fn from(e: RecipeError) -> Self {
+        match e {
+            RecipeError::KeyId { message, .. } => Rejection::UnknownKey(message),
+            other => Rejection::Recipe(other),
+        }
+    }
 }
 
 /// Remembers replay keys until they expire. The in-memory guard serves one process; the store
@@ -794,18 +815,27 @@ impl<'a> Run<'a> {
             step: step.to_string(),
             message,
         };
+        let by_request = |message: String| RecipeError::KeyId {
+            step: step.to_string(),
+            message,
+        };
         let Some(k) = &d.key else { return Ok(None) };
         let raw = match &d.key_id {
             None => self.render_bytes(k, step)?,
             Some(kid) => {
                 let id = self.render(&kid.value, step)?;
                 let id = match &kid.json_field {
-                    Some(field) => envelope_field(&id, field).map_err(fail)?,
+                    Some(field) => envelope_field(&id, field).map_err(by_request)?,
                     None => id.trim().to_string(),
                 };
-                select_key(&self.ctx, &kid.map, &id)
-                    .map_err(fail)?
-                    .into_bytes()
+                if id.is_empty() {
+                    return Err(by_request("it carries no key id".into()));
+                }
+                match select_key(&self.ctx, &kid.map, &id) {
+                    Ok(key) => key.into_bytes(),
+                    Err(KeyChoice::Unknown(m)) => return Err(by_request(m)),
+                    Err(KeyChoice::Setup(m)) => return Err(fail(m)),
+                }
             }
         };
         decode_key(&raw, d).map(Some).map_err(fail)
@@ -884,33 +914,46 @@ fn envelope_field(envelope: &str, field: &[String]) -> Result<String, String> {
 
 /// The key named `id` in the map at `path` of the run's context: a JSON object, or text
 /// holding one (settings and credentials are text).
-fn select_key(ctx: &Value, path: &[String], id: &str) -> Result<String, String> {
+fn select_key(ctx: &Value, path: &[String], id: &str) -> Result<String, KeyChoice> {
     let where_ = path.join(".");
+    let not_map = || KeyChoice::Setup(format!("{where_} is not a JSON object of key ids to keys"));
     let map = path
         .iter()
         .try_fold(ctx, |v, p| v.get(p.as_str()))
-        .ok_or_else(|| format!("{where_} is not set: it should map key ids to keys"))?;
+        .ok_or_else(|| {
+            KeyChoice::Setup(format!(
+                "{where_} is not set: it should map key ids to keys"
+            ))
+        })?;
     let parsed;
     let map = match map {
         Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|_| format!("{where_} is not a JSON object of key ids to keys"))?;
+            parsed = serde_json::from_str::<Value>(text).map_err(|_| not_map())?;
             &parsed
         }
         other => other,
     };
     let Value::Object(keys) = map else {
-        return Err(format!("{where_} is not a JSON object of key ids to keys"));
+        return Err(not_map());
     };
     let shown: String = id.chars().take(64).collect();
     match keys.get(id) {
         Some(Value::String(k)) => Ok(k.clone()),
-        Some(_) => Err(format!("the key with id '{shown}' in {where_} is not text")),
-        None => Err(format!(
+        Some(_) => Err(KeyChoice::Setup(format!(
+            "the key with id '{shown}' in {where_} is not text"
+        ))),
+        None => Err(KeyChoice::Unknown(format!(
             "no key with id '{shown}' in {where_} ({} keys known)",
             keys.len()
-        )),
+        ))),
     }
+}
+
+/// Why no key was chosen: the id names none (the request's fault), or the map itself is
+/// unusable (the gateway's setup).
+enum KeyChoice {
+    Unknown(String),
+    Setup(String),
 }
 
 fn fresh_nonce(f: NonceFormat) -> String {
