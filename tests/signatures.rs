@@ -310,3 +310,65 @@ fn rsa_keys_in_bare_base64_reproduce_the_pem_vector() {
         }
     }
 }
+
+/// Through the HTTP server: a genuine ECDSA delivery is accepted, one naming an unknown key id
+/// is refused with the route's `reject_status` (401), not 503.
+#[tokio::test]
+async fn key_id_rejections_reach_the_sender_as_401() {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use entrepot::credentials::CredentialSets;
+    use entrepot::engine::Engine;
+    use entrepot::server::{AppState, serve};
+
+    let compiled =
+        entrepot::compile::compile_files(&[root().join("tests/vectors/ecdsa.yaml")], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let mut creds = CredentialSets::new();
+    creds.insert("vector_ecdsa".into(), ecdsa_creds());
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let state = AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store.clone()),
+        engine: Some(engine),
+        targets: Arc::new(Vec::new()),
+        admin_token: None,
+        notify: None,
+        reloader: None,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let v = vectors();
+    let body = text(&v["ecdsa_p256"]["message"]).to_string();
+    let sig = text(&v["ecdsa_p256"]["sha256_der_base64"]);
+    let http = reqwest::Client::new();
+    let post = |envelope: String| {
+        http.post(format!("http://{addr}/callbacks/vector-ecdsa/sha256"))
+            .header("content-type", "application/json")
+            .header("x-signature", sig)
+            .header("x-signature-envelope", envelope)
+            .body(body.clone())
+            .send()
+    };
+    let unknown = post(base64_of(r#"{"kid":"k-1999"}"#)).await.unwrap();
+    assert_eq!(unknown.status(), 401);
+    let genuine = post(text(&v["key_id_envelope"]["header_value"]).to_string())
+        .await
+        .unwrap();
+    assert!(genuine.status().is_success(), "{}", genuine.status());
+}
