@@ -1034,7 +1034,7 @@ fn check_known_rsa_keys(
         else {
             continue;
         };
-        if !is_public_key_alg(d.alg) || d.key_id.is_some() {
+        if !is_public_key_alg(d.alg) {
             continue;
         }
         let Some(key) = &d.key else { continue };
@@ -1047,13 +1047,26 @@ fn check_known_rsa_keys(
             _ => continue,
         };
         let public = verify_step == Some(index) || is_verify_only(d.alg);
-        let read = decode_key(text.as_bytes(), d).and_then(|raw| {
-            if public {
-                PublicKey::read(d.alg, &raw).map(|_| ())
-            } else {
-                read_private(d.alg, &raw)
-            }
-        });
+        let read_one = |text: &str| {
+            decode_key(text.as_bytes(), d).and_then(|raw| {
+                if public {
+                    PublicKey::read(d.alg, &raw).map(|_| ())
+                } else {
+                    read_private(d.alg, &raw)
+                }
+            })
+        };
+        // With a key id, the setting is a JSON object of key id → key: every key is read.
+        let read = match &d.key_id {
+            None => read_one(&text),
+            Some(_) => match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(keys)) => keys.iter().try_for_each(|(id, k)| match k {
+                    Value::String(k) => read_one(k).map_err(|m| format!("key '{id}': {m}")),
+                    _ => Err(format!("key '{id}' is not text")),
+                }),
+                _ => Err("with `key_id`, the key must be a JSON object of key ids to keys, such as {\"k1\": \"MFkw...\"}".into()),
+            },
+        };
         if let Err(message) = read {
             cx.error(&path.index(i).key("key"), Code::SigningKey, message)
                 .hint = Some(if public {
