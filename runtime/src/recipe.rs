@@ -1098,6 +1098,11 @@ fn cached<K>(
     }
     let key = Arc::new(parse(key_form(raw))?);
     if let Ok(mut m) = cache.lock() {
+        // Keys come from the configuration, so few are expected; a bound keeps a recipe that
+        // takes its key from elsewhere from growing the cache without end.
+        if m.len() >= 1024 {
+            m.clear();
+        }
         m.insert(id, key.clone());
     }
     Ok(key)
