@@ -29,6 +29,7 @@ mod request_body;
 mod schemas;
 mod secrets;
 mod server;
+mod signatures;
 mod slow_clients;
 mod store;
 mod transport;

@@ -18,8 +18,8 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::compile::{Cx, Scope};
 use crate::config::recipe::{
-    DigestAlg, Encoding, KeyDecode, NonceFormat, ParamSource, PlaceTarget, Repeated, SignRecipe,
-    SignatureSource, SortOrder, Step, UrlEncoding, VerifyRecipe,
+    DigestAlg, Encoding, KeyDecode, KeyIdSource, NonceFormat, ParamSource, PlaceTarget, Repeated,
+    SignRecipe, SignatureSource, SortOrder, Step, UrlEncoding, VerifyRecipe,
 };
 use crate::config::source::DocPath;
 use crate::diagnostics::Code;
@@ -57,7 +57,8 @@ pub struct VerifyPlan {
     source: SignatureSource,
     steps: Vec<StepPlan>,
     expect: CompiledTemplate,
-    /// When `expect` is exactly an RSA step: the index of that step.
+    /// When `expect` is exactly a public-key signature step (RSA, Ed25519, ECDSA): the index
+    /// of that step, checked against the candidates with the public key.
     rsa_step: Option<usize>,
     ignore_case: bool,
     timestamp: Option<TimestampPlan>,
@@ -123,6 +124,18 @@ struct DigestPlan {
     key_strip_prefix: Option<String>,
     key_decode: KeyDecode,
     encode: Encoding,
+    key_id: Option<KeyIdPlan>,
+}
+
+/// How a step finds its key by the id a delivery carries.
+#[derive(Debug)]
+struct KeyIdPlan {
+    /// The id, or the base64 JSON envelope holding it.
+    value: CompiledTemplate,
+    /// Path of the id inside the envelope, when there is one.
+    json_field: Option<Vec<String>>,
+    /// Reference to the map of key id → key (for example `settings.webhook_keys`).
+    map: Vec<String>,
 }
 
 // ---------------------------------------------------------------- compile
@@ -206,6 +219,7 @@ fn compile_steps(
                 key_strip_prefix,
                 key_decode,
                 encode,
+                key_id,
                 ..
             } => {
                 let input_t = cx.template(input, &sp.key("input"), &scope);
@@ -222,6 +236,9 @@ fn compile_steps(
                     alg,
                     DigestAlg::Md5 | DigestAlg::Sha1 | DigestAlg::Sha256 | DigestAlg::Sha512
                 );
+                let key_id_plan = key_id
+                    .as_ref()
+                    .and_then(|k| compile_key_id(cx, k, key_t.as_ref(), &sp, &scope));
                 if keyed && key.is_none() {
                     cx.error(&sp, Code::SigningKey, format!("algorithm {} needs a `key`", alg_name(*alg)))
                         .hint = Some("add `key: \"{{credentials.app_secret}}\"` (or the credential holding the key)".into());
@@ -230,7 +247,7 @@ fn compile_steps(
                     cx.error(&sp.key("key"), Code::SigningKey, format!("algorithm {} takes no key", alg_name(*alg)))
                         .hint = Some("to mix a secret into a plain digest, put it in `input`, or use an hmac-* algorithm".into());
                 }
-                let encode = encode.unwrap_or(if *alg == DigestAlg::RsaSha256 {
+                let encode = encode.unwrap_or(if is_public_key_alg(*alg) {
                     Encoding::Base64
                 } else {
                     Encoding::Hex
@@ -238,14 +255,19 @@ fn compile_steps(
                 if encode == Encoding::Raw {
                     binary.push(name.clone());
                 }
-                match (input_t, keyed == key.is_some()) {
-                    (Some(input), true) => Some(StepKind::Digest(DigestPlan {
+                match (
+                    input_t,
+                    keyed == key.is_some(),
+                    key_id.is_some() == key_id_plan.is_some(),
+                ) {
+                    (Some(input), true, true) => Some(StepKind::Digest(DigestPlan {
                         alg: *alg,
                         input,
                         key: key_t,
                         key_strip_prefix: key_strip_prefix.clone(),
                         key_decode: key_decode.unwrap_or(KeyDecode::Utf8),
                         encode,
+                        key_id: key_id_plan,
                     })),
                     _ => None,
                 }
@@ -313,7 +335,62 @@ fn alg_name(alg: DigestAlg) -> &'static str {
         DigestAlg::HmacSha256 => "hmac-sha256",
         DigestAlg::HmacSha512 => "hmac-sha512",
         DigestAlg::RsaSha256 => "rsa-sha256",
+        DigestAlg::Ed25519 => "ed25519",
+        DigestAlg::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+        DigestAlg::EcdsaP256Sha1 => "ecdsa-p256-sha1",
     }
+}
+
+/// Signature algorithms with a private key (signing) and a public key (verification).
+fn is_public_key_alg(alg: DigestAlg) -> bool {
+    matches!(
+        alg,
+        DigestAlg::RsaSha256
+            | DigestAlg::Ed25519
+            | DigestAlg::EcdsaP256Sha256
+            | DigestAlg::EcdsaP256Sha1
+    )
+}
+
+/// Algorithms the gateway only verifies (it never holds the sender's private key).
+fn is_verify_only(alg: DigestAlg) -> bool {
+    matches!(alg, DigestAlg::EcdsaP256Sha256 | DigestAlg::EcdsaP256Sha1)
+}
+
+fn compile_key_id(
+    cx: &mut Cx<'_>,
+    k: &KeyIdSource,
+    key: Option<&CompiledTemplate>,
+    sp: &DocPath,
+    scope: &Scope<'_>,
+) -> Option<KeyIdPlan> {
+    let map = match key.and_then(CompiledTemplate::as_ref_path) {
+        Some(path) => Some(path.to_vec()),
+        None => {
+            cx.error(&sp.key("key"), Code::SigningKey, "with `key_id`, `key` must be exactly one reference to the map of key ids to keys")
+                .hint = Some("write `key: \"{{settings.webhook_keys}}\"` where that setting (or credential) holds a JSON object such as {\"k1\": \"MFkw...\"}".into());
+            None
+        }
+    };
+    let value = cx.template(&k.value, &sp.key("key_id").key("value"), scope);
+    let json_field = match k.json_field.as_deref().map(str::trim) {
+        Some("") => {
+            cx.error(
+                &sp.key("key_id").key("json_field"),
+                Code::InvalidValue,
+                "`json_field` is empty",
+            )
+            .hint = Some("name the envelope's field holding the key id, for example `kid`".into());
+            return None;
+        }
+        Some(f) => Some(f.split('.').map(str::to_string).collect()),
+        None => None,
+    };
+    Some(KeyIdPlan {
+        value: value?,
+        json_field,
+        map: map?,
+    })
 }
 
 /// A binary value may only be used as a whole-template reference (where bytes are allowed).
@@ -377,6 +454,14 @@ pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Opt
     let before = cx.problems.len();
     let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), RECIPE_ROOTS);
     check_known_rsa_keys(cx, &recipe.steps, &steps, &path.key("steps"), None);
+    for (i, step) in recipe.steps.iter().enumerate() {
+        if let Step::Digest { alg, .. } = step
+            && is_verify_only(*alg)
+        {
+            cx.error(&path.key("steps").index(i).key("alg"), Code::SigningKey, format!("{} only verifies signatures; it cannot sign a request", alg_name(*alg)))
+                .hint = Some("sign with rsa-sha256, ed25519 or an hmac-* algorithm, or move this step to a callback's `verify` recipe".into());
+        }
+    }
     let scope = Scope {
         roots: RECIPE_ROOTS,
         extra: &names,
@@ -428,14 +513,17 @@ pub fn compile_verify(
             _ => None,
         });
         let rsa_index = steps.iter().position(|s| {
-            matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256)
+            matches!(&s.kind, StepKind::Digest(d) if is_public_key_alg(d.alg))
                 && Some(&s.name) == target.as_ref()
         });
-        let has_rsa = steps
-            .iter()
-            .any(|s| matches!(&s.kind, StepKind::Digest(d) if d.alg == DigestAlg::RsaSha256));
-        if has_rsa && rsa_index.is_none() {
-            cx.error(&path.key("expect"), Code::SigningKey, "an rsa-sha256 verification must be checked with the public key: `expect` must be exactly the rsa step, like '{{sig}}'");
+        let public = steps.iter().find_map(|s| match &s.kind {
+            StepKind::Digest(d) if is_public_key_alg(d.alg) => Some(d.alg),
+            _ => None,
+        });
+        if let Some(alg) = public
+            && rsa_index.is_none()
+        {
+            cx.error(&path.key("expect"), Code::SigningKey, format!("an {} verification must be checked with the public key: `expect` must be exactly the signature step, like '{{{{sig}}}}'", alg_name(alg)));
         }
         rsa_step = rsa_index;
         check_binary(cx, t, &binary, &path.key("expect"), false);
@@ -547,6 +635,15 @@ pub enum RecipeError {
         /// What went wrong.
         message: String,
     },
+    /// The key id the request carries names no usable key (absent, unreadable envelope,
+    /// unknown id): the request's fault, not the recipe's.
+    #[error("signing step '{step}': {message}")]
+    KeyId {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a delivery was rejected.
@@ -574,9 +671,21 @@ pub enum Rejection {
     /// The delivery's replay key was already seen.
     #[error("the delivery was already received (replay key seen before)")]
     Replayed,
+    /// The key id the delivery carries names no key of the gateway (or none is there).
+    #[error("the delivery's key id cannot be used: {0}")]
+    UnknownKey(String),
     /// The recipe itself failed.
     #[error(transparent)]
-    Recipe(#[from] RecipeError),
+    Recipe(RecipeError),
+}
+
+impl From<RecipeError> for Rejection {
+    fn from(e: RecipeError) -> Self {
+        match e {
+            RecipeError::KeyId { message, .. } => Rejection::UnknownKey(message),
+            other => Rejection::Recipe(other),
+        }
+    }
 }
 
 /// Remembers replay keys until they expire. The in-memory guard serves one process; the store
@@ -699,6 +808,39 @@ impl<'a> Run<'a> {
         Ok(self.render(t, step)?.into_bytes())
     }
 
+    /// The key bytes of a digest step (decoded as declared), chosen by the delivery's key id
+    /// when the step has one.
+    fn step_key(&self, d: &DigestPlan, step: &str) -> Result<Option<Vec<u8>>, RecipeError> {
+        let fail = |message: String| RecipeError::Step {
+            step: step.to_string(),
+            message,
+        };
+        let by_request = |message: String| RecipeError::KeyId {
+            step: step.to_string(),
+            message,
+        };
+        let Some(k) = &d.key else { return Ok(None) };
+        let raw = match &d.key_id {
+            None => self.render_bytes(k, step)?,
+            Some(kid) => {
+                let id = self.render(&kid.value, step)?;
+                let id = match &kid.json_field {
+                    Some(field) => envelope_field(&id, field).map_err(by_request)?,
+                    None => id.trim().to_string(),
+                };
+                if id.is_empty() {
+                    return Err(by_request("it carries no key id".into()));
+                }
+                match select_key(&self.ctx, &kid.map, &id) {
+                    Ok(key) => key.into_bytes(),
+                    Err(KeyChoice::Unknown(m)) => return Err(by_request(m)),
+                    Err(KeyChoice::Setup(m)) => return Err(fail(m)),
+                }
+            }
+        };
+        decode_key(&raw, d).map(Some).map_err(fail)
+    }
+
     /// Runs `steps` in order, leaving out the one at `skip` (an RSA verification step, which is
     /// checked against the candidates instead of computed).
     fn steps(
@@ -734,12 +876,7 @@ impl<'a> Run<'a> {
                 }
                 StepKind::Digest(d) => {
                     let input = self.render_bytes(&d.input, &s.name)?;
-                    let key = match &d.key {
-                        Some(k) => {
-                            Some(decode_key(&self.render_bytes(k, &s.name)?, d).map_err(fail)?)
-                        }
-                        None => None,
-                    };
+                    let key = self.step_key(d, &s.name)?;
                     let out = digest(d.alg, &input, key.as_deref()).map_err(fail)?;
                     match encode(&out, d.encode) {
                         Some(text) => self.set(&s.name, text.into_bytes(), true, s.secret),
@@ -750,6 +887,73 @@ impl<'a> Run<'a> {
         }
         Ok(())
     }
+}
+
+/// The key id inside a base64 (or base64url) JSON envelope, at a dotted path.
+fn envelope_field(envelope: &str, field: &[String]) -> Result<String, String> {
+    let t = envelope.trim().trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(t)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
+        .map_err(|_| "the key-id envelope is not base64".to_string())?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| "the key-id envelope is not base64 of JSON".to_string())?;
+    let dotted = field.join(".");
+    let found = field
+        .iter()
+        .try_fold(&json, |v, f| v.get(f.as_str()))
+        .ok_or_else(|| format!("the key-id envelope has no field '{dotted}'"))?;
+    match found {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(format!(
+            "the key-id envelope's field '{dotted}' is not a key id (text or number)"
+        )),
+    }
+}
+
+/// The key named `id` in the map at `path` of the run's context: a JSON object, or text
+/// holding one (settings and credentials are text).
+fn select_key(ctx: &Value, path: &[String], id: &str) -> Result<String, KeyChoice> {
+    let where_ = path.join(".");
+    let not_map = || KeyChoice::Setup(format!("{where_} is not a JSON object of key ids to keys"));
+    let map = path
+        .iter()
+        .try_fold(ctx, |v, p| v.get(p.as_str()))
+        .ok_or_else(|| {
+            KeyChoice::Setup(format!(
+                "{where_} is not set: it should map key ids to keys"
+            ))
+        })?;
+    let parsed;
+    let map = match map {
+        Value::String(text) => {
+            parsed = serde_json::from_str::<Value>(text).map_err(|_| not_map())?;
+            &parsed
+        }
+        other => other,
+    };
+    let Value::Object(keys) = map else {
+        return Err(not_map());
+    };
+    let shown: String = id.chars().take(64).collect();
+    match keys.get(id) {
+        Some(Value::String(k)) => Ok(k.clone()),
+        Some(_) => Err(KeyChoice::Setup(format!(
+            "the key with id '{shown}' in {where_} is not text"
+        ))),
+        None => Err(KeyChoice::Unknown(format!(
+            "no key with id '{shown}' in {where_} ({} keys known)",
+            keys.len()
+        ))),
+    }
+}
+
+/// Why no key was chosen: the id names none (the request's fault), or the map itself is
+/// unusable (the gateway's setup).
+enum KeyChoice {
+    Unknown(String),
+    Setup(String),
 }
 
 fn fresh_nonce(f: NonceFormat) -> String {
@@ -830,7 +1034,7 @@ fn check_known_rsa_keys(
         else {
             continue;
         };
-        if d.alg != DigestAlg::RsaSha256 {
+        if !is_public_key_alg(d.alg) {
             continue;
         }
         let Some(key) = &d.key else { continue };
@@ -842,20 +1046,33 @@ fn check_known_rsa_keys(
             },
             _ => continue,
         };
-        let public = verify_step == Some(index);
-        let read = decode_key(text.as_bytes(), d).and_then(|raw| {
-            if public {
-                public_key(&raw).map(|_| ())
-            } else {
-                private_key(&raw).map(|_| ())
-            }
-        });
+        let public = verify_step == Some(index) || is_verify_only(d.alg);
+        let read_one = |text: &str| {
+            decode_key(text.as_bytes(), d).and_then(|raw| {
+                if public {
+                    PublicKey::read(d.alg, &raw).map(|_| ())
+                } else {
+                    read_private(d.alg, &raw)
+                }
+            })
+        };
+        // With a key id, the setting is a JSON object of key id → key: every key is read.
+        let read = match &d.key_id {
+            None => read_one(&text),
+            Some(_) => match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(keys)) => keys.iter().try_for_each(|(id, k)| match k {
+                    Value::String(k) => read_one(k).map_err(|m| format!("key '{id}': {m}")),
+                    _ => Err(format!("key '{id}' is not text")),
+                }),
+                _ => Err("with `key_id`, the key must be a JSON object of key ids to keys, such as {\"k1\": \"MFkw...\"}".into()),
+            },
+        };
         if let Err(message) = read {
             cx.error(&path.index(i).key("key"), Code::SigningKey, message)
                 .hint = Some(if public {
-                "give the platform's public key as PEM text (-----BEGIN PUBLIC KEY-----...), usually from a setting or a credential".into()
+                "give the platform's public key as PEM text (-----BEGIN PUBLIC KEY-----...) or as the bare base64 of its DER, usually from a setting or a credential".into()
             } else {
-                "give your private key as PEM text (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----), usually from a credential".into()
+                "give your private key as PEM text (-----BEGIN PRIVATE KEY-----...) or as the bare base64 of its DER, usually from a credential".into()
             });
         }
     }
@@ -863,43 +1080,217 @@ fn check_known_rsa_keys(
 
 type KeyCache<K> = LazyLock<Mutex<HashMap<[u8; 32], Arc<K>>>>;
 static PRIVATE_KEYS: KeyCache<rsa::PrivateKey> = LazyLock::new(Default::default);
-static PUBLIC_KEYS: KeyCache<rsa::PublicKey> = LazyLock::new(Default::default);
+static PUBLIC_KEYS: KeyCache<PublicKey> = LazyLock::new(Default::default);
 
 fn cached<K>(
     cache: &KeyCache<K>,
-    pem: &[u8],
-    parse: impl FnOnce(&str) -> Result<K, String>,
+    tag: &str,
+    raw: &[u8],
+    parse: impl FnOnce(KeyForm) -> Result<K, String>,
 ) -> Result<Arc<K>, String> {
-    let id: [u8; 32] = sha2::Sha256::digest(pem).into();
+    let mut h = sha2::Sha256::new();
+    h.update(tag.as_bytes());
+    h.update([0]);
+    h.update(raw);
+    let id: [u8; 32] = h.finalize().into();
     if let Some(k) = cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
         return Ok(k);
     }
-    let text = std::str::from_utf8(pem).map_err(|_| "the RSA key is not PEM text".to_string())?;
-    let key = Arc::new(parse(text.trim())?);
+    let key = Arc::new(parse(key_form(raw))?);
     if let Ok(mut m) = cache.lock() {
+        // Keys come from the configuration, so few are expected; a bound keeps a recipe that
+        // takes its key from elsewhere from growing the cache without end.
+        if m.len() >= 1024 {
+            m.clear();
+        }
         m.insert(id, key.clone());
     }
     Ok(key)
 }
 
-fn private_key(pem: &[u8]) -> Result<Arc<rsa::PrivateKey>, String> {
+/// A key as written: PEM text, or bytes (DER or a raw key) from bare base64 text or given
+/// as bytes (after `key_decode`).
+enum KeyForm {
+    Pem(String),
+    Bytes(Vec<u8>),
+}
+
+fn key_form(raw: &[u8]) -> KeyForm {
+    if let Ok(text) = std::str::from_utf8(raw) {
+        let t = text.trim();
+        if t.starts_with("-----BEGIN") {
+            return KeyForm::Pem(t.to_string());
+        }
+        // Bare base64 as platforms publish keys: the DER body without the armour, possibly
+        // wrapped over several lines.
+        let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+        let compact = compact.trim_end_matches('=');
+        if !compact.is_empty() {
+            let b64 = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(compact)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(compact));
+            if let Ok(bytes) = b64 {
+                return KeyForm::Bytes(bytes);
+            }
+        }
+    }
+    KeyForm::Bytes(raw.to_vec())
+}
+
+const KEY_SHAPES: &str = "PEM, or the bare base64 of its DER";
+
+fn private_key(raw: &[u8]) -> Result<Arc<rsa::PrivateKey>, String> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey;
-    cached(&PRIVATE_KEYS, pem, |text| {
-        rsa::PrivateKey::from_pkcs8_pem(text)
-            .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(text))
-            .map_err(|_| "the key is not an RSA private key in PEM (PKCS#8 or PKCS#1)".to_string())
+    cached(&PRIVATE_KEYS, "rsa", raw, |form| {
+        match form {
+            KeyForm::Pem(text) => rsa::PrivateKey::from_pkcs8_pem(&text)
+                .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(&text))
+                .ok(),
+            KeyForm::Bytes(der) => rsa::PrivateKey::from_pkcs8_der(&der)
+                .or_else(|_| rsa::PrivateKey::from_pkcs1_der(&der))
+                .ok(),
+        }
+        .ok_or_else(|| {
+            format!("the key is not an RSA private key (PKCS#8 or PKCS#1) in {KEY_SHAPES}")
+        })
     })
 }
 
-fn public_key(pem: &[u8]) -> Result<Arc<rsa::PublicKey>, String> {
-    use rsa::pkcs1::DecodeRsaPublicKey;
-    use rsa::pkcs8::DecodePublicKey;
-    cached(&PUBLIC_KEYS, pem, |text| {
-        rsa::PublicKey::from_public_key_pem(text)
-            .or_else(|_| rsa::PublicKey::from_pkcs1_pem(text))
-            .map_err(|_| "the key is not an RSA public key in PEM (SPKI or PKCS#1)".to_string())
-    })
+fn ed25519_private(raw: &[u8]) -> Result<ed25519_dalek::SigningKey, String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let bad = || {
+        format!(
+            "the key is not an Ed25519 private key (PKCS#8 in {KEY_SHAPES}, or the 32-byte seed or 64-byte seed and public key in base64)"
+        )
+    };
+    match key_form(raw) {
+        KeyForm::Pem(text) => ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|_| bad()),
+        KeyForm::Bytes(b) => {
+            if let Ok(seed) = <[u8; 32]>::try_from(b.as_slice()) {
+                Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+            } else if let Ok(pair) = <[u8; 64]>::try_from(b.as_slice()) {
+                ed25519_dalek::SigningKey::from_keypair_bytes(&pair).map_err(|_| {
+                    "the 64-byte Ed25519 key's second half is not the public key of its first half (the seed)".to_string()
+                })
+            } else {
+                ed25519_dalek::SigningKey::from_pkcs8_der(&b).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+/// A public key that checks signatures of one algorithm.
+#[derive(Debug)]
+enum PublicKey {
+    Rsa(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
+    Ed25519(ed25519_dalek::VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl PublicKey {
+    /// Reads (or finds in the cache) the public key of a signature algorithm.
+    fn read(alg: DigestAlg, raw: &[u8]) -> Result<Arc<PublicKey>, String> {
+        cached(&PUBLIC_KEYS, alg_name(alg), raw, |form| match alg {
+            DigestAlg::Ed25519 => {
+                use ed25519_dalek::pkcs8::DecodePublicKey;
+                match form {
+                    KeyForm::Pem(text) => ed25519_dalek::VerifyingKey::from_public_key_pem(&text).ok(),
+                    KeyForm::Bytes(b) => match <[u8; 32]>::try_from(b.as_slice()) {
+                        Ok(raw) => ed25519_dalek::VerifyingKey::from_bytes(&raw).ok(),
+                        Err(_) => ed25519_dalek::VerifyingKey::from_public_key_der(&b).ok(),
+                    },
+                }
+                .map(PublicKey::Ed25519)
+                .ok_or_else(|| format!("the key is not an Ed25519 public key (SPKI in {KEY_SHAPES}, or the raw 32 bytes in base64)"))
+            }
+            DigestAlg::EcdsaP256Sha256 | DigestAlg::EcdsaP256Sha1 => {
+                use p256::pkcs8::DecodePublicKey;
+                match form {
+                    KeyForm::Pem(text) => p256::ecdsa::VerifyingKey::from_public_key_pem(&text).ok(),
+                    KeyForm::Bytes(b) => p256::ecdsa::VerifyingKey::from_public_key_der(&b)
+                        .or_else(|_| p256::ecdsa::VerifyingKey::from_sec1_bytes(&b))
+                        .ok(),
+                }
+                .map(PublicKey::P256)
+                .ok_or_else(|| format!("the key is not a P-256 public key (SPKI in {KEY_SHAPES}, or the SEC1 point in base64)"))
+            }
+            _ => {
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                use rsa::pkcs8::DecodePublicKey;
+                match form {
+                    KeyForm::Pem(text) => rsa::PublicKey::from_public_key_pem(&text)
+                        .or_else(|_| rsa::PublicKey::from_pkcs1_pem(&text))
+                        .ok(),
+                    KeyForm::Bytes(der) => rsa::PublicKey::from_public_key_der(&der)
+                        .or_else(|_| rsa::PublicKey::from_pkcs1_der(&der))
+                        .ok(),
+                }
+                .map(|k| PublicKey::Rsa(rsa::pkcs1v15::VerifyingKey::new(k)))
+                .ok_or_else(|| {
+                    format!("the key is not an RSA public key (SPKI or PKCS#1) in {KEY_SHAPES}")
+                })
+            }
+        })
+    }
+
+    /// Whether `sig` is a signature of `input` by this key under `alg`.
+    fn verifies(&self, alg: DigestAlg, input: &[u8], sig: &[u8]) -> bool {
+        use rsa::signature::Verifier;
+        match self {
+            PublicKey::Rsa(k) => rsa::pkcs1v15::Signature::try_from(sig)
+                .is_ok_and(|sig| k.verify(input, &sig).is_ok()),
+            PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
+                .is_ok_and(|sig| k.verify_strict(input, &sig).is_ok()),
+            PublicKey::P256(k) => {
+                use p256::ecdsa::signature::hazmat::PrehashVerifier;
+                let prehash = match alg {
+                    DigestAlg::EcdsaP256Sha1 => sha1::Sha1::digest(input).to_vec(),
+                    _ => sha2::Sha256::digest(input).to_vec(),
+                };
+                // Raw `r || s` (64 bytes) or DER; both name the same pair, and either
+                // verifies only when it is a genuine signature. A high `s` is as valid as its
+                // low twin, so it is normalised rather than refused.
+                let raw = (sig.len() == 64)
+                    .then(|| p256::ecdsa::Signature::from_slice(sig).ok())
+                    .flatten();
+                let der = p256::ecdsa::Signature::from_der(sig).ok();
+                [raw, der]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| k.verify_prehash(&prehash, &s.normalize_s()).is_ok())
+            }
+        }
+    }
+}
+
+/// Reads a private key, to report an unreadable one when the file loads.
+fn read_private(alg: DigestAlg, raw: &[u8]) -> Result<(), String> {
+    match alg {
+        DigestAlg::RsaSha256 => private_key(raw).map(|_| ()),
+        DigestAlg::Ed25519 => ed25519_private(raw).map(|_| ()),
+        other => Err(format!("{} only verifies signatures", alg_name(other))),
+    }
+}
+
+/// Signs `input` with a private key (RSA PKCS#1 v1.5 over SHA-256, or Ed25519).
+fn sign_with(alg: DigestAlg, key: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
+    use rsa::signature::{SignatureEncoding, Signer};
+    match alg {
+        DigestAlg::RsaSha256 => {
+            let k = private_key(key)?;
+            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(rsa::PrivateKey::clone(&k));
+            Ok(signer
+                .try_sign(input)
+                .map_err(|e| format!("RSA signing failed: {e}"))?
+                .to_vec())
+        }
+        DigestAlg::Ed25519 => Ok(ed25519_private(key)?.sign(input).to_bytes().to_vec()),
+        other => Err(format!(
+            "{} only verifies signatures; it cannot sign",
+            alg_name(other)
+        )),
+    }
 }
 
 fn digest(alg: DigestAlg, input: &[u8], key: Option<&[u8]>) -> Result<Vec<u8>, String> {
@@ -913,15 +1304,10 @@ fn digest(alg: DigestAlg, input: &[u8], key: Option<&[u8]>) -> Result<Vec<u8>, S
         DigestAlg::HmacSha1 => hmac_of::<hmac::Hmac<sha1::Sha1>>(key, input)?,
         DigestAlg::HmacSha256 => hmac_of::<hmac::Hmac<sha2::Sha256>>(key, input)?,
         DigestAlg::HmacSha512 => hmac_of::<hmac::Hmac<sha2::Sha512>>(key, input)?,
-        DigestAlg::RsaSha256 => {
-            use rsa::signature::{SignatureEncoding, Signer};
-            let k = private_key(key)?;
-            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(rsa::PrivateKey::clone(&k));
-            signer
-                .try_sign(input)
-                .map_err(|e| format!("RSA signing failed: {e}"))?
-                .to_vec()
-        }
+        DigestAlg::RsaSha256
+        | DigestAlg::Ed25519
+        | DigestAlg::EcdsaP256Sha256
+        | DigestAlg::EcdsaP256Sha1 => sign_with(alg, key, input)?,
     })
 }
 
@@ -1124,26 +1510,13 @@ impl VerifyPlan {
                 ..
             }) => {
                 let input = run.render_bytes(&d.input, name)?;
-                let key = match &d.key {
-                    Some(k) => decode_key(&run.render_bytes(k, name)?, d).map_err(|message| {
-                        RecipeError::Step {
-                            step: name.clone(),
-                            message,
-                        }
-                    })?,
-                    None => Vec::new(),
-                };
-                let key = public_key(&key).map_err(|message| RecipeError::Step {
+                let key = run.step_key(d, name)?.unwrap_or_default();
+                let key = PublicKey::read(d.alg, &key).map_err(|message| RecipeError::Step {
                     step: name.clone(),
                     message,
                 })?;
-                let verifier =
-                    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(rsa::PublicKey::clone(&key));
                 candidates.iter().any(|c| {
-                    use rsa::signature::Verifier;
-                    decode(c, d.encode)
-                        .and_then(|b| rsa::pkcs1v15::Signature::try_from(b.as_slice()).ok())
-                        .is_some_and(|sig| verifier.verify(&input, &sig).is_ok())
+                    decode(c, d.encode).is_some_and(|sig| key.verifies(d.alg, &input, &sig))
                 })
             }
             _ => {
@@ -1331,6 +1704,7 @@ mod tests {
             key_strip_prefix: prefix.map(str::to_string),
             key_decode,
             encode: Encoding::Hex,
+            key_id: None,
         };
         assert_eq!(
             decode_key(b"whsec_AQID", &plan(KeyDecode::Base64, Some("whsec_"))).unwrap(),

@@ -1,6 +1,7 @@
 //! Time formats the platforms use, compiled once from a small pattern language:
-//! `unix_seconds`, `unix_millis`, or a pattern of `yyyy`, `MM`, `dd`, `HH`, `mm`, `ss`, `SSS`,
-//! `Z` (`+0800`), `XXX` (`+08:00`) and `'quoted'` literal text.
+//! `unix_seconds`, `unix_millis`, `rfc3339`, or a pattern of `yyyy`, `MM`, `dd`, `HH`, `mm`,
+//! `ss`, `S` to `SSSSSSSSS` (fraction digits), `Z` (`+0800`), `XXX` (`+08:00`) and
+//! `'quoted'` literal text.
 
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
@@ -19,8 +20,8 @@ pub enum Piece {
     Minute,
     /// `ss`
     Second,
-    /// `SSS`
-    Millis,
+    /// `S` to `SSSSSSSSS`: that many digits of the fraction of a second (`SSS`: millis).
+    Fraction(u32),
     /// `Z`: `+0800`
     OffsetCompact,
     /// `XXX`: `+08:00`
@@ -36,6 +37,9 @@ pub enum TimeFormat {
     UnixSeconds,
     /// Milliseconds since the Unix epoch.
     UnixMillis,
+    /// RFC 3339: read with any number of fraction digits (nanosecond precision kept) and `Z`
+    /// or a `±hh:mm` offset; written in whole seconds, `Z` for UTC.
+    Rfc3339,
     /// A pattern.
     Pattern(Vec<Piece>),
 }
@@ -72,6 +76,7 @@ impl TimeFormat {
         match text {
             "unix_seconds" => return Ok(TimeFormat::UnixSeconds),
             "unix_millis" => return Ok(TimeFormat::UnixMillis),
+            "rfc3339" => return Ok(TimeFormat::Rfc3339),
             _ => {}
         }
         let chars: Vec<char> = text.chars().collect();
@@ -87,7 +92,7 @@ impl TimeFormat {
                 ('H', 2) => Piece::Hour,
                 ('m', 2) => Piece::Minute,
                 ('s', 2) => Piece::Second,
-                ('S', 3) => Piece::Millis,
+                ('S', n @ 1..=9) => Piece::Fraction(u32::try_from(n).unwrap_or(3)),
                 ('Z', 1) => Piece::OffsetCompact,
                 ('X', 3) => Piece::OffsetColon,
                 ('\'', _) => {
@@ -104,7 +109,7 @@ impl TimeFormat {
                 (c, n) if c.is_ascii_alphabetic() => {
                     let token: String = std::iter::repeat_n(c, n).collect();
                     return Err(format!(
-                        "unknown field '{token}' in time format '{text}' (use yyyy, MM, dd, HH, mm, ss, SSS, Z, XXX, or quote literal letters like 'T')"
+                        "unknown field '{token}' in time format '{text}' (use unix_seconds, unix_millis, rfc3339, or a pattern of yyyy, MM, dd, HH, mm, ss, S to SSSSSSSSS, Z, XXX, quoting literal letters like 'T')"
                     ));
                 }
                 (c, n) => Piece::Literal(std::iter::repeat_n(c, n).collect()),
@@ -121,6 +126,22 @@ impl TimeFormat {
         match self {
             TimeFormat::UnixSeconds => at.unix_timestamp().to_string(),
             TimeFormat::UnixMillis => (at.unix_timestamp_nanos() / 1_000_000).to_string(),
+            TimeFormat::Rfc3339 => {
+                let zone = if offset.is_utc() {
+                    "Z".to_string()
+                } else {
+                    offset_text(offset, ":")
+                };
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{zone}",
+                    at.year(),
+                    u8::from(at.month()),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second()
+                )
+            }
             TimeFormat::Pattern(pieces) => {
                 let mut out = String::with_capacity(24);
                 for p in pieces {
@@ -131,12 +152,13 @@ impl TimeFormat {
                         Piece::Hour => out.push_str(&format!("{:02}", at.hour())),
                         Piece::Minute => out.push_str(&format!("{:02}", at.minute())),
                         Piece::Second => out.push_str(&format!("{:02}", at.second())),
-                        Piece::Millis => out.push_str(&format!("{:03}", at.millisecond())),
+                        Piece::Fraction(n) => {
+                            let digits = format!("{:09}", at.nanosecond());
+                            out.push_str(digits.get(..*n as usize).unwrap_or(&digits));
+                        }
                         Piece::OffsetCompact | Piece::OffsetColon => {
-                            let (h, m, _) = offset.as_hms();
-                            let sign = if offset.is_negative() { '-' } else { '+' };
                             let sep = if *p == Piece::OffsetColon { ":" } else { "" };
-                            out.push_str(&format!("{sign}{:02}{sep}{:02}", h.abs(), m.abs()));
+                            out.push_str(&offset_text(offset, sep));
                         }
                         Piece::Literal(l) => out.push_str(l),
                     }
@@ -161,8 +183,9 @@ impl TimeFormat {
                 )
                 .map_err(|_| bad())
             }
+            TimeFormat::Rfc3339 => parse_rfc3339(text.trim()).ok_or_else(bad),
             TimeFormat::Pattern(pieces) => {
-                let (mut y, mut mo, mut d, mut h, mut mi, mut s, mut ms) = (1970, 1, 1, 0, 0, 0, 0);
+                let (mut y, mut mo, mut d, mut h, mut mi, mut s, mut ns) = (1970, 1, 1, 0, 0, 0, 0);
                 let mut zone = offset;
                 let mut rest = text;
                 let take = |n: usize, rest: &mut &str| -> Result<i32, String> {
@@ -181,7 +204,10 @@ impl TimeFormat {
                         Piece::Hour => h = take(2, &mut rest)?,
                         Piece::Minute => mi = take(2, &mut rest)?,
                         Piece::Second => s = take(2, &mut rest)?,
-                        Piece::Millis => ms = take(3, &mut rest)?,
+                        Piece::Fraction(n) => {
+                            let v = take(*n as usize, &mut rest)?;
+                            ns = v * 10_i32.pow(9 - n);
+                        }
                         Piece::OffsetCompact | Piece::OffsetColon => {
                             let len = if rest.starts_with('Z') {
                                 1
@@ -208,17 +234,73 @@ impl TimeFormat {
                 let small = |v: i32| u8::try_from(v).map_err(|_| bad());
                 let date =
                     time::Date::from_calendar_date(y, month, small(d)?).map_err(|_| bad())?;
-                let clock = time::Time::from_hms_milli(
+                let clock = time::Time::from_hms_nano(
                     small(h)?,
                     small(mi)?,
                     small(s)?,
-                    u16::try_from(ms).map_err(|_| bad())?,
+                    u32::try_from(ns).map_err(|_| bad())?,
                 )
                 .map_err(|_| bad())?;
                 Ok(PrimitiveDateTime::new(date, clock).assume_offset(zone))
             }
         }
     }
+}
+
+/// `+08:00` (`sep` `:`) or `+0800` (`sep` empty).
+fn offset_text(offset: UtcOffset, sep: &str) -> String {
+    let (h, m, _) = offset.as_hms();
+    let sign = if offset.is_negative() { '-' } else { '+' };
+    format!("{sign}{:02}{sep}{:02}", h.abs(), m.abs())
+}
+
+/// RFC 3339 (`2021-05-07T01:20:39.123456789Z`): any number of fraction digits (digits beyond
+/// the ninth are dropped), `T` or `t`, `Z`, `z` or a `±hh:mm` offset.
+fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    let head = text.get(..19)?;
+    let mut rest = text.get(19..)?;
+    let (date, clock) = (head.get(..10)?, head.get(11..)?);
+    if !matches!(head.get(10..11)?, "T" | "t") {
+        return None;
+    }
+    let base = TimeFormat::Pattern(vec![
+        Piece::Year,
+        Piece::Literal("-".into()),
+        Piece::Month,
+        Piece::Literal("-".into()),
+        Piece::Day,
+        Piece::Literal(" ".into()),
+        Piece::Hour,
+        Piece::Literal(":".into()),
+        Piece::Minute,
+        Piece::Literal(":".into()),
+        Piece::Second,
+    ])
+    .parse_time(&format!("{date} {clock}"), UtcOffset::UTC)
+    .ok()?;
+    let mut nanos: u32 = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let digits = frac.get(..n)?;
+        let nine: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(9)
+            .collect();
+        nanos = nine.parse().ok()?;
+        rest = frac.get(n..)?;
+    }
+    let zone = match rest {
+        "Z" | "z" => UtcOffset::UTC,
+        _ if rest.len() == 6 && rest.get(3..4) == Some(":") => parse_offset(rest).ok()?,
+        _ => return None,
+    };
+    base.replace_nanosecond(nanos)
+        .ok()
+        .map(|t| t.replace_offset(zone))
 }
 
 #[cfg(test)]
@@ -262,6 +344,56 @@ mod tests {
             .parse_time("2021-05-07 09:20:39.683+0800", UtcOffset::UTC)
             .unwrap();
         assert_eq!(at.unix_timestamp(), 1_620_350_439);
+    }
+
+    #[test]
+    fn rfc3339_reads_any_number_of_fraction_digits() {
+        // 2021-05-07T01:20:39Z is Unix 1620350439 (`date -u -d 2021-05-07T01:20:39Z +%s`).
+        let f = TimeFormat::parse("rfc3339").unwrap();
+        for (text, nanos) in [
+            ("2021-05-07T01:20:39Z", 0),
+            ("2021-05-07T09:20:39.6+08:00", 600_000_000),
+            ("2021-05-07T01:20:39.683Z", 683_000_000),
+            ("2021-05-07t01:20:39.123456789z", 123_456_789),
+            ("2021-05-07T01:20:39.1234567891234Z", 123_456_789),
+            ("2021-05-06T20:20:39.000001-05:00", 1_000),
+        ] {
+            let at = f.parse_time(text, UtcOffset::UTC).unwrap();
+            assert_eq!(at.unix_timestamp(), 1_620_350_439, "{text}");
+            assert_eq!(at.nanosecond(), nanos, "{text}");
+        }
+        for bad in [
+            "2021-05-07T01:20:39.Z",
+            "2021-05-07T01:20:39",
+            "2021-05-07T01:20:39.5",
+            "2021-05-07 01:20:39Z",
+            "2021-05-07T01:20:39+0800",
+            "2021-05-07T01:20:39.12a4Z",
+        ] {
+            assert!(f.parse_time(bad, UtcOffset::UTC).is_err(), "{bad}");
+        }
+        // Written in whole seconds, `Z` for UTC.
+        let at = datetime!(2016-01-01 04:00:00.683 UTC);
+        assert_eq!(f.format(at, UtcOffset::UTC), "2016-01-01T04:00:00Z");
+        let cst = parse_offset("+08:00").unwrap();
+        assert_eq!(f.format(at, cst), "2016-01-01T12:00:00+08:00");
+    }
+
+    #[test]
+    fn patterns_take_one_to_nine_fraction_digits() {
+        let f = TimeFormat::parse("yyyy-MM-dd'T'HH:mm:ss.SSSSSSSSSXXX").unwrap();
+        let at = f
+            .parse_time("2021-05-07T01:20:39.123456789Z", UtcOffset::UTC)
+            .unwrap();
+        assert_eq!(at.unix_timestamp(), 1_620_350_439);
+        assert_eq!(at.nanosecond(), 123_456_789);
+        assert_eq!(
+            f.format(at, UtcOffset::UTC),
+            "2021-05-07T01:20:39.123456789+00:00"
+        );
+        let micros = TimeFormat::parse("HH:mm:ss.SSSSSS").unwrap();
+        assert_eq!(micros.format(at, UtcOffset::UTC), "01:20:39.123456");
+        assert!(TimeFormat::parse("ss.SSSSSSSSSS").is_err());
     }
 
     #[test]

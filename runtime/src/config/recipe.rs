@@ -85,8 +85,9 @@ pub struct PairFormat {
 pub struct TimestampCheck {
     /// Template giving the delivery's timestamp, for example `{{headers.[webhook-timestamp]}}`.
     pub value: String,
-    /// Format of that timestamp: `unix_seconds`, `unix_millis`, or a pattern such as
-    /// `yyyy-MM-dd HH:mm:ss` (see `time` steps). Default: `unix_seconds`.
+    /// Format of that timestamp: `unix_seconds`, `unix_millis`, `rfc3339` (any number of
+    /// fraction digits), or a pattern such as `yyyy-MM-dd HH:mm:ss` (see `time` steps).
+    /// Default: `unix_seconds`.
     #[serde(default)]
     pub format: Option<String>,
     /// UTC offset of a pattern without a zone, for example `+08:00`. Default: `+00:00`.
@@ -178,9 +179,19 @@ pub enum Step {
         input: String,
         /// Template of the key, for HMAC and RSA algorithms. A template that is exactly one
         /// reference passes that value's bytes, which lets a binary step be the next step's key
-        /// (derived-key chains). RSA keys are PEM (PKCS#1 or PKCS#8).
+        /// (derived-key chains). RSA keys are PEM (PKCS#1 or PKCS#8 private, SPKI or PKCS#1
+        /// public) or the same DER as bare base64 without the PEM armour. Ed25519 and P-256
+        /// keys are PEM, bare base64 DER (PKCS#8 private, SPKI public) or the raw key (Ed25519:
+        /// the 32-byte public key or seed, or the 64-byte seed and public key; P-256: the SEC1
+        /// point), in base64 or as bytes after `key_decode`. With `key_id`, a single reference
+        /// to a map of key id → key instead. No default.
         #[serde(default)]
         key: Option<String>,
+        /// Chooses the key by an id the delivery carries (key rotation, several senders):
+        /// `key` is then a single reference, such as `{{settings.webhook_keys}}`, to a JSON
+        /// object (its text) mapping key ids to keys. Default: none (`key` is the key itself).
+        #[serde(default)]
+        key_id: Option<KeyIdSource>,
         /// Prefix removed from the key text before decoding, for example `whsec_`.
         #[serde(default)]
         key_strip_prefix: Option<String>,
@@ -188,8 +199,9 @@ pub enum Step {
         #[serde(default)]
         key_decode: Option<KeyDecode>,
         /// How the result is written. `raw` keeps bytes, usable only as a whole-template
-        /// reference (a key or an input of a later digest). Default: `hex` (`base64` for
-        /// `rsa-sha256`).
+        /// reference (a key or an input of a later digest). For a signature checked with a
+        /// public key, how the supplied signature is decoded. Default: `hex` (`base64` for
+        /// `rsa-sha256`, `ed25519` and the `ecdsa-*` algorithms).
         #[serde(default)]
         encode: Option<Encoding>,
     },
@@ -197,9 +209,11 @@ pub enum Step {
     Time {
         /// Name later steps use to refer to this value.
         name: String,
-        /// `unix_seconds`, `unix_millis`, or a pattern of `yyyy`, `MM`, `dd`, `HH`, `mm`, `ss`,
-        /// `SSS` (millis), `Z` (`+0800`), `XXX` (`+08:00`) and `'quoted'` literal text, such as
-        /// `yyyy-MM-dd HH:mm:ss` or `yyyyMMdd'T'HHmmss'Z'`.
+        /// `unix_seconds`, `unix_millis`, `rfc3339` (whole seconds, `Z` in UTC; read with any
+        /// number of fraction digits), or a pattern of `yyyy`, `MM`, `dd`, `HH`, `mm`, `ss`,
+        /// `S` to `SSSSSSSSS` (that many fraction digits: `SSS` millis), `Z` (`+0800`), `XXX`
+        /// (`+08:00`) and `'quoted'` literal text, such as `yyyy-MM-dd HH:mm:ss` or
+        /// `yyyyMMdd'T'HHmmss'Z'`. No default.
         format: String,
         /// UTC offset, for example `+08:00`. Default: `+00:00`.
         #[serde(default)]
@@ -283,9 +297,31 @@ pub enum DigestAlg {
     HmacSha256,
     /// HMAC with SHA-512.
     HmacSha512,
-    /// RSA PKCS#1 v1.5 signature over SHA-256 with a PEM private key (signing) or public key
+    /// RSA PKCS#1 v1.5 signature over SHA-256 with a private key (signing) or public key
     /// (verification).
     RsaSha256,
+    /// Ed25519 (RFC 8032) signature with a private key (signing) or public key (verification).
+    Ed25519,
+    /// ECDSA over P-256 with SHA-256, verification only (public key). The signature may be
+    /// DER (as OpenSSL and Java write it) or the 64 bytes of `r` and `s` (as JOSE `ES256` and
+    /// WebCrypto write it); both are accepted.
+    EcdsaP256Sha256,
+    /// ECDSA over P-256 with SHA-1, verification only, signatures as for `ecdsa-p256-sha256`.
+    EcdsaP256Sha1,
+}
+
+/// Where a delivery carries the id of the key that signed it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIdSource {
+    /// Template giving the key id, or the envelope holding it, for example
+    /// `{{headers.[x-key-id]}}`.
+    pub value: String,
+    /// Reads `value` as base64 or base64url (padding optional) of a JSON object and takes
+    /// this field of it as the key id; dots reach nested fields, for example `kid` or
+    /// `header.kid`. Default: none (`value` is the key id itself).
+    #[serde(default)]
+    pub json_field: Option<String>,
 }
 
 /// How key text becomes key bytes.
