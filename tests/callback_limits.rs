@@ -415,3 +415,39 @@ async fn refused_and_duplicate_deliveries_keep_at_most_a_few_kib_of_headers() {
     let v: serde_json::Value = serde_json::from_str(&kept[1]).unwrap();
     assert_eq!(v["x-id"], "d-1");
 }
+
+/// The deepest nesting a route may declare is one its deliveries can have: a correctly signed
+/// JSON body nested exactly that deep is accepted (serde_json, which decodes it once it is
+/// verified, stops at 127 levels, so 128 cannot be declared).
+#[tokio::test]
+async fn the_largest_allowed_depth_is_honoured_for_json() {
+    let route = |depth: usize| {
+        platform_with(&crate::callback_semantics::body_route(
+            "/hooks/deep",
+            &format!("    limits: {{ depth: {depth} }}\n"),
+        ))
+    };
+    let doc =
+        entrepot::config::source::parse(std::path::Path::new("hooks.yaml"), route(128)).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    let text = crate::support::render(&compiled.diagnostics);
+    assert!(
+        text.contains("callbacks[0].limits.depth: depth: 128 is outside 1 to 127"),
+        "{text}"
+    );
+    let s = serve_yaml(&route(127), &[("secret", SECRET)]).await;
+    for (depth, status) in [(127, 200), (128, 403)] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let r = s
+            .http
+            .post(s.url("/callbacks/hooks/deep"))
+            .header("x-sig", hmac_hex(SECRET, body.as_bytes()))
+            .header("x-event", "changed")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        assert_eq!(st, status, "{depth}: {}", r.text().await.unwrap());
+    }
+}
