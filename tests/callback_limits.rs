@@ -451,3 +451,59 @@ async fn the_largest_allowed_depth_is_honoured_for_json() {
         assert_eq!(st, status, "{depth}: {}", r.text().await.unwrap());
     }
 }
+
+/// Pruning runs when the gateway starts, then every `prune_every`: a gateway restarted more
+/// often than `prune_every` (10 minutes by default: redeploys, a crash loop, short-lived
+/// instances) must still prune. Here `prune_every` is an hour and a refused delivery two days
+/// old goes within seconds of the start.
+#[tokio::test]
+async fn pruning_runs_at_start_not_only_after_prune_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let now =
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
+    let day = 86_400_000_i64;
+    store
+        .inbox_record(
+            &delivery("p", None, false, now - 2 * day),
+            &[],
+            now - 2 * day,
+        )
+        .await
+        .unwrap();
+    store
+        .inbox_record(&delivery("p", None, false, now), &[], now)
+        .await
+        .unwrap();
+    let options = entrepot::dispatch::DispatchOptions {
+        retention: Retention {
+            prune_every: std::time::Duration::from_secs(3600),
+            ..Retention::default()
+        },
+        ..Default::default()
+    };
+    let dispatcher = std::sync::Arc::new(entrepot::dispatch::Dispatcher::new(
+        store.clone(),
+        &[],
+        options,
+        Default::default(),
+        |_| None,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(dispatcher.run(async move {
+        let _ = stopped.await;
+    }));
+    // Nothing to await from the outside: look at the store until the old row is gone.
+    let started = std::time::Instant::now();
+    let mut left = store.inbox_recent(Some("p"), 10).await.unwrap().len();
+    while left != 1 && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        left = store.inbox_recent(Some("p"), 10).await.unwrap().len();
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        left, 1,
+        "the two-day-old refused delivery was not pruned at start"
+    );
+}

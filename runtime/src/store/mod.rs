@@ -1362,7 +1362,7 @@ pub struct Retention {
     pub refused: std::time::Duration,
     /// Events delivered to their target. Default: 7 days.
     pub events: std::time::Duration,
-    /// How often the store is pruned. Default: 10 minutes.
+    /// How often the store is pruned (also once at start). Default: 10 minutes.
     pub prune_every: std::time::Duration,
 }
 
