@@ -340,3 +340,170 @@ fn retention_is_read_from_the_gateway_file() {
         "{text}"
     );
 }
+
+/// Sizes of the headers stored with the deliveries, newest first.
+async fn stored_header_sizes(dir_db: &str) -> Vec<i64> {
+    let pool = sqlx::SqlitePool::connect(dir_db).await.unwrap();
+    sqlx::query_scalar::<_, i64>("SELECT length(headers) FROM inbox ORDER BY id DESC")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+}
+
+/// A refused delivery, and a resend acknowledged as a duplicate (the replay guard does not
+/// look at those), keep at most a few KiB of their headers too: a 300 000-byte unsigned header
+/// (the server accepts header blocks of about 400 KB) must not grow the store by as much each
+/// time. The kept headers stay a JSON object, with the names of the headers that were cut.
+#[tokio::test]
+async fn refused_and_duplicate_deliveries_keep_at_most_a_few_kib_of_headers() {
+    let s = serve_yaml(
+        &platform_with(&crate::callback_semantics::body_route(
+            "/hooks/json",
+            "    dedupe_key: \"{{headers.[x-id]}}\"\n",
+        )),
+        &[("secret", SECRET)],
+    )
+    .await;
+    let junk = "j".repeat(300_000);
+    let body = r#"{"n":1}"#;
+    let send = |sig: String, extra: Option<&str>| {
+        let mut r = s
+            .http
+            .post(s.url("/callbacks/hooks/json"))
+            .header("x-sig", sig)
+            .header("x-id", "d-1")
+            .header("x-event", "changed");
+        if let Some(v) = extra {
+            r = r.header("x-junk", v);
+        }
+        r.body(body).send()
+    };
+    // Refused (wrong signature), with the big header.
+    let r = send("00".into(), Some(&junk)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // Genuine, without it: stored with every header.
+    let genuine = hmac_hex(SECRET, body.as_bytes());
+    assert_eq!(send(genuine.clone(), None).await.unwrap().status(), 200);
+    // A resend of the genuine delivery with the big header added: acknowledged as a duplicate.
+    assert_eq!(send(genuine, Some(&junk)).await.unwrap().status(), 200);
+    let listed = s.deliveries().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed[0]["duplicate_of"].is_i64(), "{listed:?}");
+    let sizes = stored_header_sizes(&s.db_url()).await;
+    assert!(
+        sizes[0] <= 4096,
+        "a duplicate kept {} bytes of headers",
+        sizes[0]
+    );
+    assert!(
+        sizes[2] <= 4096,
+        "a refused delivery kept {} bytes of headers",
+        sizes[2]
+    );
+    // What is kept is still a JSON object naming the headers, the cut one included.
+    let pool = sqlx::SqlitePool::connect(&s.db_url()).await.unwrap();
+    let kept: Vec<String> = sqlx::query_scalar("SELECT headers FROM inbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for text in [&kept[0], &kept[2]] {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["x-id"], "d-1", "{text}");
+        assert!(v.get("x-junk").is_some(), "{text}");
+    }
+    // The accepted delivery keeps all of its headers.
+    let v: serde_json::Value = serde_json::from_str(&kept[1]).unwrap();
+    assert_eq!(v["x-id"], "d-1");
+}
+
+/// The deepest nesting a route may declare is one its deliveries can have: a correctly signed
+/// JSON body nested exactly that deep is accepted (serde_json, which decodes it once it is
+/// verified, stops at 127 levels, so 128 cannot be declared).
+#[tokio::test]
+async fn the_largest_allowed_depth_is_honoured_for_json() {
+    let route = |depth: usize| {
+        platform_with(&crate::callback_semantics::body_route(
+            "/hooks/deep",
+            &format!("    limits: {{ depth: {depth} }}\n"),
+        ))
+    };
+    let doc =
+        entrepot::config::source::parse(std::path::Path::new("hooks.yaml"), route(128)).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    let text = crate::support::render(&compiled.diagnostics);
+    assert!(
+        text.contains("callbacks[0].limits.depth: depth: 128 is outside 1 to 127"),
+        "{text}"
+    );
+    let s = serve_yaml(&route(127), &[("secret", SECRET)]).await;
+    for (depth, status) in [(127, 200), (128, 403)] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let r = s
+            .http
+            .post(s.url("/callbacks/hooks/deep"))
+            .header("x-sig", hmac_hex(SECRET, body.as_bytes()))
+            .header("x-event", "changed")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        assert_eq!(st, status, "{depth}: {}", r.text().await.unwrap());
+    }
+}
+
+/// Pruning runs when the gateway starts, then every `prune_every`: a gateway restarted more
+/// often than `prune_every` (10 minutes by default: redeploys, a crash loop, short-lived
+/// instances) must still prune. Here `prune_every` is an hour and a refused delivery two days
+/// old goes within seconds of the start.
+#[tokio::test]
+async fn pruning_runs_at_start_not_only_after_prune_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let now =
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
+    let day = 86_400_000_i64;
+    store
+        .inbox_record(
+            &delivery("p", None, false, now - 2 * day),
+            &[],
+            now - 2 * day,
+        )
+        .await
+        .unwrap();
+    store
+        .inbox_record(&delivery("p", None, false, now), &[], now)
+        .await
+        .unwrap();
+    let options = entrepot::dispatch::DispatchOptions {
+        retention: Retention {
+            prune_every: std::time::Duration::from_secs(3600),
+            ..Retention::default()
+        },
+        ..Default::default()
+    };
+    let dispatcher = std::sync::Arc::new(entrepot::dispatch::Dispatcher::new(
+        store.clone(),
+        &[],
+        options,
+        Default::default(),
+        |_| None,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(dispatcher.run(async move {
+        let _ = stopped.await;
+    }));
+    // Nothing to await from the outside: look at the store until the old row is gone.
+    let started = std::time::Instant::now();
+    let mut left = store.inbox_recent(Some("p"), 10).await.unwrap().len();
+    while left != 1 && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        left = store.inbox_recent(Some("p"), 10).await.unwrap().len();
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        left, 1,
+        "the two-day-old refused delivery was not pruned at start"
+    );
+}

@@ -520,3 +520,53 @@ async fn unreadable_rsa_credential_is_refused_without_internals() {
         assert!(!body.contains(internal), "{internal} in {body}");
     }
 }
+
+/// A canonical input is small: a 2 MiB body of 700 000 empty objects (which decoded would take
+/// some 50 MB, 25 times its size) is refused from a scan of its bytes, before anything is built,
+/// with a short 400 that names the limit. So is one nested deeper than the limit.
+#[tokio::test]
+async fn hostile_canonical_inputs_are_refused_before_they_are_built() {
+    let gw = start(None).await;
+    let mut wide = b"{\"sku_ids\":[".to_vec();
+    while wide.len() < 2 * 1024 * 1024 - 16 {
+        wide.extend_from_slice(b"{},");
+    }
+    wide.extend_from_slice(b"{}]}");
+    let deep = format!("{{\"sku_ids\":{}{}}}", "[".repeat(100), "]".repeat(100));
+    for path in [
+        "/v1/platforms/yanxuan/operations/inventory.get",
+        "/v1/operations/inventory.get",
+    ] {
+        for (body, names) in [
+            (wide.clone(), "more than 10000 values"),
+            (deep.clone().into_bytes(), "nested deeper than 32"),
+        ] {
+            let r = gw
+                .http
+                .post(format!("{}{path}", gw.url))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 400, "{path}: {}", text.get(..500).unwrap_or(&text));
+            assert!(text.len() < 4096, "{path}: a {} byte answer", text.len());
+            assert!(text.contains(names), "{path}: {text}");
+        }
+        // Within the limits but wrong in every one of its 500 items: the problem lists 20 and
+        // says there are more, instead of one line per item.
+        let many: Vec<Value> = (0..500).map(|_| json!({})).collect();
+        let (status, answer) = gw
+            .send("POST", path, Some(json!({ "sku_ids": many })))
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        let errors = answer["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 21, "{answer}");
+        assert!(
+            errors[20].as_str().unwrap().contains("only the first 20"),
+            "{answer}"
+        );
+    }
+}

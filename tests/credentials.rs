@@ -442,3 +442,68 @@ async fn a_pushed_value_replaced_by_a_push_stays_valid_after_a_restart_and_is_st
     }
     assert!(read > 0, "the store's database file was read");
 }
+
+/// Every reload re-reads the pushed credentials (`load_pushed`) while a push may be stored at
+/// the same moment; a read taken before the push finishes must not replace what the push
+/// installed. Here the store's row is put back as such a read would have seen it (the older
+/// version, then no row at all): the pushed values stay in force.
+#[tokio::test]
+async fn a_reload_reading_before_a_push_does_not_undo_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/gw.db", dir.path().display());
+    let opts = StoreOptions {
+        url: url.clone(),
+        ..Default::default()
+    };
+    let plan = plan("http://127.0.0.1:9".into());
+    let platform = plan.platforms["yanxuan"].clone();
+    let engine = Engine::new(
+        Store::open(&opts).await.unwrap(),
+        file_credentials(OLD),
+        |_| None,
+    );
+    let secret = |e: &Engine| e.credentials_for(&platform)["app_secret"].clone();
+    let now = OffsetDateTime::now_utc();
+    engine
+        .push_credentials("yanxuan", 1, pushed("first-push"), now)
+        .await
+        .unwrap();
+    // The read of a reload that started before push 2 was stored: version 1.
+    let before_push_2 = {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let row: (i64, String) = sqlx::query_as(
+            "SELECT version, payload FROM credential_sets WHERE platform = 'yanxuan'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        row
+    };
+    engine
+        .push_credentials("yanxuan", 2, pushed(NEW), now)
+        .await
+        .unwrap();
+    assert_eq!(secret(&engine), json!(NEW));
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE credential_sets SET version = ?, payload = ?, previous = NULL WHERE platform = 'yanxuan'")
+        .bind(before_push_2.0)
+        .bind(&before_push_2.1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    engine.load_pushed().await.unwrap();
+    assert_eq!(secret(&engine), json!(NEW), "an older read undid push 2");
+    // The read of a reload that started before the platform's first push: no row.
+    sqlx::query("DELETE FROM credential_sets")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    engine.load_pushed().await.unwrap();
+    assert_eq!(
+        secret(&engine),
+        json!(NEW),
+        "a read without the row undid the push"
+    );
+}

@@ -173,12 +173,18 @@ static INPUT_VALIDATORS: std::sync::LazyLock<
         .collect()
 });
 
-/// Problems of a canonical operation's input, each as `field: message` (empty when valid).
+/// Most problems listed for one input: 20 (then a last line says there are more).
+pub const MAX_INPUT_PROBLEMS: usize = 20;
+
+/// Problems of a canonical operation's input, each as `field: message` (empty when valid); at
+/// most [`MAX_INPUT_PROBLEMS`], and a last line saying there are more.
 pub fn input_problems(operation: &str, input: &serde_json::Value) -> Vec<String> {
     let Some(v) = INPUT_VALIDATORS.get(operation) else {
         return vec![format!("'{operation}' is not a canonical operation")];
     };
-    v.iter_errors(input)
+    let mut problems: Vec<String> = v
+        .iter_errors(input)
+        .take(MAX_INPUT_PROBLEMS + 1)
         .map(|e| {
             let at = e
                 .instance_path()
@@ -192,7 +198,14 @@ pub fn input_problems(operation: &str, input: &serde_json::Value) -> Vec<String>
             };
             format!("{at}: {}", e.masked())
         })
-        .collect()
+        .collect();
+    if problems.len() > MAX_INPUT_PROBLEMS {
+        problems.truncate(MAX_INPUT_PROBLEMS);
+        problems.push(format!(
+            "input: more problems (only the first {MAX_INPUT_PROBLEMS} are listed)"
+        ));
+    }
+    problems
 }
 
 #[cfg(test)]

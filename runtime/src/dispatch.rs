@@ -102,12 +102,14 @@ impl Dispatcher {
     /// Delivers until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut last_prune = tokio::time::Instant::now();
+        // None until the first prune, which runs at start: an instance restarted more often
+        // than `prune_every` still prunes.
+        let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             // Expired replay keys and idempotency records, and rows past their retention, go
-            // every `retention.prune_every`.
-            if last_prune.elapsed() > self.options.retention.prune_every {
-                last_prune = tokio::time::Instant::now();
+            // at start and then every `retention.prune_every`.
+            if last_prune.is_none_or(|t| t.elapsed() > self.options.retention.prune_every) {
+                last_prune = Some(tokio::time::Instant::now());
                 match self.store.prune(now_ms(), &self.options.retention).await {
                     Ok(n) if n > 0 => tracing::info!(
                         rows = n,

@@ -451,8 +451,9 @@ impl CallbackLimitsPlan {
     pub const MAX_FIELDS: usize = 100_000;
     /// Default deepest nesting: 32.
     pub const DEFAULT_DEPTH: usize = 32;
-    /// Deepest nesting a route may allow.
-    pub const MAX_DEPTH: usize = 128;
+    /// Deepest nesting a route may allow: 127, the deepest JSON serde_json decodes (a
+    /// verified body is decoded with it).
+    pub const MAX_DEPTH: usize = 127;
 }
 
 impl Default for CallbackLimitsPlan {

@@ -315,8 +315,26 @@ fn engine_of(state: &AppState) -> Result<&Arc<crate::engine::Engine>, Box<Respon
     })
 }
 
-/// A canonical input from a request body, or the 400 answer naming what is wrong.
+/// Deepest nesting of arrays and objects in a canonical input: 32.
+pub const INPUT_MAX_DEPTH: usize = 32;
+
+/// Most values (array items and object members) in a canonical input: 10 000.
+pub const INPUT_MAX_VALUES: usize = 10_000;
+
+/// A canonical input from a request body, or the 400 answer naming what is wrong. Its shape is
+/// checked on the bytes first ([`INPUT_MAX_DEPTH`], [`INPUT_MAX_VALUES`]): decoded, a body of
+/// many small values takes some 25 times its size.
 fn json_input(body: &[u8]) -> Result<Value, Box<Problem>> {
+    crate::engine::decode::json_shape_within(body, INPUT_MAX_DEPTH, INPUT_MAX_VALUES).map_err(
+        |e| {
+            Box::new(Problem::new(
+                ProblemKind::InvalidInput,
+                format!(
+                    "the request body is refused: {e}; canonical inputs are small, split the call"
+                ),
+            ))
+        },
+    )?;
     serde_json::from_slice(body).map_err(|e| {
         Box::new(Problem::new(
             ProblemKind::InvalidInput,

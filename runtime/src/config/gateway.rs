@@ -163,7 +163,8 @@ pub struct RetentionConfig {
     /// Default: `7d`.
     #[serde(default)]
     pub events: Option<String>,
-    /// How often the store is pruned. Default: `10m`.
+    /// How often the store is pruned (it is also pruned when the gateway starts). Default:
+    /// `10m`.
     #[serde(default)]
     pub prune_every: Option<String>,
 }

@@ -695,7 +695,7 @@ pub struct CallbackLimits {
     /// 100000). Counted on the raw bytes before anything is decoded. Default: 1000.
     #[serde(default)]
     pub fields: Option<u64>,
-    /// Deepest nesting of JSON arrays and objects, or XML elements (1 to 128). Checked on the
+    /// Deepest nesting of JSON arrays and objects, or XML elements (1 to 127). Checked on the
     /// raw bytes before anything is decoded. Default: 32.
     #[serde(default)]
     pub depth: Option<u64>,

@@ -127,6 +127,42 @@ pub fn json_depth_within(body: &[u8], max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks, by a scan of the bytes that builds nothing (strings skipped), that JSON arrays and
+/// objects nest at most `max_depth` deep and that the document holds at most `max_values`
+/// values (array items and object members: counted as the arrays, objects and `,` seen, plus
+/// one, which is never fewer). Malformed JSON passes here and fails when decoded.
+pub fn json_shape_within(body: &[u8], max_depth: usize, max_values: usize) -> Result<(), String> {
+    json_depth_within(body, max_depth)?;
+    let mut values = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' => {
+                values += 1;
+                if values > max_values {
+                    return Err(format!(
+                        "the JSON holds more than {max_values} values (array items and object members)"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Checks that XML elements nest at most `max` deep, reading the events without building
 /// anything. Malformed XML passes here and fails when decoded.
 pub fn xml_depth_within(body: &[u8], max: usize) -> Result<(), String> {
@@ -343,6 +379,17 @@ mod tests {
         assert_eq!(count_pairs(&body, usize::MAX), 300_002);
         assert_eq!(count_pairs(b"", 10), 0);
         assert_eq!(count_pairs(b"&&a=1&&b&", 10), 2);
+    }
+
+    #[test]
+    fn values_are_counted_on_the_bytes() {
+        // Counted by hand: the object, `a`, the array, its 3 items (2 commas), `b`: at most 7.
+        let doc = br#"{"a":[1,2,"x,y,[{"],"b":{}}"#;
+        assert!(json_shape_within(doc, 8, 7).is_ok());
+        let err = json_shape_within(doc, 8, 5).unwrap_err();
+        assert!(err.contains("more than 5 values"), "{err}");
+        assert!(json_shape_within(b"[[[]]]", 2, 100).is_err());
+        assert!(json_shape_within(b"1", 1, 1).is_ok());
     }
 
     #[test]

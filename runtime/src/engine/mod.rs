@@ -154,7 +154,9 @@ impl Engine {
     }
 
     /// Loads the credentials pushed earlier, with the sets they replaced (both survive
-    /// restarts in the store, and pushes through other instances sharing it show here).
+    /// restarts in the store, and pushes through other instances sharing it show here). A
+    /// set this instance holds at a newer version than the store showed (a push that landed
+    /// while this read ran) is kept.
     pub async fn load_pushed(&self) -> Result<usize, crate::store::StoreError> {
         let platforms = self.store.credentials_platforms().await?;
         let mut loaded = HashMap::new();
@@ -165,7 +167,18 @@ impl Engine {
         }
         let n = loaded.len();
         if let Ok(mut m) = self.pushed.write() {
-            *m = loaded;
+            // A push may have been stored and installed while this read ran: what it read is
+            // then older, and must not undo the push. So a set held here stays unless the
+            // read has it at a newer (or the same) version; sets are never deleted from the
+            // store, so one the read lacks is one pushed since.
+            for (platform, fresh) in loaded {
+                let newer = m
+                    .get(&platform)
+                    .is_none_or(|held| held.current.version <= fresh.current.version);
+                if newer {
+                    m.insert(platform, fresh);
+                }
+            }
         }
         Ok(n)
     }

@@ -589,7 +589,7 @@ impl Store {
     /// whose dedupe key was already recorded for the platform produces nothing new: it is
     /// recorded as a duplicate of the earlier one (so resends are visible), before and
     /// regardless of its replay key. Refused deliveries and duplicates keep at most the first
-    /// [`KEPT_BODY_BYTES`] of their body.
+    /// [`KEPT_BODY_BYTES`] of their body and [`KEPT_HEADER_BYTES`] of headers ([`kept_headers`]).
     pub async fn inbox_record(
         &self,
         d: &NewDelivery,
@@ -602,10 +602,10 @@ impl Store {
             .await
             .map_err(q("starting to record a delivery"))?;
         let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
-        let body = if d.verified {
-            d.body.clone()
+        let (body, headers) = if d.verified {
+            (d.body.clone(), d.headers.clone())
         } else {
-            kept(&d.body)
+            (kept(&d.body), kept_headers(&d.headers))
         };
         let inserted = sqlx::query(
             "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at, body_bytes) \
@@ -615,7 +615,7 @@ impl Store {
         .bind(&d.route)
         .bind(if d.verified { d.dedupe_key.clone() } else { None })
         .bind(d.dedupe_key.clone())
-        .bind(&d.headers)
+        .bind(headers)
         .bind(body)
         .bind(i64::from(d.verified))
         .bind(d.rejection.clone())
@@ -642,7 +642,7 @@ impl Store {
             .bind(&d.platform)
             .bind(&d.route)
             .bind(d.dedupe_key.clone())
-            .bind(&d.headers)
+            .bind(kept_headers(&d.headers))
             .bind(kept(&d.body))
             .bind(d.event_type.clone())
             .bind(d.received_at)
@@ -1293,6 +1293,66 @@ pub struct InboxRow {
 /// How much of the body of a refused or duplicate delivery is kept: 4 KiB.
 pub const KEPT_BODY_BYTES: usize = 4096;
 
+/// How much of the headers (as JSON) of a refused or duplicate delivery is kept: 4 KiB.
+pub const KEPT_HEADER_BYTES: usize = 4096;
+
+/// The headers of a refused or duplicate delivery as they are kept: the JSON object as it
+/// came when it fits in [`KEPT_HEADER_BYTES`]; otherwise names longer than 128 bytes and
+/// values longer than 256 bytes are cut (a value ends with `… (N bytes)`), and the headers
+/// that no longer fit are left out, counted under the key `…`.
+pub fn kept_headers(json: &str) -> String {
+    const NAME: usize = 128;
+    const VALUE: usize = 256;
+    if json.len() <= KEPT_HEADER_BYTES {
+        return json.to_string();
+    }
+    let Ok(Value::Object(all)) = serde_json::from_str::<Value>(json) else {
+        return "{}".into();
+    };
+    let cut = |text: &str, max: usize| -> String {
+        if text.len() <= max {
+            return text.to_string();
+        }
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!(
+            "{}… ({} bytes)",
+            text.get(..end).unwrap_or_default(),
+            text.len()
+        )
+    };
+    // Room for the count of the headers left out.
+    let budget = KEPT_HEADER_BYTES - 64;
+    let mut kept = Map::new();
+    let mut size = 2;
+    let mut left_out = 0usize;
+    for (name, value) in &all {
+        let name = cut(name, NAME);
+        let text = value
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        let value = Value::String(cut(&text, VALUE));
+        // `"name":value,` with the quotes and escapes JSON adds.
+        let entry = Value::String(name.clone()).to_string().len() + value.to_string().len() + 2;
+        if left_out > 0 || size + entry > budget {
+            left_out += 1;
+            continue;
+        }
+        size += entry;
+        kept.insert(name, value);
+    }
+    if left_out > 0 {
+        kept.insert(
+            "…".into(),
+            Value::String(format!("{left_out} more header(s) not kept")),
+        );
+    }
+    Value::Object(kept).to_string()
+}
+
 /// How long stored rows are kept (`retention` in entrepot.yaml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -1302,7 +1362,7 @@ pub struct Retention {
     pub refused: std::time::Duration,
     /// Events delivered to their target. Default: 7 days.
     pub events: std::time::Duration,
-    /// How often the store is pruned. Default: 10 minutes.
+    /// How often the store is pruned (also once at start). Default: 10 minutes.
     pub prune_every: std::time::Duration,
 }
 
@@ -1422,6 +1482,39 @@ impl std::fmt::Debug for Rotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_headers_fit_in_4_kib_and_stay_json() {
+        let small = r#"{"x-id":"1"}"#;
+        assert_eq!(kept_headers(small), small);
+        // 100 headers of 300 bytes each, multi-byte characters included: cut to 256 bytes
+        // (never inside a character), then left out once 4 KiB is reached, and counted.
+        let mut m = Map::new();
+        for i in 0..100 {
+            m.insert(
+                format!("x-h{i:02}"),
+                Value::String(format!("a{}", "é".repeat(150))),
+            );
+        }
+        let kept = kept_headers(&Value::Object(m).to_string());
+        assert!(kept.len() <= KEPT_HEADER_BYTES, "{}", kept.len());
+        let v: Map<String, Value> = serde_json::from_str(&kept).unwrap();
+        let first = v["x-h00"].as_str().unwrap();
+        // Byte 256 is inside an `é`: the cut is at 255.
+        assert!(first.ends_with("é… (301 bytes)"), "{first}");
+        assert_eq!(first.len(), 255 + "… (301 bytes)".len());
+        let shown = v.keys().filter(|k| k.starts_with("x-h")).count();
+        assert!((10..100).contains(&shown), "{shown}");
+        assert_eq!(
+            v["…"],
+            Value::String(format!("{} more header(s) not kept", 100 - shown))
+        );
+        // A huge name is cut too.
+        let mut m = Map::new();
+        m.insert("n".repeat(10_000), Value::String("v".into()));
+        let kept = kept_headers(&Value::Object(m).to_string());
+        assert!(kept.len() < 300, "{kept}");
+    }
 
     #[test]
     fn urls_are_redacted() {
