@@ -24,6 +24,7 @@ mod engine_auth;
 mod layout;
 mod pollers;
 mod recipe_properties;
+mod recipe_transforms;
 mod reload;
 mod request_body;
 mod schemas;

@@ -913,8 +913,12 @@ fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
 }
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
-    hex::decode(text.trim())
-        .map_err(|_| format!("the value ({} characters) is not valid hex", text.chars().count()))
+    hex::decode(text.trim()).map_err(|_| {
+        format!(
+            "the value ({} characters) is not valid hex",
+            text.chars().count()
+        )
+    })
 }
 
 /// Base64 of any text, as in the recipes' encodings: standard with padding, or URL-safe
@@ -1146,7 +1150,6 @@ mod tests {
         assert!(yuan_text_to_fen("99999999999999999999").is_err());
     }
 
-
     fn render_err(t: &str, data: Value) -> String {
         CompiledTemplate::compile(t)
             .unwrap()
@@ -1170,9 +1173,17 @@ mod tests {
         for (plain, b64, b64url) in vectors {
             let data = json!({"p": plain, "b": b64, "u": b64url});
             assert_eq!(render("{{base64_encode p}}", data.clone()), b64, "{plain}");
-            assert_eq!(render("{{base64url_encode p}}", data.clone()), b64url, "{plain}");
+            assert_eq!(
+                render("{{base64url_encode p}}", data.clone()),
+                b64url,
+                "{plain}"
+            );
             assert_eq!(render("{{base64_decode b}}", data.clone()), plain, "{b64}");
-            assert_eq!(render("{{base64url_decode u}}", data.clone()), plain, "{b64url}");
+            assert_eq!(
+                render("{{base64url_decode u}}", data.clone()),
+                plain,
+                "{b64url}"
+            );
             // Padding is optional when decoding.
             assert_eq!(render("{{base64url_decode b}}", data), plain, "{b64}");
         }
@@ -1197,11 +1208,17 @@ mod tests {
     fn invalid_encodings_are_clear_render_errors() {
         let data = json!({"bad": "Zm9v!", "nottext": "/w==", "h": "abc", "x": "zz"});
         let e = render_err("{{base64_decode bad}}", data.clone());
-        assert!(e.contains("base64_decode") && e.contains("not valid base64"), "{e}");
+        assert!(
+            e.contains("base64_decode") && e.contains("not valid base64"),
+            "{e}"
+        );
         // Secrets may pass through helpers: the value itself is never in the message.
         assert!(!e.contains("Zm9v!"), "{e}");
         let e = render_err("{{base64_decode nottext}}", data.clone());
-        assert!(e.contains("not UTF-8 text") && e.contains("base64_to_hex"), "{e}");
+        assert!(
+            e.contains("not UTF-8 text") && e.contains("base64_to_hex"),
+            "{e}"
+        );
         let e = render_err("{{hex_to_base64 h}}", data.clone());
         assert!(e.contains("not valid hex"), "{e}");
         let e = render_err("{{hex_to_base64 x}}", data.clone());
@@ -1213,10 +1230,16 @@ mod tests {
     #[test]
     fn replace_and_substring() {
         let data = json!({"op": "order.create", "s": "ab€cd", "n": 5});
-        assert_eq!(render("{{replace op '.' '/'}}", data.clone()), "order/create");
+        assert_eq!(
+            render("{{replace op '.' '/'}}", data.clone()),
+            "order/create"
+        );
         assert_eq!(render("{{replace 'a.b.c' '.' ''}}", data.clone()), "abc");
         // An empty `from` changes nothing.
-        assert_eq!(render("{{replace op '' 'x'}}", data.clone()), "order.create");
+        assert_eq!(
+            render("{{replace op '' 'x'}}", data.clone()),
+            "order.create"
+        );
         assert_eq!(
             render("/v1/{{lower (replace op '.' '/')}}", data.clone()),
             "/v1/order/create"
@@ -1251,7 +1274,10 @@ mod tests {
             render("{{base64url_decode (split_part t '.' 1)}}", data.clone()),
             "payload"
         );
-        assert_eq!(render("{{split_part (split_part h ' ' 1) ',' 1}}", data), "def");
+        assert_eq!(
+            render("{{split_part (split_part h ' ' 1) ',' 1}}", data),
+            "def"
+        );
     }
 
     #[test]
@@ -1276,7 +1302,10 @@ mod tests {
             r#"{"a":"x","b":2}"#
         );
         // Other text is a JSON string.
-        assert_eq!(render("{{canonical_json plain}}", data.clone()), r#""text""#);
+        assert_eq!(
+            render("{{canonical_json plain}}", data.clone()),
+            r#""text""#
+        );
         // Keys are ordered by their bytes (upper case before lower case).
         let data = json!({"o": {"b": 1, "B": 2, "a": 3, "_": 4}});
         assert_eq!(
