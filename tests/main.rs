@@ -9,6 +9,7 @@
 
 mod support;
 
+mod callback_acks;
 mod callback_fuzz;
 mod callback_limits;
 mod callback_semantics;
