@@ -194,7 +194,7 @@ fn compile_steps(
                 }
                 let mut escape: Vec<(String, String)> =
                     escape.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                escape.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                escape.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
                 match compile_pair(pair_text) {
                     Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
                         from: from.clone(),
@@ -1361,7 +1361,7 @@ mod tests {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect();
-            t.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            t.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
             t
         };
         // Whatever the order written, an inserted backslash is not escaped again.
