@@ -270,3 +270,63 @@ async fn an_unreadable_event_time_refuses_the_delivery() {
     let text = String::from_utf8_lossy(&reply.body);
     assert!(text.contains("occurred_at"), "{text}");
 }
+
+#[tokio::test]
+async fn an_acknowledgement_status_can_be_a_template() {
+    let route = r#"  - path: /hooks/status
+    event_type: { path: $.kind, map: { changed: product.changed } }
+    dedupe_key: "{{body.id}}"
+    ack: { status: "{{#if body.later}}202{{else}}200{{/if}}", body: "{{body.id}}" }
+  - path: /hooks/bad-status
+    event_type: { path: $.kind, map: { changed: product.changed } }
+    dedupe_key: "{{body.id}}"
+    ack: { status: "{{body.code}}" }
+"#;
+    let s = serve_yaml(&platform_with(route), &[("secret", SECRET)]).await;
+    let (status, _, body) = post(
+        &s,
+        "/callbacks/hooks/status",
+        r#"{"id":"n","kind":"changed"}"#,
+        None,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "n"));
+    let (status, _, body) = post(
+        &s,
+        "/callbacks/hooks/status",
+        r#"{"id":"l","kind":"changed","later":true}"#,
+        None,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (202, "l"));
+    // A status that renders as no HTTP status refuses the delivery, which is not stored as
+    // accepted: the sender will send it again.
+    let (status, _, body) = post(
+        &s,
+        "/callbacks/hooks/bad-status",
+        r#"{"id":"b","kind":"changed","code":"fine"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an HTTP status"), "{body}");
+    let rows = s.deliveries().await;
+    assert_eq!(rows[0]["verified"], false, "{rows:?}");
+}
+
+#[test]
+fn a_literal_acknowledgement_status_is_checked_when_the_file_loads() {
+    for status in ["99", "\"600\"", "\"abc\""] {
+        let route = format!(
+            "  - path: /hooks/s\n    event_type: {{ path: $.kind, map: {{ changed: product.changed }} }}\n    ack: {{ status: {status} }}\n"
+        );
+        let doc = entrepot::config::source::parse(Path::new("hooks.yaml"), platform_with(&route))
+            .unwrap();
+        let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+        let text = crate::support::render(&compiled.diagnostics);
+        assert!(
+            text.contains("error[E_INVALID_VALUE]: callbacks[0].ack.status"),
+            "{status}: {text}"
+        );
+    }
+}

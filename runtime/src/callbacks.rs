@@ -390,8 +390,11 @@ pub async fn receive(
 
 /// An acknowledgement rendered over a delivery.
 fn answer(ack: &AckPlan, ctx: &Value) -> Result<Reply, String> {
+    let status = ack.status.render(ctx)?;
+    let status = AckPlan::http_status(&status)
+        .ok_or_else(|| format!("the status '{status}' is not an HTTP status (100 to 599)"))?;
     Ok(Reply {
-        status: ack.status,
+        status,
         content_type: ack.content_type.clone(),
         body: ack.body.render(ctx)?.into_bytes(),
     })

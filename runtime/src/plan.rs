@@ -434,12 +434,22 @@ pub struct CallbackPlan {
 /// An acknowledgement, compiled.
 #[derive(Debug)]
 pub struct AckPlan {
-    /// HTTP status.
-    pub status: u16,
+    /// HTTP status, a template over the delivery (a literal for a fixed status).
+    pub status: CompiledTemplate,
     /// Body template over the delivery.
     pub body: CompiledTemplate,
     /// Content type.
     pub content_type: String,
+}
+
+impl AckPlan {
+    /// An HTTP status (100 to 599) written as text.
+    pub fn http_status(text: &str) -> Option<u16> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+    }
 }
 
 /// A handshake rule, compiled.

@@ -1156,27 +1156,36 @@ impl Cx<'_> {
         ack: Option<&crate::config::platform::Ack>,
         path: &DocPath,
     ) -> Option<crate::plan::AckPlan> {
-        if let Some(status) = ack.and_then(|a| a.status)
-            && !(100..=599).contains(&status)
-        {
-            self.error(
-                &path.key("status"),
-                Code::InvalidValue,
-                format!("{status} is not an HTTP status"),
-            )
-            .hint = Some("use the status the platform expects, usually 200".into());
-        }
+        use crate::config::platform::AckStatus;
         let scope = Scope {
             roots: ACK_ROOTS,
             extra: &[],
         };
+        let status_text = match ack.and_then(|a| a.status.as_ref()) {
+            None => "200".to_string(),
+            Some(AckStatus::Code(n)) => n.to_string(),
+            Some(AckStatus::Template(t)) => t.clone(),
+        };
+        let status = self.template(&status_text, &path.key("status"), &scope);
+        // A fixed status is checked now; a templated one when it is rendered.
+        if let Some(text) = status.as_ref().and_then(|t| t.as_literal())
+            && crate::plan::AckPlan::http_status(text).is_none()
+        {
+            self.error(
+                &path.key("status"),
+                Code::InvalidValue,
+                format!("'{text}' is not an HTTP status"),
+            )
+            .hint = Some("use the status the platform expects, usually 200".into());
+            return None;
+        }
         let body = self.template(
             ack.and_then(|a| a.body.as_deref()).unwrap_or_default(),
             &path.key("body"),
             &scope,
         )?;
         Some(crate::plan::AckPlan {
-            status: ack.and_then(|a| a.status).unwrap_or(200),
+            status: status?,
             body,
             content_type: ack
                 .and_then(|a| a.content_type.clone())

@@ -796,9 +796,12 @@ pub struct Handshake {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
-    /// HTTP status. Default: 200.
+    /// HTTP status: a number, or a template over the delivery (the same variables as `body`)
+    /// that renders one, such as `"{{#if body.retry}}503{{else}}200{{/if}}"`. A status that
+    /// renders as no HTTP status (100 to 599) refuses the delivery with 400, recorded with
+    /// the reason. Default: 200.
     #[serde(default)]
-    pub status: Option<u16>,
+    pub status: Option<AckStatus>,
     /// Body: a template over the delivery — `body` (the decoded body), `headers` (names
     /// lower-cased), `query`, `settings`, `platform` and `event_type` (the platform's name of
     /// the delivery's type) — such as `'{"code":"200","id":{{json body.id}}}'`. Values are
@@ -808,6 +811,16 @@ pub struct Ack {
     /// Content type of the body. Default: `application/json`.
     #[serde(default)]
     pub content_type: Option<String>,
+}
+
+/// The status of an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AckStatus {
+    /// A fixed HTTP status, such as `200`.
+    Code(u16),
+    /// A template rendering the status, such as `"{{#if body.retry}}503{{else}}200{{/if}}"`.
+    Template(String),
 }
 
 /// A key that is present is `Some`, even when its value is `null` (`default: null`).
