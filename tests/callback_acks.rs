@@ -330,3 +330,36 @@ fn a_literal_acknowledgement_status_is_checked_when_the_file_loads() {
         );
     }
 }
+
+/// A delivery whose own values a recipe's helper cannot read (a token part that is not
+/// base64url) is refused as not genuine, not answered "try again later" as if the gateway's
+/// setup had failed.
+#[tokio::test]
+async fn a_value_a_verification_helper_cannot_read_is_a_refusal() {
+    let route = r#"  - path: /hooks/token
+    verify:
+      signature: { header: X-Token, split: "." }
+      steps:
+        - { name: claims, kind: template, template: "{{base64url_decode signature.parts.[0]}}" }
+        - { name: sig, kind: digest, alg: hmac-sha256, input: "{{claims}}", key: "{{credentials.secret}}", encode: base64url }
+      expect: "{{sig}}"
+      reject_status: 403
+    event_type: { header: X-Event, map: { changed: product.changed } }
+"#;
+    let s = serve_yaml(&platform_with(route), &[("secret", SECRET)]).await;
+    let r = s
+        .http
+        .post(s.url("/callbacks/hooks/token"))
+        .header("x-token", "*not base64*.c2ln")
+        .header("x-event", "changed")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("base64url"), "{body}");
+    let rows = s.deliveries().await;
+    assert_eq!(rows[0]["verified"], false, "{rows:?}");
+}

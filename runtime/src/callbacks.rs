@@ -291,7 +291,7 @@ pub async fn receive(
             (r, _) => r,
         };
         if let Err(r) = result {
-            if let Rejection::Recipe(e) = &r {
+            if let Rejection::Recipe(e @ crate::recipe::RecipeError::Step { .. }) = &r {
                 // The gateway's own setup failed (an unreadable key in a credential...): the
                 // reason is logged and recorded; the sender only learns to try again later.
                 let _ = refuse(

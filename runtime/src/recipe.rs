@@ -569,6 +569,15 @@ pub enum RecipeError {
         /// What went wrong.
         message: String,
     },
+    /// A template step could not read a value of the request (a helper refused it, such as
+    /// `base64_decode` of text that is not base64): the request's fault, not the setup's.
+    #[error("signing step '{step}' failed: {message}")]
+    Value {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a delivery was rejected.
@@ -702,7 +711,7 @@ impl<'a> Run<'a> {
     }
 
     fn render(&self, t: &CompiledTemplate, step: &str) -> Result<String, RecipeError> {
-        t.render(&self.ctx).map_err(|message| RecipeError::Step {
+        t.render(&self.ctx).map_err(|message| RecipeError::Value {
             step: step.to_string(),
             message,
         })
