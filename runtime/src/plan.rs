@@ -65,6 +65,8 @@ pub struct PollerPlan {
     pub events: IndexMap<String, MappingPlan>,
     /// Deduplication key.
     pub dedupe_key: Option<CompiledTemplate>,
+    /// The event time, mapped from the message (absent: the receive time).
+    pub occurred_at: Option<MappingPlan>,
 }
 
 /// How requests authenticate, compiled.

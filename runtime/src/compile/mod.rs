@@ -1120,34 +1120,38 @@ impl Cx<'_> {
                 ack: ack?,
             })
         });
-        let occurred_at = cb.occurred_at.as_ref().and_then(|m| {
-            let op = path.key("occurred_at");
-            if m.each.is_some() || m.fields.is_some() || m.id.is_some() || m.map.is_some() {
-                self.error(
-                    &op,
-                    Code::Mapping,
-                    "occurred_at reads one time, so `each`, `fields`, `id` and `map` do not apply",
-                )
-                .hint = Some("write it like `{ path: $.event_time }`".into());
-                return None;
-            }
-            if m.kind
-                .is_some_and(|k| k != crate::config::platform::ValueType::Time)
-            {
-                self.error(&op.key("type"), Code::Mapping, "occurred_at is a time")
-                    .hint = Some("leave `type` out (or write `type: time`)".into());
-                return None;
-            }
-            let mut m = m.clone();
-            m.kind = Some(crate::config::platform::ValueType::Time);
-            self.mapping(&m, &op, false)
-        });
+        let occurred_at = self.occurred_at(cb.occurred_at.as_ref(), path);
         CallbackAnswers {
             ack,
             acks,
             handshake,
             occurred_at,
         }
+    }
+
+    /// Compiles the mapping of an event's `occurred_at` (a callback's or a poller's).
+    fn occurred_at(&mut self, m: Option<&Mapping>, path: &DocPath) -> Option<MappingPlan> {
+        let m = m?;
+        let op = path.key("occurred_at");
+        if m.each.is_some() || m.fields.is_some() || m.id.is_some() || m.map.is_some() {
+            self.error(
+                &op,
+                Code::Mapping,
+                "occurred_at reads one time, so `each`, `fields`, `id` and `map` do not apply",
+            )
+            .hint = Some("write it like `{ path: $.event_time }`".into());
+            return None;
+        }
+        if m.kind
+            .is_some_and(|k| k != crate::config::platform::ValueType::Time)
+        {
+            self.error(&op.key("type"), Code::Mapping, "occurred_at is a time")
+                .hint = Some("leave `type` out (or write `type: time`)".into());
+            return None;
+        }
+        let mut m = m.clone();
+        m.kind = Some(crate::config::platform::ValueType::Time);
+        self.mapping(&m, &op, false)
     }
 
     /// Compiles an acknowledgement (`None`: the default one).
@@ -1314,6 +1318,7 @@ impl Cx<'_> {
             let items = self.json_path(&p.items, &path.key("items"));
             let (event_type, events, dedupe_key) =
                 self.ingest_spec(&p.event_type, &p.events, p.dedupe_key.as_ref(), &path);
+            let occurred_at = self.occurred_at(p.occurred_at.as_ref(), &path);
             let transport = self.transport(
                 "poll",
                 &crate::config::platform::TransportSpec::default(),
@@ -1339,6 +1344,7 @@ impl Cx<'_> {
                     event_type,
                     events,
                     dedupe_key,
+                    occurred_at,
                 });
             }
         }

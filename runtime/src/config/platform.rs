@@ -640,6 +640,10 @@ pub struct Poller {
     /// a message fetched twice makes one event.
     #[serde(default)]
     pub dedupe_key: Option<String>,
+    /// Where the event's `occurred_at` comes from, as a callback's `occurred_at` (paths are
+    /// relative to the message). Default: the time the message was fetched.
+    #[serde(default)]
+    pub occurred_at: Option<Mapping>,
 }
 
 /// A route on which the platform pushes notifications.
