@@ -9,6 +9,7 @@
 
 mod support;
 
+mod callback_acks;
 mod callback_fuzz;
 mod callback_limits;
 mod callback_semantics;
@@ -24,6 +25,7 @@ mod engine_auth;
 mod layout;
 mod pollers;
 mod recipe_properties;
+mod recipe_transforms;
 mod reload;
 mod request_body;
 mod schemas;

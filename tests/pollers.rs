@@ -122,3 +122,68 @@ async fn polled_messages_become_events_once() {
             && r.route == "poll:messages"
     ));
 }
+
+/// A polled message's `occurred_at` can be its own time, as for callbacks.
+#[tokio::test]
+async fn a_polled_message_can_carry_its_event_time() {
+    let app = axum::Router::new().route(
+        "/messages",
+        post(|| async {
+            Json(json!({"code": 0, "data": [
+                {"id": "t-1", "type": "stock", "at": "2024-03-01T08:30:00+08:00"},
+                {"id": "t-2", "type": "stock"}
+            ]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let yaml = format!(
+        "platform: timed_poll\nrequest:\n  url: \"{url}/messages\"\nresponse:\n  success: {{ path: $.code, equals: 0 }}\npollers:\n  - name: m\n    every: 30s\n    items: $.data[*]\n    event_type: {{ path: $.type, map: {{ stock: inventory.changed }} }}\n    dedupe_key: \"{{{{body.id}}}}\"\n    occurred_at: {{ path: $.at }}\n"
+    );
+    let doc = entrepot::config::source::parse(Path::new("timed.yaml"), yaml).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{}",
+        crate::support::render(&compiled.diagnostics)
+    );
+    let p = compiled.plan.platforms["timed_poll"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let engine = Engine::new(store.clone(), CredentialSets::new(), |_| None);
+    let targets = vec![TargetSettings {
+        name: "center".into(),
+        url: "http://127.0.0.1:9/unused".into(),
+        events: vec!["inventory.changed".into()],
+        headers: vec![],
+        max_attempts: 3,
+        credentials: vec![],
+        sign: None,
+        concurrency: 1,
+    }];
+    entrepot::poller::poll_once(&p, &p.pollers[0], &engine, &targets, &|| {})
+        .await
+        .unwrap();
+    let events = store
+        .outbox_claim("test", i64::MAX / 2, 1000, 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let payloads: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .collect();
+    // 08:30 at +08:00 is 00:30 UTC.
+    let timed = payloads
+        .iter()
+        .find(|p| p["occurred_at"] == "2024-03-01T00:30:00Z");
+    assert!(timed.is_some(), "{payloads:?}");
+    // Without a time, the receive time.
+    assert!(
+        payloads
+            .iter()
+            .any(|p| p["occurred_at"] == p["received_at"]),
+        "{payloads:?}"
+    );
+}

@@ -12,7 +12,7 @@ use crate::compile::gateway::TargetSettings;
 use crate::config::platform::BodyFormat;
 use crate::engine::Engine;
 use crate::engine::decode;
-use crate::plan::{CallbackPlan, Plan, PlatformPlan};
+use crate::plan::{AckPlan, CallbackPlan, DiscriminatorPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
 use crate::store::{InboxOutcome, NewDelivery, NewEvent};
 use crate::template::text_of;
@@ -291,7 +291,7 @@ pub async fn receive(
             (r, _) => r,
         };
         if let Err(r) = result {
-            if let Rejection::Recipe(e) = &r {
+            if let Rejection::Recipe(e @ crate::recipe::RecipeError::Step { .. }) = &r {
                 // The gateway's own setup failed (an unreadable key in a credential...): the
                 // reason is logged and recorded; the sender only learns to try again later.
                 let _ = refuse(
@@ -335,11 +335,41 @@ pub async fn receive(
         Err(e) => return refuse(delivery, &parts.body, 400, e.to_string()).await,
     };
     delivery.verified = true;
+    let mut ctx = delivery_context(platform, &doc, &parts.headers, &parts.query);
+    // A handshake is answered at once and never stored: it needs no dedupe key.
+    if let Some(h) = &cb.handshake
+        && value_of(&h.value, &doc, &parts.headers).as_deref() == Some(h.equals.as_str())
+    {
+        ctx.insert("event_type".into(), Value::String(h.equals.clone()));
+        return match answer(&h.ack, &Value::Object(ctx)) {
+            Ok(reply) => {
+                tracing::info!(platform = %platform.name, route = %cb.path, "handshake '{}' answered", h.equals);
+                reply
+            }
+            Err(e) => {
+                let reason = format!("the handshake's answer cannot be written: {e}");
+                refuse(delivery, &parts.body, 400, reason).await
+            }
+        };
+    }
+    // The acknowledgement is written before the delivery is stored: a delivery that is
+    // stored is always acknowledged.
+    let raw_type = value_of(&cb.event_type, &doc, &parts.headers).unwrap_or_default();
+    let ack = cb.acks.get(&raw_type).unwrap_or(&cb.ack);
+    ctx.insert("event_type".into(), Value::String(raw_type));
+    let reply = match answer(ack, &Value::Object(ctx)) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("the acknowledgement cannot be written: {e}");
+            return refuse(delivery, &parts.body, 400, reason).await;
+        }
+    };
     let spec = Ingest {
         event_type: &cb.event_type,
         events: &cb.events,
         dedupe_key: cb.dedupe_key.as_ref(),
         replay_status: reject_status.unwrap_or(401),
+        occurred_at: cb.occurred_at.as_ref(),
     };
     let Parts {
         headers,
@@ -355,10 +385,55 @@ pub async fn receive(
     {
         return reply;
     }
-    Reply {
-        status: cb.ack_status,
-        content_type: cb.ack_content_type.clone(),
-        body: cb.ack_body.clone().into_bytes(),
+    reply
+}
+
+/// An acknowledgement rendered over a delivery.
+fn answer(ack: &AckPlan, ctx: &Value) -> Result<Reply, String> {
+    let status = ack.status.render(ctx)?;
+    let status = AckPlan::http_status(&status)
+        .ok_or_else(|| format!("the status '{status}' is not an HTTP status (100 to 599)"))?;
+    Ok(Reply {
+        status,
+        content_type: ack.content_type.clone(),
+        body: ack.body.render(ctx)?.into_bytes(),
+    })
+}
+
+/// The variables of a delivery's templates (dedupe key, acknowledgements).
+fn delivery_context(
+    platform: &PlatformPlan,
+    doc: &Value,
+    headers: &[(String, String)],
+    query: &[(String, String)],
+) -> Map<String, Value> {
+    let mut ctx = Map::new();
+    ctx.insert("body".into(), doc.clone());
+    ctx.insert(
+        "headers".into(),
+        Value::Object(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    // A repeated query parameter is an array of its values, as in form bodies.
+    ctx.insert("query".into(), decode::form_document(query.to_vec()));
+    ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
+    ctx.insert("platform".into(), Value::String(platform.name.clone()));
+    ctx
+}
+
+/// The value a discriminator reads from a delivery, as text.
+fn value_of(d: &DiscriminatorPlan, doc: &Value, headers: &[(String, String)]) -> Option<String> {
+    match (&d.path, &d.header) {
+        (Some(p), _) => p.first(doc).map(text_of),
+        (None, Some(h)) => headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(h))
+            .map(|(_, v)| v.clone()),
+        (None, None) => None,
     }
 }
 
@@ -372,6 +447,8 @@ pub struct Ingest<'a> {
     pub dedupe_key: Option<&'a crate::template::CompiledTemplate>,
     /// Status answered to a delivery refused as a replay (the route's `reject_status`).
     pub replay_status: u16,
+    /// Where the event time is (absent: the receive time).
+    pub occurred_at: Option<&'a crate::plan::MappingPlan>,
 }
 
 /// Stores a verified delivery: deduplicated, classified, mapped into events for every
@@ -392,22 +469,7 @@ pub async fn ingest(
     let store = engine.store();
     let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
 
-    let mut ctx = Map::new();
-    ctx.insert("body".into(), doc.clone());
-    ctx.insert(
-        "headers".into(),
-        Value::Object(
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
-                .collect(),
-        ),
-    );
-    // A repeated query parameter is an array of its values, as in form bodies.
-    ctx.insert("query".into(), decode::form_document(query.to_vec()));
-    ctx.insert("settings".into(), Value::Object(platform.settings.clone()));
-    ctx.insert("platform".into(), Value::String(platform.name.clone()));
-    let ctx = Value::Object(ctx);
+    let ctx = Value::Object(delivery_context(platform, doc, headers, query));
     delivery.dedupe_key = match &spec.dedupe_key {
         Some(t) => match t.render(&ctx) {
             Ok(k) if !k.is_empty() => Some(k),
@@ -431,15 +493,7 @@ pub async fn ingest(
         None => None,
     };
 
-    let raw_type = match (&spec.event_type.path, &spec.event_type.header) {
-        (Some(p), _) => p.first(doc).map(text_of),
-        (None, Some(h)) => headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(h))
-            .map(|(_, v)| v.clone()),
-        (None, None) => None,
-    }
-    .unwrap_or_default();
+    let raw_type = value_of(spec.event_type, doc, headers).unwrap_or_default();
     let mut events = Vec::new();
     match spec.event_type.map.get(&raw_type) {
         None => {
@@ -450,11 +504,31 @@ pub async fn ingest(
         }
         Some(event_type) => {
             delivery.event_type = Some(event_type.clone());
+            let mut extra = Map::new();
+            extra.insert("settings".into(), Value::Object(platform.settings.clone()));
+            extra.insert("platform".into(), Value::String(platform.name.clone()));
+            let received = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let occurred = match spec.occurred_at {
+                None => received.clone(),
+                Some(m) => match crate::engine::mapping::map_document(m, doc, &extra) {
+                    Ok(t) => match t.value {
+                        Value::String(at) if !at.is_empty() => at,
+                        _ => received.clone(),
+                    },
+                    Err(e) => {
+                        return Err(refuse(
+                            delivery,
+                            400,
+                            format!("the event time (occurred_at) cannot be read: {e}"),
+                        )
+                        .await);
+                    }
+                },
+            };
             let data = match spec.events.get(event_type) {
                 Some(mapping) => {
-                    let mut extra = Map::new();
-                    extra.insert("settings".into(), Value::Object(platform.settings.clone()));
-                    extra.insert("platform".into(), Value::String(platform.name.clone()));
                     let mapped = match crate::engine::mapping::map_document(mapping, doc, &extra) {
                         Ok(m) => m,
                         Err(e) => {
@@ -480,9 +554,6 @@ pub async fn ingest(
                 None => doc.clone(),
             };
             let id = uuid::Uuid::new_v4().to_string();
-            let at = now
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
             let idempotency_key = format!(
                 "{}:{}:{event_type}",
                 platform.name,
@@ -492,8 +563,8 @@ pub async fn ingest(
                 "id": id,
                 "type": event_type,
                 "platform": platform.name,
-                "occurred_at": at,
-                "received_at": at,
+                "occurred_at": occurred,
+                "received_at": received,
                 "data": data,
                 "idempotency_key": idempotency_key,
             });

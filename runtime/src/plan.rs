@@ -65,6 +65,8 @@ pub struct PollerPlan {
     pub events: IndexMap<String, MappingPlan>,
     /// Deduplication key.
     pub dedupe_key: Option<CompiledTemplate>,
+    /// The event time, mapped from the message (absent: the receive time).
+    pub occurred_at: Option<MappingPlan>,
 }
 
 /// How requests authenticate, compiled.
@@ -419,14 +421,48 @@ pub struct CallbackPlan {
     pub events: IndexMap<String, MappingPlan>,
     /// Deduplication key template.
     pub dedupe_key: Option<CompiledTemplate>,
-    /// Acknowledgement status.
-    pub ack_status: u16,
-    /// Acknowledgement body.
-    pub ack_body: String,
-    /// Acknowledgement content type.
-    pub ack_content_type: String,
+    /// Acknowledgement.
+    pub ack: AckPlan,
+    /// Acknowledgements by the platform's name of the event type.
+    pub acks: IndexMap<String, AckPlan>,
+    /// A handshake answered without being stored.
+    pub handshake: Option<HandshakePlan>,
+    /// The event time, mapped from the body (absent: the receive time).
+    pub occurred_at: Option<MappingPlan>,
     /// What a delivery may hold.
     pub limits: CallbackLimitsPlan,
+}
+
+/// An acknowledgement, compiled.
+#[derive(Debug)]
+pub struct AckPlan {
+    /// HTTP status, a template over the delivery (a literal for a fixed status).
+    pub status: CompiledTemplate,
+    /// Body template over the delivery.
+    pub body: CompiledTemplate,
+    /// Content type.
+    pub content_type: String,
+}
+
+impl AckPlan {
+    /// An HTTP status (100 to 599) written as text.
+    pub fn http_status(text: &str) -> Option<u16> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+    }
+}
+
+/// A handshake rule, compiled.
+#[derive(Debug)]
+pub struct HandshakePlan {
+    /// Where the marking value is: a body path, or a header (lower case).
+    pub value: DiscriminatorPlan,
+    /// The value that marks a handshake.
+    pub equals: String,
+    /// Its answer.
+    pub ack: AckPlan,
 }
 
 /// The limits of a callback route, resolved.

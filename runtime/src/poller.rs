@@ -32,6 +32,7 @@ pub async fn poll_once(
         dedupe_key: poller.dedupe_key.as_ref(),
         // Polled messages carry no replay key.
         replay_status: 401,
+        occurred_at: poller.occurred_at.as_ref(),
     };
     for m in &messages {
         let now = OffsetDateTime::now_utc();

@@ -42,6 +42,9 @@ pub const RECIPE_ROOTS: &[&str] = &[
 ];
 /// Extra variables of verification recipes.
 pub const VERIFY_ROOTS: &[&str] = &["signature"];
+/// Extra variables of signing recipes: the operation's canonical name (empty when a recipe
+/// signs an event for an internal system).
+pub const SIGN_ROOTS: &[&str] = &["operation"];
 
 /// A compiled signing recipe.
 #[derive(Debug)]
@@ -101,6 +104,8 @@ struct CanonicalPlan {
     skip_empty: bool,
     lowercase_keys: bool,
     trim_values: bool,
+    /// Text → replacement, longest text first.
+    escape: Vec<(String, String)>,
     encode: UrlEncoding,
     sort: SortOrder,
     repeated: Repeated,
@@ -179,6 +184,7 @@ fn compile_steps(
                 skip_empty,
                 lowercase_keys,
                 trim_values,
+                escape,
                 encode,
                 sort,
                 repeated,
@@ -188,6 +194,20 @@ fn compile_steps(
                 ..
             } => {
                 let pair_text = pair.as_deref().unwrap_or("{key}={value}");
+                if escape.keys().any(String::is_empty) {
+                    cx.error(
+                        &sp.key("escape"),
+                        Code::InvalidValue,
+                        "an escape replaces an empty text",
+                    )
+                    .hint = Some(
+                        "list the characters to replace, like `escape: { \":\": \"\\\\:\" }`"
+                            .into(),
+                    );
+                }
+                let mut escape: Vec<(String, String)> =
+                    escape.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                escape.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
                 match compile_pair(pair_text) {
                     Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
                         from: from.clone(),
@@ -196,6 +216,7 @@ fn compile_steps(
                         skip_empty: skip_empty.unwrap_or(true),
                         lowercase_keys: *lowercase_keys,
                         trim_values: *trim_values,
+                        escape,
                         encode: encode.unwrap_or(UrlEncoding::None),
                         sort: sort.unwrap_or(SortOrder::Key),
                         repeated: repeated.unwrap_or(Repeated::Repeat),
@@ -452,7 +473,8 @@ fn compile_pair(text: &str) -> Result<Vec<PairPiece>, String> {
 /// Compiles a signing recipe, recording located problems.
 pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Option<SignPlan> {
     let before = cx.problems.len();
-    let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), RECIPE_ROOTS);
+    let roots: Vec<&str> = RECIPE_ROOTS.iter().chain(SIGN_ROOTS).copied().collect();
+    let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
     check_known_rsa_keys(cx, &recipe.steps, &steps, &path.key("steps"), None);
     for (i, step) in recipe.steps.iter().enumerate() {
         if let Step::Digest { alg, .. } = step
@@ -463,7 +485,7 @@ pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Opt
         }
     }
     let scope = Scope {
-        roots: RECIPE_ROOTS,
+        roots: &roots,
         extra: &names,
     };
     let mut place = Vec::new();
@@ -644,6 +666,15 @@ pub enum RecipeError {
         /// What went wrong.
         message: String,
     },
+    /// A template step could not read a value of the request (a helper refused it, such as
+    /// `base64_decode` of text that is not base64): the request's fault, not the setup's.
+    #[error("signing step '{step}' failed: {message}")]
+    Value {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a delivery was rejected.
@@ -789,7 +820,7 @@ impl<'a> Run<'a> {
     }
 
     fn render(&self, t: &CompiledTemplate, step: &str) -> Result<String, RecipeError> {
-        t.render(&self.ctx).map_err(|message| RecipeError::Step {
+        t.render(&self.ctx).map_err(|message| RecipeError::Value {
             step: step.to_string(),
             message,
         })
@@ -1339,6 +1370,29 @@ fn collapse_ws(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Replaces every listed text in one pass, trying the longest first (`table` is sorted so):
+/// what a replacement writes is never replaced again.
+fn escape_text(text: &str, table: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match table
+            .iter()
+            .find(|(from, _)| !from.is_empty() && rest.starts_with(from.as_str()))
+        {
+            Some((from, to)) => {
+                out.push_str(to);
+                rest = rest.get(from.len()..).unwrap_or_default();
+            }
+            None => {
+                out.push(c);
+                rest = rest.get(c.len_utf8()..).unwrap_or_default();
+            }
+        }
+    }
+    out
+}
+
 fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for src in &c.from {
@@ -1371,6 +1425,13 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
             (c.include.is_empty() || c.include.iter().any(|i| i == k))
                 && !c.exclude.iter().any(|x| x == k)
                 && !(c.skip_empty && v.is_empty())
+        })
+        .map(|(k, v)| {
+            if c.escape.is_empty() {
+                (k, v)
+            } else {
+                (escape_text(&k, &c.escape), escape_text(&v, &c.escape))
+            }
         })
         .map(|(k, v)| match c.encode {
             UrlEncoding::None => (k, v),
@@ -1419,12 +1480,26 @@ pub type Placed = (PlaceTarget, String, String);
 
 impl SignPlan {
     /// Runs the steps over `parts` and returns the values to place, with the trace.
+    /// `{{operation}}` is empty: [`SignPlan::run_operation`] gives it.
     pub fn run(
         &self,
         parts: &Parts,
         env: &RunEnv<'_>,
     ) -> Result<(Vec<Placed>, Trace), RecipeError> {
+        self.run_operation(parts, env, "")
+    }
+
+    /// Runs the steps over the request of `operation` (the recipes' `{{operation}}`).
+    pub fn run_operation(
+        &self,
+        parts: &Parts,
+        env: &RunEnv<'_>,
+        operation: &str,
+    ) -> Result<(Vec<Placed>, Trace), RecipeError> {
         let mut run = Run::new(parts, env, None);
+        if let Value::Object(m) = &mut run.ctx {
+            m.insert("operation".into(), Value::String(operation.to_string()));
+        }
         run.steps(&self.steps, env, None)?;
         let mut placed = Vec::new();
         for (target, name, t) in &self.place {
@@ -1474,6 +1549,12 @@ impl VerifyPlan {
             }
             found
         } else if let Some(s) = &self.source.split {
+            // Every piece, empty ones included so positions hold, is `{{signature.parts}}`.
+            let pieces: Vec<Value> = raw
+                .split(s.as_str())
+                .map(|p| Value::String(p.to_string()))
+                .collect();
+            pairs.insert("parts".into(), Value::Array(pieces));
             raw.split(s.as_str())
                 .filter(|c| !c.is_empty())
                 .map(str::to_string)
@@ -1637,6 +1718,7 @@ mod tests {
             skip_empty: true,
             lowercase_keys: false,
             trim_values: false,
+            escape: Vec::new(),
             encode: UrlEncoding::Rfc3986,
             sort: SortOrder::KeyValue,
             repeated: Repeated::Repeat,
@@ -1652,6 +1734,29 @@ mod tests {
             ..plan
         };
         assert_eq!(canonical(&joined, &parts), "a=x y,0&b=2");
+    }
+
+    #[test]
+    fn escapes_apply_in_one_pass_longest_first() {
+        let table = |pairs: &[(&str, &str)]| {
+            let mut t: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            t.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+            t
+        };
+        // Whatever the order written, an inserted backslash is not escaped again.
+        for t in [
+            table(&[("\\", "\\\\"), (":", "\\:")]),
+            table(&[(":", "\\:"), ("\\", "\\\\")]),
+        ] {
+            assert_eq!(escape_text("a\\b:c", &t), "a\\\\b\\:c");
+        }
+        // The longest text wins where several start at the same place.
+        let t = table(&[("&", "&amp;"), ("&&", "AND")]);
+        assert_eq!(escape_text("a&&b&c", &t), "aANDb&amp;c");
+        assert_eq!(escape_text("€:", &table(&[(":", "%3A")])), "€%3A");
     }
 
     #[test]

@@ -29,6 +29,17 @@ pub const HELPERS: &[&str] = &[
     "uuid",
     "fen_to_yuan",
     "yuan_to_fen",
+    "base64_encode",
+    "base64_decode",
+    "base64url_encode",
+    "base64url_decode",
+    "hex_to_base64",
+    "hex_to_base64url",
+    "base64_to_hex",
+    "replace",
+    "substring",
+    "split_part",
+    "canonical_json",
 ];
 
 /// Helpers Handlebars itself provides.
@@ -59,6 +70,17 @@ static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     r.register_helper("uuid", Box::new(uuid));
     r.register_helper("fen_to_yuan", Box::new(fen_to_yuan));
     r.register_helper("yuan_to_fen", Box::new(yuan_to_fen));
+    r.register_helper("base64_encode", Box::new(base64_encode));
+    r.register_helper("base64_decode", Box::new(base64_decode));
+    r.register_helper("base64url_encode", Box::new(base64url_encode));
+    r.register_helper("base64url_decode", Box::new(base64url_decode));
+    r.register_helper("hex_to_base64", Box::new(hex_to_base64));
+    r.register_helper("hex_to_base64url", Box::new(hex_to_base64url));
+    r.register_helper("base64_to_hex", Box::new(base64_to_hex));
+    r.register_helper("replace", Box::new(replace));
+    r.register_helper("substring", Box::new(substring));
+    r.register_helper("split_part", Box::new(split_part));
+    r.register_helper("canonical_json", Box::new(canonical_json));
     r
 });
 
@@ -836,6 +858,244 @@ fn yuan_to_fen(
     Ok(())
 }
 
+// ---- value transforms ----
+
+/// The text of the first parameter, transformed by `f`; a failure is a render error naming
+/// the helper (never the value, which may be a secret).
+fn transform(
+    h: &Helper,
+    out: &mut dyn Output,
+    name: &str,
+    f: fn(&str) -> Result<String, String>,
+) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    let v = f(&text).map_err(|e| fail(name, e))?;
+    out.write(&v)?;
+    Ok(())
+}
+
+macro_rules! transform_helper {
+    ($name:ident, $f:expr) => {
+        fn $name(
+            h: &Helper,
+            _: &Handlebars,
+            _: &Context,
+            _: &mut RenderContext,
+            out: &mut dyn Output,
+        ) -> HelperResult {
+            transform(h, out, stringify!($name), $f)
+        }
+    };
+}
+
+/// Bytes decoded from standard or URL-safe base64, padding optional.
+fn base64_bytes(text: &str, url: bool) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let t = text.trim().trim_end_matches('=');
+    let engine = if url {
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        &base64::engine::general_purpose::STANDARD_NO_PAD
+    };
+    engine.decode(t).map_err(|_| {
+        format!(
+            "the value ({} characters) is not valid {}",
+            text.chars().count(),
+            if url { "base64url" } else { "base64" }
+        )
+    })
+}
+
+fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|_| {
+        "the decoded bytes are not UTF-8 text; use base64_to_hex to read binary values".into()
+    })
+}
+
+fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
+    hex::decode(text.trim()).map_err(|_| {
+        format!(
+            "the value ({} characters) is not valid hex",
+            text.chars().count()
+        )
+    })
+}
+
+/// Base64 of any text, as in the recipes' encodings: standard with padding, or URL-safe
+/// without padding.
+fn base64_text(bytes: &[u8], url: bool) -> String {
+    use base64::Engine as _;
+    if url {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+transform_helper!(base64_encode, |t| Ok(base64_text(t.as_bytes(), false)));
+transform_helper!(base64url_encode, |t| Ok(base64_text(t.as_bytes(), true)));
+transform_helper!(base64_decode, |t| utf8_text(base64_bytes(t, false)?));
+transform_helper!(base64url_decode, |t| utf8_text(base64_bytes(t, true)?));
+transform_helper!(hex_to_base64, |t| Ok(base64_text(&hex_bytes(t)?, false)));
+transform_helper!(hex_to_base64url, |t| Ok(base64_text(&hex_bytes(t)?, true)));
+// Either alphabet: the two differ only in characters 62 and 63.
+transform_helper!(base64_to_hex, |t| {
+    let url = t.contains(['-', '_']);
+    Ok(hex::encode(base64_bytes(t, url)?))
+});
+
+/// `{{replace text from to}}`: every occurrence of `from` replaced by `to`.
+fn replace(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    let from = param_value(h, 1).map(text_of).unwrap_or_default();
+    let to = param_value(h, 2).map(text_of).unwrap_or_default();
+    if from.is_empty() {
+        out.write(&text)?;
+    } else {
+        out.write(&text.replace(&from, &to))?;
+    }
+    Ok(())
+}
+
+/// A whole-number parameter (a number or numeric text).
+fn int_param(h: &Helper, i: usize, helper: &str, what: &str) -> Result<Option<i64>, RenderError> {
+    match param_value(h, i) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| fail(helper, format!("the {what} must be a whole number"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| fail(helper, format!("the {what} must be a whole number"))),
+        Some(_) => Err(fail(helper, format!("the {what} must be a whole number"))),
+    }
+}
+
+/// A position among `len` items: from the start, or from the end when negative; clamped.
+fn position(index: i64, len: usize) -> usize {
+    let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+    let p = if index < 0 {
+        len_i.saturating_add(index).max(0)
+    } else {
+        index.min(len_i)
+    };
+    usize::try_from(p).unwrap_or(len)
+}
+
+/// `{{substring text start [len]}}`: by characters; a negative start counts from the end;
+/// bounds past the text are clamped, never an error.
+fn substring(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    let start = int_param(h, 1, "substring", "start")?.unwrap_or(0);
+    let len = int_param(h, 2, "substring", "length")?;
+    if len.is_some_and(|l| l < 0) {
+        return Err(fail("substring", "the length must not be negative".into()));
+    }
+    let count = text.chars().count();
+    let from = position(start, count);
+    let take = len
+        .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX);
+    let piece: String = text.chars().skip(from).take(take).collect();
+    out.write(&piece)?;
+    Ok(())
+}
+
+/// `{{split_part text sep index}}`: the piece at `index` (0 is the first; negative counts
+/// from the end) of the text split at every `sep`; empty when there is no such piece.
+fn split_part(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let text = param_value(h, 0).map(text_of).unwrap_or_default();
+    let sep = param_value(h, 1).map(text_of).unwrap_or_default();
+    let index = int_param(h, 2, "split_part", "index")?.unwrap_or(0);
+    if sep.is_empty() {
+        return Err(fail("split_part", "the separator must not be empty".into()));
+    }
+    let pieces: Vec<&str> = text.split(sep.as_str()).collect();
+    let piece = if index < 0 {
+        let back = usize::try_from(index.unsigned_abs()).unwrap_or(usize::MAX);
+        pieces.len().checked_sub(back).and_then(|i| pieces.get(i))
+    } else {
+        usize::try_from(index).ok().and_then(|i| pieces.get(i))
+    };
+    out.write(piece.copied().unwrap_or_default())?;
+    Ok(())
+}
+
+/// A JSON value with every object's keys sorted by their bytes, at every level; with
+/// `strings`, every scalar becomes a string (`null` the empty string).
+pub fn canonical_json_value(v: &Value, strings: bool) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                if let Some(item) = m.get(k) {
+                    out.insert(k.clone(), canonical_json_value(item, strings));
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| canonical_json_value(i, strings))
+                .collect(),
+        ),
+        Value::Null if strings => Value::String(String::new()),
+        Value::Bool(_) | Value::Number(_) if strings => Value::String(text_of(v)),
+        other => other.clone(),
+    }
+}
+
+/// `{{canonical_json value [strings=true]}}`: compact JSON with sorted keys. A string holding
+/// a JSON object or array (a parameter carrying JSON) is read as that JSON.
+fn canonical_json(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
+    let v = match &v {
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(parsed @ (Value::Object(_) | Value::Array(_))) => parsed,
+            _ => v,
+        },
+        _ => v,
+    };
+    let strings = h
+        .hash_get("strings")
+        .map(|p| p.value())
+        .is_some_and(|s| s.as_bool() == Some(true) || s.as_str() == Some("true"));
+    let text = serde_json::to_string(&canonical_json_value(&v, strings))
+        .map_err(|e| fail("canonical_json", e.to_string()))?;
+    out.write(&text)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,6 +1148,191 @@ mod tests {
         assert!(yuan_text_to_fen("1.999").is_err());
         assert!(yuan_text_to_fen("abc").is_err());
         assert!(yuan_text_to_fen("99999999999999999999").is_err());
+    }
+
+    fn render_err(t: &str, data: Value) -> String {
+        CompiledTemplate::compile(t)
+            .unwrap()
+            .0
+            .render(&data)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn base64_follows_rfc_4648_test_vectors() {
+        // RFC 4648 section 10: BASE64("") = "", ("f") = "Zg==", ... ("foobar") = "Zm9vYmFy".
+        let vectors = [
+            ("", "", ""),
+            ("f", "Zg==", "Zg"),
+            ("fo", "Zm8=", "Zm8"),
+            ("foo", "Zm9v", "Zm9v"),
+            ("foob", "Zm9vYg==", "Zm9vYg"),
+            ("fooba", "Zm9vYmE=", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy", "Zm9vYmFy"),
+        ];
+        for (plain, b64, b64url) in vectors {
+            let data = json!({"p": plain, "b": b64, "u": b64url});
+            assert_eq!(render("{{base64_encode p}}", data.clone()), b64, "{plain}");
+            assert_eq!(
+                render("{{base64url_encode p}}", data.clone()),
+                b64url,
+                "{plain}"
+            );
+            assert_eq!(render("{{base64_decode b}}", data.clone()), plain, "{b64}");
+            assert_eq!(
+                render("{{base64url_decode u}}", data.clone()),
+                plain,
+                "{b64url}"
+            );
+            // Padding is optional when decoding.
+            assert_eq!(render("{{base64url_decode b}}", data), plain, "{b64}");
+        }
+        // The two alphabets differ in 62 and 63 (RFC 4648 tables 1 and 2): the bytes
+        // 0xFB 0xFF are "+/8=" in base64 and "-_8" in base64url.
+        let data = json!({"h": "fbff", "b": "+/8=", "u": "-_8"});
+        assert_eq!(render("{{hex_to_base64 h}}", data.clone()), "+/8=");
+        assert_eq!(render("{{hex_to_base64url h}}", data.clone()), "-_8");
+        assert_eq!(render("{{base64_to_hex b}}", data.clone()), "fbff");
+        assert_eq!(render("{{base64_to_hex u}}", data.clone()), "fbff");
+        // Any value: a number is encoded as its text, an object as compact JSON.
+        let data = json!({"n": 12, "o": {"a": 1}});
+        assert_eq!(render("{{base64_encode n}}", data.clone()), "MTI=");
+        // base64 of '{"a":1}' (7 bytes) worked out by hand: eyJh Ijox fQ==.
+        assert_eq!(render("{{base64_encode o}}", data), "eyJhIjoxfQ==");
+        // A signed JSON token carried base64url-encoded, decoded to text and read.
+        let data = json!({"t": "eyJ0eXAiOiJKV1QifQ"});
+        assert_eq!(render("{{base64url_decode t}}", data), r#"{"typ":"JWT"}"#);
+    }
+
+    #[test]
+    fn invalid_encodings_are_clear_render_errors() {
+        let data = json!({"bad": "Zm9v!", "nottext": "/w==", "h": "abc", "x": "zz"});
+        let e = render_err("{{base64_decode bad}}", data.clone());
+        assert!(
+            e.contains("base64_decode") && e.contains("not valid base64"),
+            "{e}"
+        );
+        // Secrets may pass through helpers: the value itself is never in the message.
+        assert!(!e.contains("Zm9v!"), "{e}");
+        let e = render_err("{{base64_decode nottext}}", data.clone());
+        assert!(
+            e.contains("not UTF-8 text") && e.contains("base64_to_hex"),
+            "{e}"
+        );
+        let e = render_err("{{hex_to_base64 h}}", data.clone());
+        assert!(e.contains("not valid hex"), "{e}");
+        let e = render_err("{{hex_to_base64 x}}", data.clone());
+        assert!(e.contains("not valid hex"), "{e}");
+        let e = render_err("{{base64url_decode bad}}", data);
+        assert!(e.contains("not valid base64url"), "{e}");
+    }
+
+    #[test]
+    fn replace_and_substring() {
+        let data = json!({"op": "order.create", "s": "ab€cd", "n": 5});
+        assert_eq!(
+            render("{{replace op '.' '/'}}", data.clone()),
+            "order/create"
+        );
+        assert_eq!(render("{{replace 'a.b.c' '.' ''}}", data.clone()), "abc");
+        // An empty `from` changes nothing.
+        assert_eq!(
+            render("{{replace op '' 'x'}}", data.clone()),
+            "order.create"
+        );
+        assert_eq!(
+            render("/v1/{{lower (replace op '.' '/')}}", data.clone()),
+            "/v1/order/create"
+        );
+        // By characters, not bytes: '€' is one character (three bytes).
+        assert_eq!(render("{{substring s 2 1}}", data.clone()), "€");
+        assert_eq!(render("{{substring s 2}}", data.clone()), "€cd");
+        assert_eq!(render("{{substring s 0 2}}", data.clone()), "ab");
+        // Out of bounds never panics: what is there is returned.
+        assert_eq!(render("{{substring s 3 99}}", data.clone()), "cd");
+        assert_eq!(render("{{substring s 99}}", data.clone()), "");
+        assert_eq!(render("{{substring s 1 0}}", data.clone()), "");
+        // A negative start counts from the end.
+        assert_eq!(render("{{substring s -2}}", data.clone()), "cd");
+        assert_eq!(render("{{substring s -99 1}}", data.clone()), "a");
+        assert_eq!(render("{{substring n 0 1}}", data.clone()), "5");
+        let e = render_err("{{substring s 'x'}}", data.clone());
+        assert!(e.contains("substring") && e.contains("whole number"), "{e}");
+        let e = render_err("{{substring s 0 -1}}", data);
+        assert!(e.contains("substring") && e.contains("length"), "{e}");
+    }
+
+    #[test]
+    fn split_part_takes_one_piece() {
+        let data = json!({"t": "aGVhZA.cGF5bG9hZA.c2ln", "h": "v1,abc v1,def"});
+        assert_eq!(render("{{split_part t '.' 0}}", data.clone()), "aGVhZA");
+        assert_eq!(render("{{split_part t '.' 2}}", data.clone()), "c2ln");
+        assert_eq!(render("{{split_part t '.' -1}}", data.clone()), "c2ln");
+        assert_eq!(render("{{split_part t '.' 3}}", data.clone()), "");
+        assert_eq!(render("{{split_part t '.' -4}}", data.clone()), "");
+        assert_eq!(
+            render("{{base64url_decode (split_part t '.' 1)}}", data.clone()),
+            "payload"
+        );
+        assert_eq!(
+            render("{{split_part (split_part h ' ' 1) ',' 1}}", data),
+            "def"
+        );
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_can_stringify_scalars() {
+        let data = json!({
+            "o": {"b": 1, "a": {"z": true, "c": null}, "arr": [{"y": 2.5, "x": "s"}, 3]},
+            "s": "{\"b\":2,\"a\":\"x\"}",
+            "plain": "text",
+        });
+        // Keys sorted at every level, no spaces; arrays keep their order.
+        assert_eq!(
+            render("{{canonical_json o}}", data.clone()),
+            r#"{"a":{"c":null,"z":true},"arr":[{"x":"s","y":2.5},3],"b":1}"#
+        );
+        assert_eq!(
+            render("{{canonical_json o strings=true}}", data.clone()),
+            r#"{"a":{"c":"","z":"true"},"arr":[{"x":"s","y":"2.5"},"3"],"b":"1"}"#
+        );
+        // JSON carried as text (a parameter holding JSON) is canonicalised as JSON.
+        assert_eq!(
+            render("{{canonical_json s}}", data.clone()),
+            r#"{"a":"x","b":2}"#
+        );
+        // Other text is a JSON string.
+        assert_eq!(
+            render("{{canonical_json plain}}", data.clone()),
+            r#""text""#
+        );
+        // Keys are ordered by their bytes (upper case before lower case).
+        let data = json!({"o": {"b": 1, "B": 2, "a": 3, "_": 4}});
+        assert_eq!(
+            render("{{canonical_json o}}", data),
+            r#"{"B":2,"_":4,"a":3,"b":1}"#
+        );
+    }
+
+    #[test]
+    fn new_helpers_are_known_to_the_compiler() {
+        for h in [
+            "base64_encode",
+            "base64_decode",
+            "base64url_encode",
+            "base64url_decode",
+            "hex_to_base64",
+            "hex_to_base64url",
+            "base64_to_hex",
+            "replace",
+            "substring",
+            "split_part",
+            "canonical_json",
+        ] {
+            assert!(HELPERS.contains(&h), "{h}");
+            let (_, a) = CompiledTemplate::compile(&format!("{{{{{h} x 'a' 'b'}}}}")).unwrap();
+            assert!(a.helpers.contains(&h.to_string()), "{h}");
+        }
     }
 
     #[test]

@@ -41,6 +41,23 @@ pub const REQUEST_ROOTS: &[&str] = &["input", "settings", "credentials", "platfo
 pub const MAPPING_ROOTS: &[&str] = &["item", "doc", "settings", "platform"];
 /// Template variables available to callback templates (dedupe keys).
 pub const CALLBACK_ROOTS: &[&str] = &["body", "headers", "query", "settings", "platform"];
+/// Variables of acknowledgement templates: a delivery's, and the platform's name of its type.
+pub const ACK_ROOTS: &[&str] = &[
+    "body",
+    "headers",
+    "query",
+    "settings",
+    "platform",
+    "event_type",
+];
+
+/// What a callback route answers, compiled.
+struct CallbackAnswers {
+    ack: Option<crate::plan::AckPlan>,
+    acks: IndexMap<String, crate::plan::AckPlan>,
+    handshake: Option<crate::plan::HandshakePlan>,
+    occurred_at: Option<MappingPlan>,
+}
 
 /// The result of compiling a set of platform files.
 #[derive(Debug, Default)]
@@ -1060,17 +1077,7 @@ impl Cx<'_> {
             .verify
             .as_ref()
             .and_then(|v| crate::recipe::compile_verify(self, v, &path.key("verify")));
-        let ack = cb.ack.as_ref();
-        if let Some(status) = ack.and_then(|a| a.status)
-            && !(100..=599).contains(&status)
-        {
-            self.error(
-                &path.key("ack").key("status"),
-                Code::InvalidValue,
-                format!("{status} is not an HTTP status"),
-            )
-            .hint = Some("use the status the platform expects, usually 200".into());
-        }
+        let answers = self.callback_answers(cb, path);
         let limits = self.callback_limits(cb.limits.as_ref(), &path.key("limits"));
         if self.problems.len() != before {
             return None;
@@ -1083,9 +1090,127 @@ impl Cx<'_> {
             event_type: disc,
             events,
             dedupe_key,
-            ack_status: ack.and_then(|a| a.status).unwrap_or(200),
-            ack_body: ack.and_then(|a| a.body.clone()).unwrap_or_default(),
-            ack_content_type: ack
+            ack: answers.ack?,
+            acks: answers.acks,
+            handshake: answers.handshake,
+            occurred_at: answers.occurred_at,
+        })
+    }
+
+    /// Compiles what a callback route answers (`ack`, `acks`, `handshake`) and its
+    /// `occurred_at` mapping.
+    fn callback_answers(
+        &mut self,
+        cb: &crate::config::platform::Callback,
+        path: &DocPath,
+    ) -> CallbackAnswers {
+        let ack = self.ack(cb.ack.as_ref(), &path.key("ack"));
+        let mut acks = IndexMap::new();
+        for (kind, a) in &cb.acks {
+            if let Some(plan) = self.ack(Some(a), &path.key("acks").key(kind.clone())) {
+                acks.insert(kind.clone(), plan);
+            }
+        }
+        let handshake = cb.handshake.as_ref().and_then(|h| {
+            let hp = path.key("handshake");
+            if h.path.is_some() == h.header.is_some() {
+                self.error(
+                    &hp,
+                    Code::Conflict,
+                    "the handshake needs exactly one of `path` and `header`",
+                )
+                .hint = Some(
+                    "name where the marking value is, like `path: $.type` or `header: X-Event-Type`"
+                        .into(),
+                );
+            }
+            let value = DiscriminatorPlan {
+                path: h
+                    .path
+                    .as_ref()
+                    .and_then(|p| self.json_path(p, &hp.key("path"))),
+                header: h.header.as_ref().map(|x| x.to_ascii_lowercase()),
+                map: IndexMap::new(),
+            };
+            let ack = self.ack(Some(&h.ack), &hp.key("ack"));
+            Some(crate::plan::HandshakePlan {
+                value,
+                equals: h.equals.clone(),
+                ack: ack?,
+            })
+        });
+        let occurred_at = self.occurred_at(cb.occurred_at.as_ref(), path);
+        CallbackAnswers {
+            ack,
+            acks,
+            handshake,
+            occurred_at,
+        }
+    }
+
+    /// Compiles the mapping of an event's `occurred_at` (a callback's or a poller's).
+    fn occurred_at(&mut self, m: Option<&Mapping>, path: &DocPath) -> Option<MappingPlan> {
+        let m = m?;
+        let op = path.key("occurred_at");
+        if m.each.is_some() || m.fields.is_some() || m.id.is_some() || m.map.is_some() {
+            self.error(
+                &op,
+                Code::Mapping,
+                "occurred_at reads one time, so `each`, `fields`, `id` and `map` do not apply",
+            )
+            .hint = Some("write it like `{ path: $.event_time }`".into());
+            return None;
+        }
+        if m.kind
+            .is_some_and(|k| k != crate::config::platform::ValueType::Time)
+        {
+            self.error(&op.key("type"), Code::Mapping, "occurred_at is a time")
+                .hint = Some("leave `type` out (or write `type: time`)".into());
+            return None;
+        }
+        let mut m = m.clone();
+        m.kind = Some(crate::config::platform::ValueType::Time);
+        self.mapping(&m, &op, false)
+    }
+
+    /// Compiles an acknowledgement (`None`: the default one).
+    fn ack(
+        &mut self,
+        ack: Option<&crate::config::platform::Ack>,
+        path: &DocPath,
+    ) -> Option<crate::plan::AckPlan> {
+        use crate::config::platform::AckStatus;
+        let scope = Scope {
+            roots: ACK_ROOTS,
+            extra: &[],
+        };
+        let status_text = match ack.and_then(|a| a.status.as_ref()) {
+            None => "200".to_string(),
+            Some(AckStatus::Code(n)) => n.to_string(),
+            Some(AckStatus::Template(t)) => t.clone(),
+        };
+        let status = self.template(&status_text, &path.key("status"), &scope);
+        // A fixed status is checked now; a templated one when it is rendered.
+        if let Some(text) = status.as_ref().and_then(|t| t.as_literal())
+            && crate::plan::AckPlan::http_status(text).is_none()
+        {
+            self.error(
+                &path.key("status"),
+                Code::InvalidValue,
+                format!("'{text}' is not an HTTP status"),
+            )
+            .hint = Some("use the status the platform expects, usually 200".into());
+            return None;
+        }
+        let body = self.template(
+            ack.and_then(|a| a.body.as_deref()).unwrap_or_default(),
+            &path.key("body"),
+            &scope,
+        )?;
+        Some(crate::plan::AckPlan {
+            status: status?,
+            body,
+            content_type: ack
                 .and_then(|a| a.content_type.clone())
                 .unwrap_or_else(|| "application/json".into()),
         })
@@ -1216,6 +1341,7 @@ impl Cx<'_> {
             let items = self.json_path(&p.items, &path.key("items"));
             let (event_type, events, dedupe_key) =
                 self.ingest_spec(&p.event_type, &p.events, p.dedupe_key.as_ref(), &path);
+            let occurred_at = self.occurred_at(p.occurred_at.as_ref(), &path);
             let transport = self.transport(
                 "poll",
                 &crate::config::platform::TransportSpec::default(),
@@ -1241,6 +1367,7 @@ impl Cx<'_> {
                     event_type,
                     events,
                     dedupe_key,
+                    occurred_at,
                 });
             }
         }

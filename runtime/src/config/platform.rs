@@ -647,6 +647,10 @@ pub struct Poller {
     /// a message fetched twice makes one event.
     #[serde(default)]
     pub dedupe_key: Option<String>,
+    /// Where the event's `occurred_at` comes from, as a callback's `occurred_at` (paths are
+    /// relative to the message). Default: the time the message was fetched.
+    #[serde(default)]
+    pub occurred_at: Option<Mapping>,
 }
 
 /// A route on which the platform pushes notifications.
@@ -672,9 +676,31 @@ pub struct Callback {
     /// `{{body.notifyId}}`). Deliveries with an already seen key produce no new event.
     #[serde(default)]
     pub dedupe_key: Option<String>,
-    /// The answer the platform expects once the delivery is stored.
+    /// The answer the platform expects once the delivery is stored (also for a duplicate and
+    /// for a delivery of an unknown type, which are stored too). Default: status 200, empty
+    /// body, `application/json`.
     #[serde(default)]
     pub ack: Option<Ack>,
+    /// Acknowledgements for some event types, by the platform's own name of the type (the
+    /// value `event_type` reads, such as `url_verification` or `order.paid`), in place of
+    /// `ack` for those deliveries. Default: none (`ack` answers every type).
+    #[serde(default)]
+    pub acks: IndexMap<String, Ack>,
+    /// A handshake the sender makes before (or besides) real deliveries, such as a
+    /// URL-verification request that must be answered with its `challenge`. A delivery that
+    /// matches is verified like any other, then answered with the handshake's `ack` and never
+    /// stored: it needs no dedupe key and makes no event. Default: none.
+    #[serde(default)]
+    pub handshake: Option<Handshake>,
+    /// Where the event's `occurred_at` comes from: a mapping over the delivery's body (`path`
+    /// or `template`, with the `format` and `offset` of `type: time`), such as
+    /// `{ path: $.event_time }` or `{ path: $.created, format: "yyyy-MM-dd HH:mm:ss", offset:
+    /// "+08:00" }`. Without `format`, RFC 3339, Unix seconds and Unix milliseconds (13 digits)
+    /// are read. A delivery without the value gets the receive time; a value that cannot be
+    /// read as a time refuses the delivery (400, recorded with the reason). Default: the
+    /// receive time.
+    #[serde(default)]
+    pub occurred_at: Option<Mapping>,
     /// What a delivery may hold, checked on the raw bytes before it is verified or parsed.
     /// Default: `{ body: 1MiB, fields: 1000, depth: 32 }` (see docs/limits.md).
     #[serde(default)]
@@ -751,19 +777,61 @@ pub struct Discriminator {
     pub map: IndexMap<String, String>,
 }
 
+/// A handshake delivery: recognised by one value of the delivery, answered with `ack`.
+///
+/// ```yaml
+/// handshake:
+///   path: $.type
+///   equals: url_verification
+///   ack: { content_type: text/plain, body: "{{body.challenge}}" }
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Handshake {
+    /// JSONPath into the body of the value that marks a handshake, such as `$.type`.
+    /// Default: none; one of `path` and `header` is required.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Or the header holding that value. Default: none.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The value (compared as text) that makes a delivery a handshake, such as
+    /// `url_verification`.
+    pub equals: String,
+    /// The answer to a handshake; its body is a template over the delivery, such as
+    /// `"{{body.challenge}}"` or `'{"challenge":{{json body.challenge}}}'`.
+    pub ack: Ack,
+}
+
 /// An acknowledgement answer.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
-    /// HTTP status. Default: 200.
+    /// HTTP status: a number, or a template over the delivery (the same variables as `body`)
+    /// that renders one, such as `"{{#if body.retry}}503{{else}}200{{/if}}"`. A status that
+    /// renders as no HTTP status (100 to 599) refuses the delivery with 400, recorded with
+    /// the reason. Default: 200.
     #[serde(default)]
-    pub status: Option<u16>,
-    /// Body, sent as written.
+    pub status: Option<AckStatus>,
+    /// Body: a template over the delivery — `body` (the decoded body), `headers` (names
+    /// lower-cased), `query`, `settings`, `platform` and `event_type` (the platform's name of
+    /// the delivery's type) — such as `'{"code":"200","id":{{json body.id}}}'`. Values are
+    /// inserted as they are: use the `json` helper to put a value inside JSON. Default: empty.
     #[serde(default)]
     pub body: Option<String>,
     /// Content type of the body. Default: `application/json`.
     #[serde(default)]
     pub content_type: Option<String>,
+}
+
+/// The status of an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AckStatus {
+    /// A fixed HTTP status, such as `200`.
+    Code(u16),
+    /// A template rendering the status, such as `"{{#if body.retry}}503{{else}}200{{/if}}"`.
+    Template(String),
 }
 
 /// A key that is present is `Some`, even when its value is `null` (`default: null`).

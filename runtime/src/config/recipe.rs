@@ -147,6 +147,13 @@ pub enum Step {
         /// Trim values and collapse inner runs of whitespace to one space. Default: false.
         #[serde(default)]
         trim_values: bool,
+        /// Characters replaced in keys and values before they are encoded and sorted (after
+        /// `include`/`exclude`, which see the names as sent): text → replacement, applied in
+        /// one pass, longest match first, so replacements are never replaced again. For
+        /// schemes that escape `\` and `:` before joining: `{ "\\": "\\\\", ":": "\\:" }`.
+        /// Default: none.
+        #[serde(default)]
+        escape: indexmap::IndexMap<String, String>,
         /// Percent-encoding applied to keys and values before sorting. Default: `none`.
         #[serde(default)]
         encode: Option<UrlEncoding>,

@@ -281,11 +281,13 @@ pub fn build(
             now: bi.now,
             nonce: bi.nonce.clone(),
         };
-        let (placed, t) = sign.run(&parts, &env).map_err(|source| BuildError::Sign {
-            platform: platform.name.clone(),
-            operation: op.name.clone(),
-            source,
-        })?;
+        let (placed, t) = sign
+            .run_operation(&parts, &env, &op.name)
+            .map_err(|source| BuildError::Sign {
+                platform: platform.name.clone(),
+                operation: op.name.clone(),
+                source,
+            })?;
         trace = t;
         for (target, name, value) in placed {
             match target {
