@@ -507,3 +507,85 @@ async fn pruning_runs_at_start_not_only_after_prune_every() {
         "the two-day-old refused delivery was not pruned at start"
     );
 }
+
+/// Routes whose signature header holds several candidates: `t=..,v1=..,v1=..` pairs
+/// (Stripe-style) and a space-separated list.
+fn candidate_routes() -> String {
+    platform_with(
+        r#"  - path: /hooks/pairs
+    verify:
+      signature: { header: Signature, pairs: { key: v1 } }
+      steps:
+        - { name: sig, kind: digest, alg: hmac-sha256, input: "{{signature.t}}.{{body}}", key: "{{credentials.secret}}" }
+      expect: "{{sig}}"
+      timestamp: { value: "{{signature.t}}", tolerance: 5m }
+      reject_status: 403
+    event_type: { header: X-Event, map: { changed: product.changed } }
+  - path: /hooks/split
+    verify:
+      signature: { header: X-Sig, split: " " }
+      steps:
+        - { name: sig, kind: digest, alg: hmac-sha256, input: "{{body}}", key: "{{credentials.secret}}" }
+      expect: "{{sig}}"
+      reject_status: 403
+    event_type: { header: X-Event, map: { changed: product.changed } }
+"#,
+    )
+}
+
+#[tokio::test]
+async fn at_most_sixteen_signature_candidates_are_tried() {
+    let s = serve_yaml(&candidate_routes(), &[("secret", SECRET)]).await;
+    let body = r#"{"id":1}"#;
+    let t = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let genuine_pair = hmac_hex(SECRET, format!("{t}.{body}").as_bytes());
+    let genuine_body = hmac_hex(SECRET, body.as_bytes());
+    // `n` candidates in all, the genuine one last (a sender's key rotation puts it anywhere).
+    let fakes = |n: usize| -> Vec<String> { (1..n).map(|i| format!("{i:064x}")).collect() };
+    for (n, status) in [(2, 200), (16, 200), (17, 403), (1100, 403)] {
+        let mut v1: Vec<String> = fakes(n).iter().map(|f| format!("v1={f}")).collect();
+        v1.push(format!("v1={genuine_pair}"));
+        let header = format!("t={t},{}", v1.join(","));
+        let r = s
+            .http
+            .post(s.url("/callbacks/hooks/pairs"))
+            .header("signature", header)
+            .header("x-event", "changed")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(st, status, "pairs, {n} candidates: {text}");
+        if status == 403 {
+            assert!(
+                text.contains(&format!("{n} signature candidates"))
+                    && text.contains("more than the 16"),
+                "{text}"
+            );
+        }
+
+        let mut list = fakes(n);
+        list.push(genuine_body.clone());
+        let r = s
+            .http
+            .post(s.url("/callbacks/hooks/split"))
+            .header("x-sig", list.join(" "))
+            .header("x-event", "changed")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(st, status, "split, {n} candidates: {text}");
+        if status == 403 {
+            assert!(
+                text.contains(&format!("{n} signature candidates"))
+                    && text.contains("more than the 16"),
+                "{text}"
+            );
+        }
+    }
+}

@@ -29,6 +29,11 @@ pub struct Served {
 
 /// Serves `yaml` (one platform) with `creds` as its credentials.
 pub async fn serve_yaml(yaml: &str, creds: &[(&str, &str)]) -> Served {
+    serve_yaml_trusting(yaml, creds, false).await
+}
+
+/// Serves `yaml` as [`serve_yaml`] does, trusting forwarded headers or not.
+pub async fn serve_yaml_trusting(yaml: &str, creds: &[(&str, &str)], trust: bool) -> Served {
     let doc = entrepot::config::source::parse(Path::new("hooks.yaml"), yaml.to_string()).unwrap();
     let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
     assert!(
@@ -54,6 +59,7 @@ pub async fn serve_yaml(yaml: &str, creds: &[(&str, &str)]) -> Served {
         store: Some(store.clone()),
         engine: Some(engine),
         admin_token: Some(entrepot::config::Secret::new(ADMIN)),
+        trust_forwarded_headers: trust,
         ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -204,9 +210,9 @@ async fn repeated_form_keys_are_all_verified() {
     assert_eq!(r.status().as_u16(), 401, "the appended value is not signed");
 }
 
-#[tokio::test]
-async fn url_is_the_full_url_as_received() {
-    let yaml = platform_with(
+/// A route whose signature covers `{{method}} {{url}}`.
+fn url_route() -> String {
+    platform_with(
         r#"  - path: /hooks/url
     verify:
       signature: { header: X-Sig }
@@ -215,19 +221,78 @@ async fn url_is_the_full_url_as_received() {
       expect: "{{sig}}"
     event_type: { header: X-Event, map: { changed: product.changed } }
 "#,
-    );
-    let s = serve_yaml(&yaml, &[("secret", SECRET)]).await;
-    let url = s.url("/callbacks/hooks/url?b=2&a=%20x");
-    let r = s
+    )
+}
+
+/// Posts to the URL route with a signature over `POST {signed}` and the given extra headers;
+/// returns the status and the answer's text.
+async fn post_signed_url(
+    s: &Served,
+    path: &str,
+    signed: &str,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
+    let mut r = s
         .http
-        .post(&url)
-        .header("x-sig", hmac_hex(SECRET, format!("POST {url}").as_bytes()))
+        .post(s.url(path))
+        .header(
+            "x-sig",
+            hmac_hex(SECRET, format!("POST {signed}").as_bytes()),
+        )
         .header("x-event", "changed")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        .body("{}");
+    for (k, v) in extra {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn url_is_the_full_url_as_received() {
+    let s = serve_yaml(&url_route(), &[("secret", SECRET)]).await;
+    let path = "/callbacks/hooks/url?b=2&a=%20x";
+    let url = s.url(path);
+    let (st, text) = post_signed_url(&s, path, &url, &[]).await;
+    assert_eq!(st, 200, "{text}");
+}
+
+/// By default `X-Forwarded-Proto` and `X-Forwarded-Host` are a client's say-so: `{{url}}` is
+/// `http://` and the `Host` header whatever they claim.
+#[tokio::test]
+async fn forwarded_headers_are_ignored_by_default() {
+    let s = serve_yaml(&url_route(), &[("secret", SECRET)]).await;
+    let path = "/callbacks/hooks/url?b=2&a=%20x";
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "public.example"),
+    ];
+    let as_received = s.url(path);
+    let (st, text) = post_signed_url(&s, path, &as_received, &forwarded).await;
+    assert_eq!(st, 200, "signed over the URL as received: {text}");
+    let claimed = format!("https://public.example{path}");
+    let (st, text) = post_signed_url(&s, path, &claimed, &forwarded).await;
+    assert_eq!(st, 401, "signed over the URL the headers claim: {text}");
+}
+
+/// Behind a trusted proxy (`server.trust_forwarded_headers: true`) the forwarded scheme and
+/// host make `{{url}}`; without the headers it is still `http` and the `Host` header.
+#[tokio::test]
+async fn forwarded_headers_are_used_when_trusted() {
+    let s = serve_yaml_trusting(&url_route(), &[("secret", SECRET)], true).await;
+    let path = "/callbacks/hooks/url?b=2&a=%20x";
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "public.example"),
+    ];
+    let claimed = format!("https://public.example{path}");
+    let (st, text) = post_signed_url(&s, path, &claimed, &forwarded).await;
+    assert_eq!(st, 200, "signed over the forwarded URL: {text}");
+    let as_received = s.url(path);
+    let (st, text) = post_signed_url(&s, path, &as_received, &forwarded).await;
+    assert_eq!(st, 401, "signed over the URL as received: {text}");
+    let (st, text) = post_signed_url(&s, path, &as_received, &[]).await;
+    assert_eq!(st, 200, "no forwarded headers: {text}");
 }
 
 #[tokio::test]

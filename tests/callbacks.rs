@@ -147,6 +147,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         admin_token: Some(entrepot::config::Secret::new(ADMIN)),
         notify: Some(dispatcher.notify.clone()),
         reloader: None,
+        trust_forwarded_headers: false,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

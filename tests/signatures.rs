@@ -342,6 +342,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         admin_token: None,
         notify: None,
         reloader: None,
+        trust_forwarded_headers: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve(

@@ -45,6 +45,7 @@ fn limits(header: u64, body: u64, connections: usize) -> ServerLimits {
         header_timeout: Duration::from_millis(header),
         body_timeout: Duration::from_millis(body),
         max_connections: connections,
+        trust_forwarded_headers: false,
     }
 }
 
@@ -206,6 +207,12 @@ fn limits_are_configured_in_the_gateway_file() {
     let set =
         gateway("server: { header_timeout: 2s, body_timeout: 1m, max_connections: 64 }\n").unwrap();
     assert_eq!(set.server, limits(2_000, 60_000, 64));
+    assert!(
+        !set.server.trust_forwarded_headers,
+        "not trusted by default"
+    );
+    let trusting = gateway("server: { trust_forwarded_headers: true }\n").unwrap();
+    assert!(trusting.server.trust_forwarded_headers);
     let bad = gateway("server:\n  header_timeout: soon\n  max_connections: 0\n").unwrap_err();
     assert!(
         bad.contains("entrepot.yaml:2:19: error[E_DURATION]: server.header_timeout"),

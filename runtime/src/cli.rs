@@ -620,6 +620,7 @@ fn serve(
         targets: Arc::new(gateway.targets.clone()),
         admin_token: gateway.admin_token.clone(),
         notify: Some(dispatcher.notify.clone()),
+        trust_forwarded_headers: gateway.server.trust_forwarded_headers,
     };
     let (stop_pollers, pollers_stopped) = tokio::sync::oneshot::channel::<()>();
     if let (Some(engine), Some(notify)) = (&state.engine, &state.notify) {

@@ -702,6 +702,18 @@ pub enum Rejection {
     /// The delivery's replay key was already seen.
     #[error("the delivery was already received (replay key seen before)")]
     Replayed,
+    /// The signature holds more candidates than [`MAX_SIGNATURE_CANDIDATES`]: each would cost
+    /// a verification (a public-key one for RSA and ECDSA recipes), so none is tried.
+    #[error(
+        "the delivery's {where_} holds {found} signature candidates, more than the {max} the gateway tries: none was tried",
+        max = MAX_SIGNATURE_CANDIDATES
+    )]
+    TooManyCandidates {
+        /// Where the signature was read (`header X`, `field Y`).
+        where_: String,
+        /// Candidates found there.
+        found: usize,
+    },
     /// The key id the delivery carries names no key of the gateway (or none is there).
     #[error("the delivery's key id cannot be used: {0}")]
     UnknownKey(String),
@@ -718,6 +730,10 @@ impl From<RecipeError> for Rejection {
         }
     }
 }
+
+/// The most signature candidates (`split` pieces or `pairs` entries of the signature key) one
+/// delivery may carry. Each is a verification, so a delivery with more is refused before any.
+pub const MAX_SIGNATURE_CANDIDATES: usize = 16;
 
 /// Remembers replay keys until they expire. The in-memory guard serves one process; the store
 /// provides a durable one shared by several instances.
@@ -1531,7 +1547,7 @@ impl VerifyPlan {
         };
         let raw = raw
             .filter(|v| !v.trim().is_empty())
-            .ok_or(Rejection::Missing(where_))?;
+            .ok_or_else(|| Rejection::Missing(where_.clone()))?;
         let mut pairs = Map::new();
         let candidates = if let Some(p) = &self.source.pairs {
             let sep = p.separator.as_deref().unwrap_or(",");
@@ -1562,6 +1578,12 @@ impl VerifyPlan {
         } else {
             vec![raw]
         };
+        if candidates.len() > MAX_SIGNATURE_CANDIDATES {
+            return Err(Rejection::TooManyCandidates {
+                where_,
+                found: candidates.len(),
+            });
+        }
         Ok((candidates, pairs))
     }
 

@@ -34,6 +34,10 @@ pub struct AppState {
     pub notify: Option<Arc<tokio::sync::Notify>>,
     /// Hot reload of the platform files.
     pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// Whether a callback's `{{url}}` takes its scheme and host from `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` (`server.trust_forwarded_headers`); else `http` and the `Host`
+    /// header. Default: false.
+    pub trust_forwarded_headers: bool,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -108,8 +112,8 @@ async fn platforms(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "platforms": list }))
 }
 
-/// How long clients may take and how many may be connected at once (`server:` in
-/// `entrepot.yaml`).
+/// How long clients may take, how many may be connected at once, and whether a proxy's
+/// forwarded headers are trusted (`server:` in `entrepot.yaml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Time allowed to send a request's header block. Default: 10 s.
@@ -118,6 +122,10 @@ pub struct ServerLimits {
     pub body_timeout: std::time::Duration,
     /// Connections served at once; more wait to be accepted. Default: 1024.
     pub max_connections: usize,
+    /// Whether `X-Forwarded-Proto`/`X-Forwarded-Host` make a callback's `{{url}}` (the server
+    /// reads it from [`AppState::trust_forwarded_headers`], which the caller sets from this).
+    /// Default: false.
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for ServerLimits {
@@ -126,6 +134,7 @@ impl Default for ServerLimits {
             header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(30),
             max_connections: 1024,
+            trust_forwarded_headers: false,
         }
     }
 }
@@ -493,10 +502,18 @@ async fn callback(
             .map(|v| v.split(',').next().unwrap_or_default().trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    // The URL as the sender used it: scheme and host from a proxy's X-Forwarded-Proto and
-    // X-Forwarded-Host when present, else http and the Host header.
-    let scheme = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
-    let host = header("x-forwarded-host")
+    // The URL as the sender used it: http and the Host header, or, behind a trusted proxy
+    // (`server.trust_forwarded_headers`), the scheme and host of its X-Forwarded-Proto and
+    // X-Forwarded-Host when present. A client's own X-Forwarded-* are not believed.
+    let forwarded = |name: &str| {
+        if state.trust_forwarded_headers {
+            header(name)
+        } else {
+            None
+        }
+    };
+    let scheme = forwarded("x-forwarded-proto").unwrap_or_else(|| "http".into());
+    let host = forwarded("x-forwarded-host")
         .or_else(|| header("host"))
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();

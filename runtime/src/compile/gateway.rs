@@ -48,7 +48,8 @@ pub struct GatewaySettings {
     pub reload_poll: Option<std::time::Duration>,
     /// Quiet time before a reload.
     pub reload_debounce: std::time::Duration,
-    /// How long clients may take, and how many are served at once.
+    /// How long clients may take, how many are served at once, and whether forwarded headers
+    /// are trusted.
     pub server: crate::server::ServerLimits,
 }
 
@@ -274,6 +275,9 @@ pub fn compile_gateway(
             ),
             Some(n) => server.max_connections = usize::try_from(n).unwrap_or(usize::MAX),
             None => {}
+        }
+        if let Some(trust) = sc.trust_forwarded_headers {
+            server.trust_forwarded_headers = trust;
         }
     }
     let Ok(listen) = listen else {

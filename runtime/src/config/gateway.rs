@@ -143,6 +143,13 @@ pub struct ServerConfig {
     /// Default: `1024`.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Whether the scheme and host of a callback's `{{url}}` are taken from the
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` headers (their first value). Turn it on only
+    /// behind a reverse proxy that sets both and drops what clients send: otherwise any client
+    /// can choose the URL a recipe signs. Off, the scheme is `http` and the host is the `Host`
+    /// header. Default: `false`.
+    #[serde(default)]
+    pub trust_forwarded_headers: Option<bool>,
 }
 
 /// How long stored rows are kept; older ones are removed on a schedule. Expired replay keys

@@ -56,11 +56,13 @@ pub struct SignatureSource {
     #[serde(default)]
     pub field: Option<String>,
     /// Splits the value into several candidates, any of which may match (for example `" "` for
-    /// a space-separated list of signatures during key rotation).
+    /// a space-separated list of signatures during key rotation). A delivery with more than 16
+    /// candidates is refused before any is tried. Default: none (the whole value is one candidate).
     #[serde(default)]
     pub split: Option<String>,
     /// Reads the value as `k=v` pairs (such as `t=1492774577,v1=5257a8...`). Candidates are the
-    /// values of `pairs.key`; every pair is available to steps as `{{signature.K}}`.
+    /// values of `pairs.key` (more than 16: the delivery is refused before any is tried); every
+    /// pair is available to steps as `{{signature.K}}`. Default: none.
     #[serde(default)]
     pub pairs: Option<PairFormat>,
 }
