@@ -250,6 +250,13 @@ fn call_dry_run_prints_the_signed_request() {
 /// Starts `serve` with a throwaway store and the sample platforms, its log (standard output)
 /// piped; returns every log line up to and including the one announcing the address.
 fn serve_log_until_listening(extra: &[&str]) -> Vec<String> {
+    serve_until_listening(None, extra).0
+}
+
+/// As [`serve_log_until_listening`], with `shell` (such as `ulimit -Sn 256`) run first by
+/// `/bin/sh`, which then becomes the gateway; also returns the gateway's `Max open files`
+/// line of `/proc/<pid>/limits`, read while it listens.
+fn serve_until_listening(shell: Option<&str>, extra: &[&str]) -> (Vec<String>, String) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("entrepot.yaml");
@@ -262,7 +269,18 @@ fn serve_log_until_listening(extra: &[&str]) -> Vec<String> {
         ),
     )
     .unwrap();
-    let mut child = entrepot()
+    let mut command = match shell {
+        Some(shell) => {
+            let mut c = Command::new("/bin/sh");
+            c.current_dir(root())
+                .arg("-c")
+                .arg(format!("{shell} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_entrepot"));
+            c
+        }
+        None => entrepot(),
+    };
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .args(extra)
@@ -282,13 +300,60 @@ fn serve_log_until_listening(extra: &[&str]) -> Vec<String> {
             break;
         }
     }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string();
     let _ = child.kill();
     let _ = child.wait();
     assert!(
         lines.last().is_some_and(|l| l.contains("listening")),
         "the gateway did not start: {lines:?}"
     );
-    lines
+    (lines, limits)
+}
+
+/// The soft and hard limits of a `Max open files` line of `/proc/<pid>/limits`.
+fn open_files(line: &str) -> (u64, u64) {
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| match w {
+            "unlimited" => Some(u64::MAX),
+            w => w.parse().ok(),
+        })
+        .collect();
+    assert_eq!(numbers.len(), 2, "{line:?}");
+    (numbers[0], numbers[1])
+}
+
+/// At start the soft open-file limit is raised to the hard one (here the test's own hard
+/// limit, the soft one lowered to 256 before the gateway starts).
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_the_open_file_limit() {
+    let (lines, limits) = serve_until_listening(Some("ulimit -Sn 256"), &[]);
+    let (soft, hard) = open_files(&limits);
+    assert_eq!(soft, hard.min(1 << 20), "{limits}");
+    // With the default server.max_connections of 1024, 1280 descriptors are enough.
+    let warned = lines.iter().any(|l| l.contains("open-file limit"));
+    assert_eq!(warned, soft < 1280, "{lines:?}");
+}
+
+/// When even the hard limit is too low for `server.max_connections`, the start says what to do.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_warns_when_the_open_file_limit_is_too_low() {
+    let (lines, limits) = serve_until_listening(Some("ulimit -Sn 512 && ulimit -Hn 512"), &[]);
+    assert_eq!(open_files(&limits), (512, 512), "{limits}");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("open-file limit"))
+        .unwrap_or_else(|| panic!("no warning in {lines:?}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("ulimit -n"), "{warning}");
+    assert!(warning.contains("server.max_connections"), "{warning}");
 }
 
 /// Logs written to a pipe or a file carry no terminal colour codes.

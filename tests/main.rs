@@ -9,6 +9,7 @@
 
 mod support;
 
+mod answer_limits;
 mod callback_acks;
 mod callback_fuzz;
 mod callback_limits;

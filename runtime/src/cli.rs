@@ -496,6 +496,21 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // Every connection is a file descriptor, and so is every outbound call and store
+    // connection: use what the hard limit allows, and say so when even that is too low.
+    let open_files = match crate::fdlimit::raise() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            crate::fdlimit::current()
+        }
+    };
+    if let Some(limit) = open_files {
+        tracing::debug!(limit, "open-file limit");
+        if let Some(advice) = crate::fdlimit::advice(limit, gateway.server.max_connections) {
+            tracing::warn!("{advice}");
+        }
+    }
     // What the file says, for the reload's check that it does not change at run time.
     let file_listen = gateway.listen;
     if let Some(addr) = listen {

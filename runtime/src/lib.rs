@@ -21,7 +21,8 @@
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
 //!   reference generated from the same doc comments.
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
-//! - [`cli`]: the command line (the binary only parses arguments and calls it).
+//! - [`cli`]: the command line (the binary only parses arguments and calls it); [`fdlimit`]:
+//!   the open-file limit at start.
 
 pub mod callbacks;
 pub mod canonical;
@@ -32,6 +33,7 @@ pub mod credentials;
 pub mod diagnostics;
 pub mod dispatch;
 pub mod engine;
+pub mod fdlimit;
 pub mod openapi;
 pub mod plan;
 pub mod poller;

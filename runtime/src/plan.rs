@@ -242,6 +242,15 @@ pub struct TransportPlan {
     pub concurrency: u32,
     /// Circuit breaker.
     pub breaker: Option<BreakerPlan>,
+    /// Largest answer read, in bytes.
+    pub max_answer: usize,
+}
+
+impl TransportPlan {
+    /// Default of `max_answer`: 16 MiB.
+    pub const DEFAULT_MAX_ANSWER: usize = 16 * 1024 * 1024;
+    /// Upper bound of `max_answer`: 1 GiB.
+    pub const MAX_MAX_ANSWER: usize = 1024 * 1024 * 1024;
 }
 
 /// Circuit breaker settings.

@@ -575,7 +575,15 @@ impl Cx<'_> {
                 })
             }
         };
+        let max_answer = match (&op.max_answer, &base.max_answer) {
+            (Some(m), _) => Some((m, op_path.key("max_answer"))),
+            (None, Some(m)) => Some((m, base_path.key("max_answer"))),
+            (None, None) => None,
+        }
+        .and_then(|(m, p)| self.answer_limit(m, &p))
+        .unwrap_or(TransportPlan::DEFAULT_MAX_ANSWER);
         TransportPlan {
+            max_answer,
             timeout,
             attempt_timeout,
             connect_timeout,
@@ -1214,6 +1222,33 @@ impl Cx<'_> {
                 .and_then(|a| a.content_type.clone())
                 .unwrap_or_else(|| "application/json".into()),
         })
+    }
+
+    /// Reads `transport.max_answer`, within 1 byte to 1 GiB.
+    fn answer_limit(
+        &mut self,
+        size: &crate::config::platform::ByteSize,
+        path: &DocPath,
+    ) -> Option<usize> {
+        let max = TransportPlan::MAX_MAX_ANSWER;
+        match size.bytes() {
+            Ok(n) if (1..=max as u64).contains(&n) => usize::try_from(n).ok(),
+            Ok(n) => {
+                self.error(
+                    path,
+                    Code::InvalidValue,
+                    format!("an answer limit of {n} bytes is outside 1 byte to 1GiB"),
+                )
+                .hint = Some("write a size like 512KiB or 16MiB (at most 1GiB)".into());
+                None
+            }
+            Err(e) => {
+                self.error(path, Code::InvalidValue, e).hint = Some(
+                    "write a number of bytes, or a number and a unit: 65536, 512KiB, 16MiB".into(),
+                );
+                None
+            }
+        }
     }
 
     /// Resolves a callback route's limits against their defaults and bounds.

@@ -139,7 +139,9 @@ pub struct ServerConfig {
     /// past it the request is answered `408` and the connection closed. Default: `30s`.
     #[serde(default)]
     pub body_timeout: Option<String>,
-    /// Connections served at once; further clients wait to be accepted until one closes.
+    /// Connections served at once; further clients wait to be accepted until one closes. Each
+    /// is a file descriptor: at start the soft open-file limit is raised to the hard one, and
+    /// a warning is logged when it stays below this plus 256 (see docs/limits.md).
     /// Default: `1024`.
     #[serde(default)]
     pub max_connections: Option<u32>,

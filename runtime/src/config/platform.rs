@@ -200,6 +200,14 @@ pub struct TransportSpec {
     /// half-opens after 15s.
     #[serde(default)]
     pub breaker: Option<BreakerSpec>,
+    /// Largest answer read from the platform (and from its OAuth 2 token endpoint): a number
+    /// of bytes, or a number with a unit `B`, `KiB`, `MiB` or `GiB`, such as `32MiB`; 1 byte to
+    /// `1GiB`. An answer declaring a larger `Content-Length` is refused before its body is
+    /// read, and reading any other answer stops at the limit: the call fails with a 502
+    /// naming the limit (not retried; it counts as a failure of the platform for the circuit
+    /// breaker). Default: `16MiB`.
+    #[serde(default)]
+    pub max_answer: Option<ByteSize>,
 }
 
 /// When the circuit breaker opens and when it tries again.
@@ -727,7 +735,7 @@ pub struct CallbackLimits {
     pub depth: Option<u64>,
 }
 
-/// A size in bytes: a number, or a number and a unit (`B`, `KiB`, `MiB`), like `64KiB`.
+/// A size in bytes: a number, or a number and a unit (`B`, `KiB`, `MiB`, `GiB`), like `64KiB`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ByteSize {

@@ -22,12 +22,12 @@ use tokio::time::Instant;
 
 use crate::config::platform::IdPolicy;
 use crate::credentials::CredentialSets;
-use crate::plan::{AuthPlan, OAuth2Plan, OperationPlan, PlatformPlan, TransportPlan};
+use crate::plan::{AuthPlan, OperationPlan, PlatformPlan, TransportPlan};
 use crate::store::Store;
 use crate::template::text_of;
 use build::{BuildError, BuildInput, BuiltRequest, build, method_text};
 use problem::{Problem, ProblemKind};
-use transport::{Breaker, Pacer, backoff};
+use transport::{Breaker, Pacer, ReadFailure, backoff};
 
 /// What a call produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -430,16 +430,14 @@ impl Engine {
         let (pacer, cap, breaker) = self.limits(&platform.name, t);
         let attempts = if t.retry_safe { t.retries + 1 } else { 1 };
         let mut last = Problem::new(ProblemKind::PlatformUnavailable, "no attempt was made");
-        let oauth = match &platform.auth {
-            AuthPlan::OAuth2(o) => Some(o.as_ref()),
-            _ => None,
-        };
-        let mut token = match oauth {
-            Some(o) => Some(
-                self.token(&client, platform, o, credentials, None, deadline)
+        let oauth = matches!(platform.auth, AuthPlan::OAuth2(_));
+        let mut token = if oauth {
+            Some(
+                self.token(&client, platform, credentials, None, deadline, t.max_answer)
                     .await?,
-            ),
-            None => None,
+            )
+        } else {
+            None
         };
         let mut refreshed = false;
         let mut attempt = 0;
@@ -524,7 +522,9 @@ impl Engine {
                 .await;
             // A rejected token is renewed once and the call made again: the platform refused it
             // before doing anything, so this is safe even for operations that are not.
-            if let (Err(Attempt::Unauthorized(p)), Some(o)) = (&outcome, oauth) {
+            if let Err(Attempt::Unauthorized(p)) = &outcome
+                && oauth
+            {
                 if let Some(a) = admission {
                     a.record(true, Instant::now());
                 }
@@ -537,10 +537,10 @@ impl Engine {
                     self.token(
                         &client,
                         platform,
-                        o,
                         credentials,
                         token.as_deref(),
                         deadline,
+                        t.max_answer,
                     )
                     .await?,
                 );
@@ -589,11 +589,17 @@ impl Engine {
         &self,
         client: &reqwest::Client,
         platform: &PlatformPlan,
-        o: &OAuth2Plan,
         credentials: &Map<String, Value>,
         stale: Option<&str>,
         deadline: Instant,
+        max_answer: usize,
     ) -> Result<String, Problem> {
+        let AuthPlan::OAuth2(o) = &platform.auth else {
+            return Err(Problem::new(
+                ProblemKind::Configuration,
+                format!("'{}' does not authenticate with OAuth 2", platform.name),
+            ));
+        };
         let slot = {
             let mut tokens = self.tokens.lock().map_err(|_| {
                 Problem::new(ProblemKind::Configuration, "the token cache is unusable")
@@ -665,13 +671,27 @@ impl Engine {
             }
         })?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| {
-            unavailable(format!(
-                "the token answer of '{}' broke off: {}",
-                platform.name,
-                root_cause(&e)
-            ))
-        })?;
+        let body = transport::read_limited(resp, max_answer)
+            .await
+            .map_err(|e| match e {
+                ReadFailure::TooLarge(seen) => too_large(
+                    &format!("the token answer of '{}'", platform.name),
+                    max_answer,
+                    &seen,
+                ),
+                ReadFailure::Broke(e) if e.is_timeout() => Problem::new(
+                    ProblemKind::PlatformTimeout,
+                    format!(
+                        "the token endpoint of '{}' did not answer within the call's deadline",
+                        platform.name
+                    ),
+                ),
+                ReadFailure::Broke(e) => unavailable(format!(
+                    "the token answer of '{}' broke off: {}",
+                    platform.name,
+                    root_cause(&e)
+                )),
+            })?;
         let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let value = o
             .token_path
@@ -785,17 +805,22 @@ impl Engine {
                     .and_then(|v| transport::retry_after(v, std::time::SystemTime::now()))
             })
             .flatten();
-        let body = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                timed_out()
-            } else {
-                failed(format!(
+        let body = transport::read_limited(resp, t.max_answer)
+            .await
+            .map_err(|e| match e {
+                // Asking again would most likely bring the same answer: not retried.
+                ReadFailure::TooLarge(seen) => Attempt::Final(too_large(
+                    &format!("the answer of '{}' (HTTP {status})", platform.name),
+                    t.max_answer,
+                    &seen,
+                )),
+                ReadFailure::Broke(e) if e.is_timeout() => timed_out(),
+                ReadFailure::Broke(e) => failed(format!(
                     "the answer of '{}' broke off: {}",
                     platform.name,
                     root_cause(&e)
-                ))
-            }
-        })?;
+                )),
+            })?;
         if status >= 500 || status == 429 {
             let kind = if status == 429 {
                 ProblemKind::PlatformRateLimited
@@ -1030,6 +1055,19 @@ fn store_problem(e: crate::store::StoreError) -> Problem {
 /// Whole seconds, rounded up (for `Retry-After`).
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The problem of an answer larger than `transport.max_answer`: a failure of the platform
+/// (502, counted by the circuit breaker), not worth retrying at once.
+fn too_large(what: &str, limit: usize, seen: &str) -> Problem {
+    let mut p = Problem::new(
+        ProblemKind::PlatformFailed,
+        format!(
+            "{what} is larger than transport.max_answer ({limit} bytes): {seen}; it was not read further. If the platform's answers are really this large, raise `transport.max_answer` in its platform file"
+        ),
+    );
+    p.retryable = false;
+    p
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

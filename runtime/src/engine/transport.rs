@@ -382,3 +382,43 @@ mod tests {
         }
     }
 }
+
+/// Why an answer's body was not read whole.
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// The body is larger than the limit: what showed it (a declared `Content-Length`, or the
+    /// bytes that arrived).
+    TooLarge(String),
+    /// The connection broke off or timed out while reading.
+    Broke(reqwest::Error),
+}
+
+/// Reads an answer's body, chunk by chunk, to at most `limit` bytes. An answer declaring a
+/// larger `Content-Length` is refused before any of its body is read; any other stops being
+/// read as soon as more than `limit` bytes arrived, so a platform answering garbage costs at
+/// most `limit` bytes of memory.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ReadFailure> {
+    let declared = resp.content_length();
+    if let Some(n) = declared
+        && n > limit as u64
+    {
+        return Err(ReadFailure::TooLarge(format!(
+            "it declares {n} bytes (Content-Length)"
+        )));
+    }
+    // Grown as bytes arrive: a declared size is not trusted for more than a first guess.
+    let first = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(64 * 1024));
+    let mut body = Vec::with_capacity(first);
+    while let Some(chunk) = resp.chunk().await.map_err(ReadFailure::Broke)? {
+        if chunk.len() > limit.saturating_sub(body.len()) {
+            return Err(ReadFailure::TooLarge(format!(
+                "more than {limit} bytes arrived"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
