@@ -135,7 +135,10 @@ impl Gateway {
     async fn call(&self, op: &str, input: Value) -> (u16, Value) {
         let resp = self
             .http
-            .post(format!("{}/v1/platforms/{PLATFORM}/operations/{op}", self.url))
+            .post(format!(
+                "{}/v1/platforms/{PLATFORM}/operations/{op}",
+                self.url
+            ))
             .json(&input)
             .send()
             .await
@@ -153,9 +156,12 @@ impl Gateway {
         (status, body)
     }
 
+    /// Calls `op`, expects 200 and an answer that fits the canonical output schema.
     async fn ok(&self, op: &str, input: Value) -> Value {
         let (status, body) = self.call(op, input).await;
         assert_eq!(status, 200, "{op}: {body}");
+        let problems = output_problems(op, &body);
+        assert!(problems.is_empty(), "{op}: {problems:?} in {body}");
         body
     }
 
@@ -167,11 +173,16 @@ impl Gateway {
             .clone()
     }
 
+    /// The next event the target received; its data fits the canonical event schema.
     async fn next_event(&mut self) -> Value {
-        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+        let event = tokio::time::timeout(Duration::from_secs(10), self.events.recv())
             .await
             .expect("an event within 10s")
-            .unwrap()
+            .unwrap();
+        let kind = event["type"].as_str().unwrap_or_default();
+        let found = problems(&format!("events/{kind}.json"), &event["data"]);
+        assert!(found.is_empty(), "{found:?} in {event}");
+        event
     }
 
     /// The API calls (not token requests) the simulator received, as `(method path?query, status)`.
@@ -189,6 +200,45 @@ impl Gateway {
             })
             .collect()
     }
+}
+
+/// Loads the canonical schema files from disk for the validator (not the runtime's copies).
+struct FromDisk;
+
+impl jsonschema::Retrieve for FromDisk {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri
+            .as_str()
+            .strip_prefix("https://entrepot.dev/schemas/canonical/")
+            .ok_or("not a canonical schema")?;
+        let text = std::fs::read_to_string(root().join("schemas/canonical").join(name))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Problems of `value` against the canonical output schema of `op`, formats included.
+fn output_problems(op: &str, value: &Value) -> Vec<String> {
+    problems(&format!("{op}.json#/properties/output"), value)
+}
+
+/// Problems of `value` against the canonical schema at `reference` (relative to
+/// `schemas/canonical/`).
+fn problems(reference: &str, value: &Value) -> Vec<String> {
+    let schema = json!({
+        "$ref": format!("https://entrepot.dev/schemas/canonical/{reference}")
+    });
+    let validator = jsonschema::options()
+        .with_retriever(FromDisk)
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    validator
+        .iter_errors(value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 /// Lists the catalog so the gateway learns the SKUs; returns the internal ids of
@@ -348,10 +398,7 @@ async fn every_operation_through_the_api() {
     let none = gw
         .ok("logistics.get", json!({"order_id": "mall-order-1"}))
         .await;
-    assert_eq!(
-        none,
-        json!({"order_id": "mall-order-1", "shipments": []})
-    );
+    assert_eq!(none, json!({"order_id": "mall-order-1", "shipments": []}));
     let hook = gw
         .sim
         .ship("ord_5001", "DHL", "JJD000390007")
@@ -382,11 +429,21 @@ async fn every_operation_through_the_api() {
         .call("order.cancel", json!({"order_id": "mall-order-1"}))
         .await;
     assert_eq!(status, 502, "{problem}");
-    assert_eq!(problem["type"], "https://entrepot.dev/problems/platform-error");
-    assert_eq!(problem["platform_code"], "order_already_shipped", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("HTTP 409"), "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://entrepot.dev/problems/platform-error"
+    );
+    assert_eq!(
+        problem["platform_code"], "order_already_shipped",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("HTTP 409"),
+        "{problem}"
+    );
     let mut second = three_line_order("mall-order-2", &shirt_m, &shirt_l, &cups);
-    second["lines"] = json!([{"sku_id": cups, "quantity": 1, "unit_price": {"amount": 1999, "currency": "EUR"}}]);
+    second["lines"] =
+        json!([{"sku_id": cups, "quantity": 1, "unit_price": {"amount": 1999, "currency": "EUR"}}]);
     second["total"] = json!({"amount": 2489, "currency": "EUR"});
     let created = gw.ok("order.create", second).await;
     assert_eq!(created["platform_order_id"], "ord_5002");
@@ -465,7 +522,10 @@ async fn refused_orders_are_problems_and_the_key_makes_a_resend_the_same_order()
     let (status, problem) = gw.call("order.create", wrong).await;
     assert_eq!(status, 502, "{problem}");
     assert_eq!(problem["platform_code"], "validation_failed", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("HTTP 422"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("HTTP 422"),
+        "{problem}"
+    );
     assert_eq!(problem["retryable"], false);
     assert!(gw.sim.orders().is_empty());
     assert_eq!(
@@ -485,8 +545,14 @@ async fn refused_orders_are_problems_and_the_key_makes_a_resend_the_same_order()
     changed["buyer_message"] = json!("Ring twice");
     let (status, problem) = gw.call("order.create", changed).await;
     assert_eq!(status, 502, "{problem}");
-    assert_eq!(problem["platform_code"], "idempotency_key_reused", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("HTTP 409"), "{problem}");
+    assert_eq!(
+        problem["platform_code"], "idempotency_key_reused",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("HTTP 409"),
+        "{problem}"
+    );
     assert_eq!(gw.sim.orders().len(), 1);
 
     // An order in another currency is refused before anything is sent.
@@ -510,6 +576,20 @@ async fn standard_webhooks_become_events_once() {
     assert_eq!(
         event["data"],
         json!({"items": [{"sku_id": cups, "available": 7}]})
+    );
+    // occurred_at is the API's own event time, not the receive time.
+    let rfc3339 = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let sent: Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(
+        rfc3339(&event["occurred_at"]).unix_timestamp_nanos() / 1_000_000,
+        rfc3339(&sent["timestamp"]).unix_timestamp_nanos() / 1_000_000,
+        "{event}"
     );
 
     // A resend (same webhook-id, signed again) is acknowledged without a second event.
