@@ -638,3 +638,37 @@ async fn standard_webhooks_become_events_once() {
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows.iter().filter(|r| r.duplicate_of.is_some()).count(), 1);
 }
+
+#[tokio::test]
+async fn a_failed_order_attempt_is_retried_with_the_same_idempotency_key() {
+    let gw = start().await;
+    let (shirt_m, shirt_l, cups) = learn_skus(&gw).await;
+    gw.sim.push_fault(Fault {
+        kind: FaultKind::ServerError,
+        route: Some("POST /v2/orders".into()),
+        retry_after: 1,
+        times: 1,
+    });
+    let created = gw
+        .ok(
+            "order.create",
+            three_line_order("mall-order-20", &shirt_m, &shirt_l, &cups),
+        )
+        .await;
+    assert_eq!(created["platform_order_id"], "ord_5001");
+    let posts: Vec<(Option<String>, u16)> = gw
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| (r.idempotency_key, r.status))
+        .collect();
+    assert_eq!(
+        posts,
+        vec![
+            (Some("mall-order-20".to_string()), 503),
+            (Some("mall-order-20".to_string()), 201),
+        ]
+    );
+    assert_eq!(gw.sim.orders().len(), 1);
+}
