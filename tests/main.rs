@@ -29,6 +29,7 @@ mod recipe_properties;
 mod recipe_transforms;
 mod reload;
 mod request_body;
+mod rest_platform;
 mod schemas;
 mod secrets;
 mod server;

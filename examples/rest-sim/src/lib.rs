@@ -1,0 +1,347 @@
+//! A hand-written simulator of a modern REST/JSON supplier API, for testing the entrepot
+//! gateway against an implementation written independently of the gateway's YAML description
+//! (`platforms/acme-rest.yaml`). It checks every token and computes every webhook signature
+//! itself.
+//!
+//! # The API
+//!
+//! * `POST /oauth/token` — OAuth 2 client credentials: a form with
+//!   `grant_type=client_credentials`, `client_id` and `client_secret` (or HTTP Basic). Answers
+//!   `{"access_token", "token_type": "Bearer", "expires_in"}`; a wrong client → 401
+//!   `{"error": "invalid_client"}`, another grant type → 400 `{"error": "unsupported_grant_type"}`.
+//! * Every `/v2/` call needs `Authorization: Bearer <token>`; a missing, unknown or expired token
+//!   → 401 (`unauthorized` / `token_expired`), checked on every call.
+//! * `GET /v2/products?cursor=&limit=` — `{"data": [PRODUCT], "next_cursor": "…" | null,
+//!   "total"}`; `limit` 1..=100 (default 20); a `cursor` that is empty or unknown → 422.
+//! * `GET /v2/products/{id}` — PRODUCT; 404 unknown.
+//! * `GET /v2/inventory?sku=A,B` — `{"data": [{"sku", "available"}]}` (unknown SKUs left out);
+//!   no `sku` → 422.
+//! * `POST /v2/orders` with an `Idempotency-Key` header and `{"reference", "currency": "EUR",
+//!   "lines": [{"sku", "quantity", "unit_price": "19.99"}], "shipping_fee", "total",
+//!   "shipping_address": {"name", "phone", "line1", "city", "region", "postal_code"}}` —
+//!   201 ORDER. The same key with the same body answers the same order again (header
+//!   `Idempotent-Replayed: true`); the same key with another body → 409
+//!   `idempotency_key_reused`; no key → 400. Unknown SKU, wrong price, too little stock, a total
+//!   that is not the sum → 422 `validation_failed` with `details`.
+//! * `GET /v2/orders/{id}` — ORDER; 404 unknown.
+//! * `POST /v2/orders/{id}/cancel` — ORDER with `status: cancelled`; a shipped order → 409
+//!   `order_already_shipped`.
+//! * `GET /v2/orders/{id}/shipments` — `{"order_id", "data": [{"carrier", "tracking_number",
+//!   "shipped_at"}]}`.
+//!
+//! PRODUCT is `{"id", "name", "description", "status": "active" | "archived", "variants":
+//! [{"sku", "title", "price": {"amount": "19.99", "currency": "EUR"}, "stock"}]}`; ORDER is
+//! `{"id", "reference", "status": "confirmed" | "shipped" | "cancelled", "currency", "lines",
+//! "shipping_fee", "total", "shipping_address", "created_at"}`. Prices are decimal strings in
+//! EUR with two decimals; the simulator keeps integer cents. Errors are `{"error": {"code",
+//! "message", "details"?}}`.
+//!
+//! # Webhooks (Standard Webhooks)
+//!
+//! When a webhook URL is set, shipping an order sends `order.shipped` and changing stock sends
+//! `stock.changed`: a JSON POST `{"type", "timestamp", "data"}` with the headers `webhook-id`,
+//! `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "id.timestamp.body" keyed with the base64-decoded secret after its `whsec_` prefix>`.
+//!
+//! # The control API (JSON, unauthenticated)
+//!
+//! * `POST /__sim/faults` `{"kind": "rate_limited" | "server_error", "route": "GET /v2/inventory",
+//!   "retry_after": 1, "times": 1}` — the next matching calls (after the token check) answer
+//!   429 with `Retry-After` or 503. `route` is `"METHOD /path"` without the query; absent matches
+//!   every call.
+//! * `GET /__sim/requests` — every API call, in arrival order.
+//! * `POST /__sim/expire-tokens` — every token issued so far expires now.
+//! * `POST /__sim/webhook-url` `{"url"}` — where webhooks go.
+//! * `POST /__sim/ship` `{"order_id", "carrier", "tracking_number"}` — ships an order.
+//! * `POST /__sim/stock` `{"sku", "available"}` — sets a SKU's stock.
+//! * `GET /__sim/orders`, `GET /__sim/webhooks` — stored orders, webhook deliveries.
+
+#![warn(missing_docs)]
+
+mod api;
+mod money;
+mod webhook;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use money::{format_cents, parse_cents};
+pub use webhook::{sign_webhook, verify_webhook};
+
+/// The client id the simulator's binary accepts unless told otherwise.
+pub const DEMO_CLIENT_ID: &str = "demo-client";
+/// The client secret the simulator's binary accepts unless told otherwise.
+pub const DEMO_CLIENT_SECRET: &str = "demo-client-secret";
+/// The webhook secret the simulator's binary signs with unless told otherwise.
+pub const DEMO_WEBHOOK_SECRET: &str = "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0";
+
+/// One sellable variant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Variant {
+    /// The SKU code.
+    pub sku: String,
+    /// Display title.
+    pub title: String,
+    /// Price in euro cents.
+    pub price_cents: i64,
+    /// Units in stock.
+    pub stock: i64,
+}
+
+/// One product.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Product {
+    /// Product id, such as `prd_1001`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Whether it is sold (`active`) or not (`archived`).
+    pub active: bool,
+    /// Its variants.
+    pub variants: Vec<Variant>,
+}
+
+/// The sample catalog: three products, five variants.
+pub fn sample_catalog() -> Vec<Product> {
+    let v = |sku: &str, title: &str, price_cents: i64, stock: i64| Variant {
+        sku: sku.into(),
+        title: title.into(),
+        price_cents,
+        stock,
+    };
+    vec![
+        Product {
+            id: "prd_1001".into(),
+            name: "Linen shirt".into(),
+            description: "Washed linen, regular fit".into(),
+            active: true,
+            variants: vec![
+                v("SHIRT-M", "Size M", 4990, 12),
+                v("SHIRT-L", "Size L", 4990, 3),
+            ],
+        },
+        Product {
+            id: "prd_1002".into(),
+            name: "Espresso cups (set of 2)".into(),
+            description: "Stoneware".into(),
+            active: true,
+            variants: vec![v("CUPS-2", "Set of 2", 1999, 40)],
+        },
+        Product {
+            id: "prd_1003".into(),
+            name: "Desk lamp".into(),
+            description: "Discontinued".into(),
+            active: false,
+            variants: vec![
+                v("LAMP-BLK", "Black", 12905, 0),
+                v("LAMP-WHT", "White", 12905, 1),
+            ],
+        },
+    ]
+}
+
+/// How the simulator is set up.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The only accepted OAuth client id.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// The Standard Webhooks secret (`whsec_` + base64).
+    pub webhook_secret: String,
+    /// Lifetime of issued tokens (the `expires_in` answered).
+    pub token_ttl: Duration,
+    /// Products and stock.
+    pub catalog: Vec<Product>,
+}
+
+impl SimConfig {
+    /// A configuration with the sample catalog and one-hour tokens.
+    pub fn new(client_id: &str, client_secret: &str, webhook_secret: &str) -> SimConfig {
+        SimConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            webhook_secret: webhook_secret.into(),
+            token_ttl: Duration::from_secs(3600),
+            catalog: sample_catalog(),
+        }
+    }
+}
+
+/// What an injected fault answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// HTTP 429 with `Retry-After: retry_after` and a JSON error `rate_limited`.
+    RateLimited,
+    /// HTTP 503 with a JSON error `unavailable`.
+    ServerError,
+}
+
+/// A fault for the next matching calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// What is answered.
+    pub kind: FaultKind,
+    /// `"METHOD /path"` (no query) the fault applies to; every call when absent.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Seconds for `Retry-After` (default 1).
+    #[serde(default = "one")]
+    pub retry_after: u64,
+    /// How many calls it applies to (default 1).
+    #[serde(default = "one")]
+    pub times: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// One API call as received.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RequestLog {
+    /// HTTP method.
+    pub method: String,
+    /// Path, without the query.
+    pub path: String,
+    /// The raw query string (empty when none).
+    pub query: String,
+    /// The `Idempotency-Key` header, when sent.
+    pub idempotency_key: Option<String>,
+    /// The JSON body, when one was sent.
+    pub body: Option<Value>,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// One webhook delivery attempt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WebhookLog {
+    /// `webhook-id`.
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The body sent.
+    pub body: String,
+    /// The HTTP status answered by the receiver (0 when it could not be reached).
+    pub status: u16,
+}
+
+/// A running simulator.
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<api::State>,
+    pub(crate) webhook_secret: String,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, api::State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Simulator {
+    /// Starts the simulator on `127.0.0.1` with a free port.
+    pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
+        Simulator::start_on(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts the simulator on `addr`.
+    pub async fn start_on(config: SimConfig, addr: SocketAddr) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            webhook_secret: config.webhook_secret.clone(),
+            state: Mutex::new(api::State::new(config)),
+        });
+        let app = api::router(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Simulator { addr, shared, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues a fault.
+    pub fn push_fault(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    /// Every API call so far.
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// How many tokens were issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.shared.lock().tokens.len()
+    }
+
+    /// Every token issued so far expires now.
+    pub fn expire_tokens(&self) {
+        self.shared.lock().expire_tokens();
+    }
+
+    /// Where webhooks are sent.
+    pub fn set_webhook_url(&self, url: &str) {
+        self.shared.lock().webhook_url = Some(url.to_string());
+    }
+
+    /// Every stored order, as the API shows it.
+    pub fn orders(&self) -> Vec<Value> {
+        self.shared.lock().orders_json()
+    }
+
+    /// Webhook deliveries so far.
+    pub fn webhooks(&self) -> Vec<WebhookLog> {
+        self.shared.lock().webhooks.clone()
+    }
+
+    /// Ships an order (and sends `order.shipped` when a webhook URL is set); returns the
+    /// webhook delivery, if one was sent.
+    pub async fn ship(
+        &self,
+        order_id: &str,
+        carrier: &str,
+        tracking_number: &str,
+    ) -> Result<Option<WebhookLog>, String> {
+        api::ship(&self.shared, order_id, carrier, tracking_number).await
+    }
+
+    /// Sets a SKU's stock (and sends `stock.changed` when a webhook URL is set).
+    pub async fn set_stock(&self, sku: &str, available: i64) -> Result<Option<WebhookLog>, String> {
+        api::set_stock(&self.shared, sku, available).await
+    }
+
+    /// Stops the server.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
