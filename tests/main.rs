@@ -36,3 +36,4 @@ mod slow_clients;
 mod store;
 mod transport;
 mod vectors;
+mod xml_json_signatures;

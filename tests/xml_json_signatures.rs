@@ -1,0 +1,307 @@
+//! Signatures inside the body: a WeChat Pay v2-style signature computed over an XML body's
+//! top-level elements and placed into it as `<sign>`, the same scheme verified on an XML
+//! callback, and signatures read from a field of a JSON body (top-level or inside a nested
+//! item) with that field left out of the signed parameters. Every expected value comes from
+//! `tests/vectors/xml-json-signatures.json`, computed with Python's hashlib/hmac by the script
+//! recorded in its `how` field.
+
+use entrepot::engine::build::{BuildInput, build};
+use entrepot::recipe::{Parts, Rejection, RunEnv};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::support::root;
+use crate::vectors::platform;
+
+fn data() -> Value {
+    let text =
+        std::fs::read_to_string(root().join("tests/vectors/xml-json-signatures.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut at = v;
+    for p in path {
+        at = &at[*p];
+    }
+    at.as_str()
+        .unwrap_or_else(|| panic!("{path:?} is not text"))
+}
+
+fn env<'a>(credentials: &'a Map<String, Value>, settings: &'a Map<String, Value>) -> RunEnv<'a> {
+    RunEnv {
+        credentials,
+        settings,
+        platform: "test",
+        now: OffsetDateTime::now_utc(),
+        nonce: None,
+    }
+}
+
+fn body_parts(body: &str) -> Parts {
+    Parts {
+        method: "POST".into(),
+        url: "http://127.0.0.1/hook".into(),
+        path: "/hook".into(),
+        body: body.as_bytes().to_vec(),
+        ..Parts::default()
+    }
+}
+
+fn wx_credentials(d: &Value) -> Map<String, Value> {
+    let f = &d["request_fields"];
+    [
+        ("appid", s(f, &["appid"])),
+        ("mch_id", s(f, &["mch_id"])),
+        ("key", s(d, &["key"])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), json!(v)))
+    .collect()
+}
+
+/// The XML request carries the signature Python computed, as the root's last child, and the
+/// canonical string the recipe signed is Python's string without the `&key=` suffix.
+#[test]
+fn xml_request_signature_matches_python() {
+    let d = data();
+    let p = platform("xml-signatures.yaml");
+    let creds = wx_credentials(&d);
+    for (op, alg) in [("product.get", "md5"), ("order.get", "hmac_sha256")] {
+        let req = build(
+            &p,
+            &p.operations[op],
+            &BuildInput {
+                input: &json!({}),
+                credentials: &creds,
+                now: OffsetDateTime::now_utc(),
+                nonce: None,
+                token: None,
+            },
+        )
+        .unwrap();
+        let body = String::from_utf8(req.body.clone()).unwrap();
+        let sign = s(&d, &[alg, "sign"]);
+        assert!(
+            body.ends_with(&format!("<sign>{sign}</sign></xml>")),
+            "{op}: {body}"
+        );
+        assert_eq!(body.matches("<sign>").count(), 1, "{body}");
+        // The escaped field is sent escaped and signed as its text.
+        assert!(
+            body.contains("<body>test &amp; &lt;goods&gt;</body>"),
+            "{body}"
+        );
+        let signed = s(&d, &[alg, "string"]);
+        let params = signed
+            .strip_suffix(&format!("&key={}", s(&d, &["key"])))
+            .unwrap();
+        let traced = req.trace.steps.iter().find(|(n, _)| n == "params").unwrap();
+        assert_eq!(traced.1, params, "{op}");
+        assert_eq!(
+            req.content_type.as_deref(),
+            Some("application/xml; charset=utf-8")
+        );
+    }
+}
+
+/// A WeChat-v2-style notification: its `<sign>` (in the middle, as senders place it) is read as
+/// the signature and left out of the signed fields; CDATA text is signed as its text; an empty
+/// element is left out, as Python's script does.
+#[test]
+fn xml_callback_signature_verifies() {
+    let d = data();
+    let p = platform("xml-signatures.yaml");
+    let verify = p.callbacks[0].verify.as_ref().unwrap();
+    let creds = wx_credentials(&d);
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    let f = &d["notify_fields"];
+    let sign = s(&d, &["notify", "sign"]);
+    let xml = |sign_elem: &str, total_fee: &str| {
+        let mut x = String::from("<xml>");
+        for (k, v) in f.as_object().unwrap() {
+            let v = v.as_str().unwrap();
+            let v = if k == "total_fee" { total_fee } else { v };
+            if k == "openid" {
+                x.push_str(sign_elem);
+            }
+            if k == "appid" || k == "return_code" {
+                x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+            } else {
+                x.push_str(&format!("<{k}>{v}</{k}>"));
+            }
+        }
+        x.push_str("</xml>");
+        x
+    };
+    let genuine = xml(&format!("<sign><![CDATA[{sign}]]></sign>"), "101");
+    assert_eq!(verify.expected(&body_parts(&genuine), &e).unwrap().0, sign);
+    verify.verify(&body_parts(&genuine), &e).unwrap();
+    let tampered = xml(&format!("<sign>{sign}</sign>"), "1");
+    assert_eq!(
+        verify.verify(&body_parts(&tampered), &e),
+        Err(Rejection::Mismatch)
+    );
+    assert!(matches!(
+        verify.verify(&body_parts(&xml("", "101")), &e),
+        Err(Rejection::Missing(_))
+    ));
+    assert!(matches!(
+        verify.verify(&body_parts("not xml"), &e),
+        Err(Rejection::Missing(_))
+    ));
+}
+
+/// A signature in a top-level JSON field: the other fields (a number as its text) are signed.
+#[test]
+fn json_field_signature_verifies() {
+    let d = data();
+    let p = platform("json-field-signatures.yaml");
+    let verify = p.callbacks[0].verify.as_ref().unwrap();
+    let creds: Map<String, Value> = [("push_secret".to_string(), d["push_secret"].clone())]
+        .into_iter()
+        .collect();
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    let sign = s(&d, &["top", "sign"]);
+    let genuine = format!(r#"{{"event":"stock","sign":"{sign}","sku":"A1","qty":5}}"#);
+    assert_eq!(verify.expected(&body_parts(&genuine), &e).unwrap().0, sign);
+    verify.verify(&body_parts(&genuine), &e).unwrap();
+    let tampered = genuine.replace("\"qty\":5", "\"qty\":6");
+    assert_eq!(
+        verify.verify(&body_parts(&tampered), &e),
+        Err(Rejection::Mismatch)
+    );
+    assert!(matches!(
+        verify.verify(&body_parts(r#"{"event":"stock","sku":"A1","qty":5}"#), &e),
+        Err(Rejection::Missing(_))
+    ));
+    // A signature that is not text is no signature.
+    assert!(matches!(
+        verify.verify(&body_parts(r#"{"event":"stock","sign":{"a":1}}"#), &e),
+        Err(Rejection::Missing(_))
+    ));
+}
+
+/// A signature inside a nested item, over that item's fields (its `sign` left out); fields
+/// outside the item are not signed.
+#[test]
+fn nested_json_field_signature_verifies() {
+    let d = data();
+    let p = platform("json-field-signatures.yaml");
+    let verify = p.callbacks[1].verify.as_ref().unwrap();
+    let creds: Map<String, Value> = [("push_secret".to_string(), d["push_secret"].clone())]
+        .into_iter()
+        .collect();
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    let sign = s(&d, &["nested", "sign"]);
+    let mut item = d["nested_item"].clone();
+    item["sign"] = json!(sign);
+    let genuine = json!({"type": "shipped", "sent_at": 1700000000, "data": item}).to_string();
+    assert_eq!(verify.expected(&body_parts(&genuine), &e).unwrap().0, sign);
+    verify.verify(&body_parts(&genuine), &e).unwrap();
+    // Outside the item: not signed, so a change there still verifies.
+    let outside = genuine.replace("1700000000", "1700000001");
+    verify.verify(&body_parts(&outside), &e).unwrap();
+    let tampered = genuine.replace("SF123", "SF124");
+    assert_eq!(
+        verify.verify(&body_parts(&tampered), &e),
+        Err(Rejection::Mismatch)
+    );
+    let mut unsigned = d["nested_item"].clone();
+    unsigned["x"] = json!(1);
+    assert!(matches!(
+        verify.verify(
+            &body_parts(&json!({"type": "shipped", "data": unsigned, "sign": sign}).to_string()),
+            &e
+        ),
+        Err(Rejection::Missing(_))
+    ));
+}
+
+fn diagnostics(text: &str) -> Vec<(String, String)> {
+    let doc = entrepot::config::source::parse(std::path::Path::new("platform.yaml"), text.into())
+        .unwrap();
+    entrepot::compile::compile_docs(vec![doc], &|_| None)
+        .diagnostics
+        .iter()
+        .map(|d| (d.path.clone(), d.message.clone()))
+        .collect()
+}
+
+/// Misplaced signatures are refused when the file loads, each at its place.
+#[test]
+fn misplaced_body_signatures_are_compile_errors() {
+    let got = diagnostics(
+        r#"
+platform: bad_places
+credentials: [key]
+request:
+  url: "http://127.0.0.1:9/api"
+  json: { a: "1" }
+  sign:
+    steps:
+      - { name: params, kind: canonical, from: [query], json_path: "$.data" }
+      - { name: sig, kind: digest, alg: md5, input: "{{params}}{{credentials.key}}" }
+    place:
+      - { to: xml, name: "bad name", value: "{{sig}}" }
+operations:
+  product.get: {}
+callbacks:
+  - path: /two
+    verify:
+      signature: { header: X-Sign, json: "$.sign" }
+      steps: [{ name: sig, kind: digest, alg: md5, input: "{{body}}" }]
+      expect: "{{sig}}"
+    event_type: { path: $.type, map: { a: product.changed } }
+  - path: /not-a-field
+    verify:
+      signature: { json: "$.items[0]" }
+      steps: [{ name: sig, kind: digest, alg: md5, input: "{{body}}" }]
+      expect: "{{sig}}"
+    event_type: { path: $.type, map: { a: product.changed } }
+  - path: /bad-element
+    format: xml
+    verify:
+      signature: { xml: "<sign>" }
+      steps: [{ name: sig, kind: digest, alg: md5, input: "{{body}}" }]
+      expect: "{{sig}}"
+    event_type: { path: $.type, map: { a: product.changed } }
+"#,
+    );
+    let expect = [
+        (
+            "request.sign.steps[0].json_path",
+            "does not read `from: [json]`",
+        ),
+        (
+            "request.sign.place[0].name",
+            "'bad name' is not an XML element name",
+        ),
+        (
+            "operations.product.get.request",
+            "places an XML element but the request has no XML body",
+        ),
+        (
+            "callbacks[0].verify.signature",
+            "exactly one of `header`, `field`, `json` and `xml`",
+        ),
+        (
+            "callbacks[1].verify.signature.json",
+            "is not a JSONPath ending in a field name",
+        ),
+        (
+            "callbacks[2].verify.signature.xml",
+            "is not an XML element name",
+        ),
+    ];
+    for (path, message) in expect {
+        assert!(
+            got.iter().any(|(p, m)| p == path && m.contains(message)),
+            "no diagnostic at {path} saying {message}: {got:?}"
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{got:?}");
+}
