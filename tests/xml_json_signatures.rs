@@ -305,3 +305,98 @@ callbacks:
     }
     assert_eq!(got.len(), expect.len(), "{got:?}");
 }
+
+/// Through the HTTP server: a genuine WeChat-v2-style XML notification and a genuine nested
+/// JSON push are accepted; the same deliveries altered are refused with 401.
+#[tokio::test]
+async fn body_signatures_through_the_server() {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use entrepot::credentials::CredentialSets;
+    use entrepot::engine::Engine;
+    use entrepot::server::{AppState, serve};
+
+    let d = data();
+    let compiled = entrepot::compile::compile_files(
+        &[
+            root().join("tests/vectors/xml-signatures.yaml"),
+            root().join("tests/vectors/json-field-signatures.yaml"),
+        ],
+        &|_| None,
+    );
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let mut creds = CredentialSets::new();
+    creds.insert("vector_xml".into(), wx_credentials(&d));
+    creds.insert(
+        "vector_json_field".into(),
+        [("push_secret".to_string(), d["push_secret"].clone())]
+            .into_iter()
+            .collect(),
+    );
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let state = AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store.clone()),
+        engine: Some(engine),
+        targets: Arc::new(Vec::new()),
+        admin_token: None,
+        notify: None,
+        reloader: None,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, ctype: &str, body: String| {
+        http.post(format!("http://{addr}/callbacks{path}"))
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+
+    let mut xml = String::from("<xml>");
+    for (k, v) in d["notify_fields"].as_object().unwrap() {
+        xml.push_str(&format!("<{k}><![CDATA[{}]]></{k}>", v.as_str().unwrap()));
+    }
+    xml.push_str(&format!(
+        "<sign>{}</sign></xml>",
+        s(&d, &["notify", "sign"])
+    ));
+    let forged = xml.replace("[101]", "[1]");
+    assert_ne!(forged, xml);
+    let r = post("/vector-xml/notify", "application/xml", forged)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post("/vector-xml/notify", "application/xml", xml)
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let mut item = d["nested_item"].clone();
+    item["sign"] = json!(s(&d, &["nested", "sign"]));
+    let push = json!({"type": "shipped", "data": item}).to_string();
+    let forged = push.replace("PO-77", "PO-78");
+    let r = post("/vector-json/nested", "application/json", forged)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post("/vector-json/nested", "application/json", push)
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
