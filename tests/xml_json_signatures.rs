@@ -243,7 +243,7 @@ request:
   json: { a: "1" }
   sign:
     steps:
-      - { name: params, kind: canonical, from: [query], json_path: "$.data" }
+      - { name: params, kind: canonical, from: [query], json_path: "$.data", json_fields: { a: "$[" } }
       - { name: sig, kind: digest, alg: md5, input: "{{params}}{{credentials.key}}" }
     place:
       - { to: xml, name: "bad name", value: "{{sig}}" }
@@ -279,6 +279,10 @@ callbacks:
         (
             "request.sign.place[0].name",
             "'bad name' is not an XML element name",
+        ),
+        (
+            "request.sign.steps[0].json_fields.a",
+            "'$[' is not a JSONPath",
         ),
         (
             "operations.product.get.request",
@@ -399,4 +403,39 @@ async fn body_signatures_through_the_server() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// Chosen nested fields, each read by its own JSONPath under a name of its own, are the signed
+/// parameters; other fields are not signed.
+#[test]
+fn nested_json_fields_by_path_are_signed() {
+    let d = data();
+    let p = platform("json-field-signatures.yaml");
+    let verify = p.callbacks[2].verify.as_ref().unwrap();
+    let creds: Map<String, Value> = [("push_secret".to_string(), d["push_secret"].clone())]
+        .into_iter()
+        .collect();
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    let sign = s(&d, &["picked", "sign"]);
+    let genuine = json!({
+        "type": "paid",
+        "data": {"order": {"id": "PO-77", "lines": 2}, "amount": 1999, "currency": "EUR"},
+        "sig": sign
+    })
+    .to_string();
+    let (expected, trace) = verify.expected(&body_parts(&genuine), &e).unwrap();
+    assert_eq!(expected, sign);
+    assert_eq!(trace.steps[0].1, s(&d, &["picked", "string"]));
+    verify.verify(&body_parts(&genuine), &e).unwrap();
+    verify
+        .verify(
+            &body_parts(&genuine.replace("\"lines\":2", "\"lines\":3")),
+            &e,
+        )
+        .unwrap();
+    assert_eq!(
+        verify.verify(&body_parts(&genuine.replace("1999", "1998")), &e),
+        Err(Rejection::Mismatch)
+    );
 }

@@ -104,6 +104,8 @@ struct CanonicalPlan {
     from: Vec<ParamSource>,
     /// The object whose fields are the `json` parameters (`None`: the top-level object).
     json_path: Option<JsonPathExpr>,
+    /// Parameters read from a JSON body by path: name → path.
+    json_fields: Vec<(String, JsonPathExpr)>,
     /// In a verification recipe whose signature is a JSON field: the object holding it and
     /// the field's name, left out when this step reads that same object.
     drop_json: Option<(JsonPathExpr, String)>,
@@ -191,6 +193,7 @@ fn compile_steps(
             Step::Canonical {
                 from,
                 json_path,
+                json_fields,
                 include,
                 exclude,
                 skip_empty,
@@ -240,10 +243,26 @@ fn compile_steps(
                         })
                         .ok()
                 });
+                let mut fields = Vec::new();
+                for (name, jp) in json_fields {
+                    match JsonPathExpr::parse(jp) {
+                        Ok(p) => fields.push((name.clone(), p)),
+                        Err(e) => {
+                            cx.error(
+                                &sp.key("json_fields").key(name),
+                                Code::InvalidValue,
+                                format!("'{jp}' is not a JSONPath: {e}"),
+                            )
+                            .hint =
+                                Some("write the path of the field, like `$.data.order.id`".into());
+                        }
+                    }
+                }
                 match compile_pair(pair_text) {
                     Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
                         from: from.clone(),
                         json_path,
+                        json_fields: fields,
                         drop_json: None,
                         drop_xml: None,
                         include: include.clone(),
@@ -1520,6 +1539,15 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
             }
         }
     }
+    if !c.json_fields.is_empty()
+        && let Ok(doc) = serde_json::from_slice::<Value>(&parts.body)
+    {
+        for (name, path) in &c.json_fields {
+            if let Some(v) = path.first(&doc) {
+                pairs.push((name.clone(), crate::template::text_of(v)));
+            }
+        }
+    }
     let mut pairs: Vec<(String, String)> = pairs
         .into_iter()
         .map(|(k, v)| {
@@ -1891,6 +1919,7 @@ mod tests {
         let plan = CanonicalPlan {
             from: vec![ParamSource::Query],
             json_path: None,
+            json_fields: Vec::new(),
             drop_json: None,
             drop_xml: None,
             include: vec![],

@@ -152,6 +152,13 @@ pub enum Step {
         /// top-level object.
         #[serde(default)]
         json_path: Option<String>,
+        /// Parameters read from a JSON body by JSONPath, name → path, for example
+        /// `{ order_id: "$.data.order.id", amount: "$.data.amount" }`: each is the first value
+        /// its path selects (non-text values as compact JSON; nothing selected → no pair),
+        /// added after the `from` sources. For schemes that sign chosen nested fields.
+        /// Default: none.
+        #[serde(default)]
+        json_fields: indexmap::IndexMap<String, String>,
         /// Only these keys (compared after `lowercase_keys`). Default: all.
         #[serde(default)]
         include: Vec<String>,
