@@ -439,3 +439,85 @@ fn nested_json_fields_by_path_are_signed() {
         Err(Rejection::Mismatch)
     );
 }
+
+/// The same signature placed into an XML body built by mapping (`body: { format: xml }`),
+/// with a CDATA field: the element text is signed, not its CDATA wrapping.
+#[test]
+fn mapped_xml_body_gets_the_python_signature() {
+    let d = data();
+    let f = &d["request_fields"];
+    let text = format!(
+        r#"
+platform: mapped_xml
+settings:
+  appid: "{}"
+  mch_id: "{}"
+  device_info: "{}"
+  goods: "{}"
+  nonce_str: "{}"
+  out_trade_no: "{}"
+  total_fee: "{}"
+credentials: [key]
+request:
+  url: "http://127.0.0.1:9/pay/unifiedorder"
+  body:
+    format: xml
+    root: xml
+    fields:
+      total_fee: {{ path: settings.total_fee }}
+      appid: {{ path: settings.appid }}
+      mch_id: {{ path: settings.mch_id }}
+      body: {{ path: settings.goods, cdata: true }}
+      device_info: {{ path: settings.device_info }}
+      nonce_str: {{ path: settings.nonce_str }}
+      out_trade_no: {{ path: settings.out_trade_no }}
+  sign:
+    steps:
+      - {{ name: params, kind: canonical, from: [xml] }}
+      - {{ name: sig, kind: digest, alg: md5, input: "{{{{params}}}}&key={{{{credentials.key}}}}", encode: hex_upper }}
+    place:
+      - {{ to: xml, name: sign, value: "{{{{sig}}}}" }}
+operations:
+  product.get: {{}}
+"#,
+        s(f, &["appid"]),
+        s(f, &["mch_id"]),
+        s(f, &["device_info"]),
+        s(f, &["body"]),
+        s(f, &["nonce_str"]),
+        s(f, &["out_trade_no"]),
+        s(f, &["total_fee"]),
+    );
+    let doc = entrepot::config::source::parse(std::path::Path::new("platform.yaml"), text).unwrap();
+    let compiled = entrepot::compile::compile_docs(vec![doc], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{}",
+        crate::support::render(&compiled.diagnostics)
+    );
+    let p = compiled.plan.platforms.values().next().unwrap().clone();
+    let creds: Map<String, Value> = [("key".to_string(), d["key"].clone())]
+        .into_iter()
+        .collect();
+    let req = build(
+        &p,
+        &p.operations["product.get"],
+        &BuildInput {
+            input: &json!({}),
+            credentials: &creds,
+            now: OffsetDateTime::now_utc(),
+            nonce: None,
+            token: None,
+        },
+    )
+    .unwrap();
+    let body = String::from_utf8(req.body).unwrap();
+    assert!(
+        body.contains("<body><![CDATA[test & <goods>]]></body>"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with(&format!("<sign>{}</sign></xml>", s(&d, &["md5", "sign"]))),
+        "{body}"
+    );
+}
