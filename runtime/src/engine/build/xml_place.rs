@@ -1,5 +1,5 @@
 //! Placing a computed value into an XML request body as a top-level element (a child of the
-//! root), as the WeChat Pay v2 style places `<sign>`.
+//! root), for schemes that send their signature as a `<sign>` element of the signed body.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
