@@ -38,3 +38,4 @@ mod slow_clients;
 mod store;
 mod transport;
 mod vectors;
+mod xml_json_signatures;

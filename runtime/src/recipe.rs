@@ -23,6 +23,7 @@ use crate::config::recipe::{
 };
 use crate::config::source::DocPath;
 use crate::diagnostics::Code;
+use crate::plan::JsonPathExpr;
 use crate::template::{CompiledTemplate, percent_encode};
 use crate::timefmt::{TimeFormat, parse_offset};
 
@@ -58,6 +59,8 @@ pub struct SignPlan {
 #[derive(Debug)]
 pub struct VerifyPlan {
     source: SignatureSource,
+    /// The JSONPath of the signature when it is a field of a JSON body.
+    sig_json: Option<JsonPathExpr>,
     steps: Vec<StepPlan>,
     expect: CompiledTemplate,
     /// When `expect` is exactly a public-key signature step (RSA, Ed25519, ECDSA): the index
@@ -99,6 +102,16 @@ enum StepKind {
 #[derive(Debug)]
 struct CanonicalPlan {
     from: Vec<ParamSource>,
+    /// The object whose fields are the `json` parameters (`None`: the top-level object).
+    json_path: Option<JsonPathExpr>,
+    /// Parameters read from a JSON body by path: name → path.
+    json_fields: Vec<(String, JsonPathExpr)>,
+    /// In a verification recipe whose signature is a JSON field: the object holding it and
+    /// the field's name, left out when this step reads that same object.
+    drop_json: Option<(JsonPathExpr, String)>,
+    /// In a verification recipe whose signature is an XML element: its name, left out of the
+    /// `xml` parameters.
+    drop_xml: Option<String>,
     include: Vec<String>,
     exclude: Vec<String>,
     skip_empty: bool,
@@ -179,6 +192,8 @@ fn compile_steps(
             }
             Step::Canonical {
                 from,
+                json_path,
+                json_fields,
                 include,
                 exclude,
                 skip_empty,
@@ -208,9 +223,48 @@ fn compile_steps(
                 let mut escape: Vec<(String, String)> =
                     escape.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 escape.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+                let json_path = json_path.as_deref().and_then(|jp| {
+                    if !from.contains(&ParamSource::Json) {
+                        cx.error(
+                            &sp.key("json_path"),
+                            Code::Conflict,
+                            "`json_path` is set but the step does not read `from: [json]`",
+                        )
+                        .hint = Some("add `json` to `from`, or remove `json_path`".into());
+                    }
+                    JsonPathExpr::parse(jp)
+                        .map_err(|e| {
+                            cx.error(
+                                &sp.key("json_path"),
+                                Code::InvalidValue,
+                                format!("'{jp}' is not a JSONPath: {e}"),
+                            )
+                            .hint = Some("write the path of an object, like `$.data`".into());
+                        })
+                        .ok()
+                });
+                let mut fields = Vec::new();
+                for (name, jp) in json_fields {
+                    match JsonPathExpr::parse(jp) {
+                        Ok(p) => fields.push((name.clone(), p)),
+                        Err(e) => {
+                            cx.error(
+                                &sp.key("json_fields").key(name),
+                                Code::InvalidValue,
+                                format!("'{jp}' is not a JSONPath: {e}"),
+                            )
+                            .hint =
+                                Some("write the path of the field, like `$.data.order.id`".into());
+                        }
+                    }
+                }
                 match compile_pair(pair_text) {
                     Ok(pair) => Some(StepKind::Canonical(CanonicalPlan {
                         from: from.clone(),
+                        json_path,
+                        json_fields: fields,
+                        drop_json: None,
+                        drop_xml: None,
                         include: include.clone(),
                         exclude: exclude.clone(),
                         skip_empty: skip_empty.unwrap_or(true),
@@ -491,6 +545,14 @@ pub fn compile_sign(cx: &mut Cx<'_>, recipe: &SignRecipe, path: &DocPath) -> Opt
     let mut place = Vec::new();
     for (i, p) in recipe.place.iter().enumerate() {
         let pp = path.key("place").index(i).key("value");
+        if p.to == PlaceTarget::Xml && !crate::engine::build::xml_name_ok(&p.name) {
+            cx.error(
+                &path.key("place").index(i).key("name"),
+                Code::InvalidValue,
+                format!("'{}' is not an XML element name", p.name),
+            )
+            .hint = Some("name the element, like `sign`: a letter or `_` first, then letters, digits, `_`, `-` or `.`".into());
+        }
         if let Some(t) = cx.template(&p.value, &pp, &scope) {
             check_binary(cx, &t, &binary, &pp, false);
             place.push((p.to, p.name.clone(), t));
@@ -508,12 +570,50 @@ pub fn compile_verify(
     let before = cx.problems.len();
     let roots: Vec<&str> = RECIPE_ROOTS.iter().chain(VERIFY_ROOTS).copied().collect();
     let src = &recipe.signature;
-    if src.header.is_some() == src.field.is_some() {
+    let places = [
+        src.header.is_some(),
+        src.field.is_some(),
+        src.json.is_some(),
+        src.xml.is_some(),
+    ];
+    if places.iter().filter(|p| **p).count() != 1 {
         cx.error(
             &path.key("signature"),
             Code::Conflict,
-            "the signature needs exactly one of `header` and `field`",
+            "the signature needs exactly one of `header`, `field`, `json` and `xml`",
         );
+    }
+    let sig_json = src.json.as_deref().and_then(|jp| {
+        let found = JsonPathExpr::parse(jp)
+            .ok()
+            .zip(split_json_field(jp))
+            .and_then(|(full, (parent, field))| {
+                JsonPathExpr::parse(&parent)
+                    .ok()
+                    .map(|parent| (full, parent, field))
+            });
+        if found.is_none() {
+            cx.error(
+                &path.key("signature").key("json"),
+                Code::InvalidValue,
+                format!("'{jp}' is not a JSONPath ending in a field name"),
+            )
+            .hint = Some(
+                "write the path of the field holding the signature, like `$.sign` or `$.data.sign`"
+                    .into(),
+            );
+        }
+        found
+    });
+    if let Some(x) = &src.xml
+        && !crate::engine::build::xml_name_ok(x)
+    {
+        cx.error(
+            &path.key("signature").key("xml"),
+            Code::InvalidValue,
+            format!("'{x}' is not an XML element name"),
+        )
+        .hint = Some("name the element holding the signature, like `sign`".into());
     }
     if src.split.is_some() && src.pairs.is_some() {
         cx.error(
@@ -522,7 +622,14 @@ pub fn compile_verify(
             "use either `split` or `pairs`, not both",
         );
     }
-    let (steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
+    let (mut steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
+    // The field or element holding the signature is not one of the signed parameters.
+    for s in &mut steps {
+        if let StepKind::Canonical(c) = &mut s.kind {
+            c.drop_json = sig_json.as_ref().map(|(_, p, f)| (p.clone(), f.clone()));
+            c.drop_xml = src.xml.clone();
+        }
+    }
     let scope = Scope {
         roots: &roots,
         extra: &names,
@@ -590,6 +697,7 @@ pub fn compile_verify(
     let expect = expect?;
     (cx.problems.len() == before).then_some(VerifyPlan {
         source: recipe.signature.clone(),
+        sig_json: sig_json.map(|(full, _, _)| full),
         steps,
         expect,
         rsa_step,
@@ -1417,12 +1525,42 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
             ParamSource::Form => pairs.extend(parts.form.iter().cloned()),
             ParamSource::Headers => pairs.extend(parts.headers.iter().cloned()),
             ParamSource::Json => {
-                if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&parts.body) {
-                    pairs.extend(
-                        m.into_iter()
-                            .map(|(k, v)| (k, crate::template::text_of(&v))),
-                    );
+                if let Ok(doc) = serde_json::from_slice::<Value>(&parts.body) {
+                    let object = match &c.json_path {
+                        Some(p) => p.first(&doc),
+                        None => Some(&doc),
+                    };
+                    // The signature's own field, when this is the object holding it.
+                    let dropped = c.drop_json.as_ref().and_then(|(parent, field)| {
+                        let holder = parent.first(&doc)?;
+                        object
+                            .is_some_and(|o| std::ptr::eq(o, holder))
+                            .then_some(field.as_str())
+                    });
+                    if let Some(Value::Object(m)) = object {
+                        pairs.extend(
+                            m.iter()
+                                .filter(|(k, _)| Some(k.as_str()) != dropped)
+                                .map(|(k, v)| (k.clone(), crate::template::text_of(v))),
+                        );
+                    }
                 }
+            }
+            ParamSource::Xml => {
+                for (k, v) in xml_fields(&parts.body) {
+                    if c.drop_xml.as_deref() != Some(k.as_str()) {
+                        pairs.push((k, v));
+                    }
+                }
+            }
+        }
+    }
+    if !c.json_fields.is_empty()
+        && let Ok(doc) = serde_json::from_slice::<Value>(&parts.body)
+    {
+        for (name, path) in &c.json_fields {
+            if let Some(v) = path.first(&doc) {
+                pairs.push((name.clone(), crate::template::text_of(v)));
             }
         }
     }
@@ -1491,6 +1629,59 @@ fn canonical(c: &CanonicalPlan, parts: &Parts) -> String {
     out
 }
 
+/// The top-level elements of an XML body (children of its root) as name and text, in order;
+/// a repeated element gives one pair per occurrence; an element with children or attributes
+/// gives the compact JSON of its decoded form. Nothing for a body that is not XML.
+fn xml_fields(body: &[u8]) -> Vec<(String, String)> {
+    let Ok(Value::Object(doc)) =
+        crate::engine::decode::decode(crate::config::platform::BodyFormat::Xml, body)
+    else {
+        return Vec::new();
+    };
+    let Some(Value::Object(root)) = doc.into_iter().next().map(|(_, v)| v) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in root {
+        if k.starts_with('@') || k == "#text" {
+            continue;
+        }
+        match v {
+            Value::Array(items) => {
+                out.extend(
+                    items
+                        .iter()
+                        .map(|i| (k.clone(), crate::template::text_of(i))),
+                );
+            }
+            v => out.push((k, crate::template::text_of(&v))),
+        }
+    }
+    out
+}
+
+/// `$.a.sign` → (`$.a`, `sign`); `$['a']['sign']` → (`$['a']`, `sign`); `None` when the
+/// path does not end in a plain field name.
+fn split_json_field(path: &str) -> Option<(String, String)> {
+    let path = path.trim();
+    if let Some(inner) = path.strip_suffix("']") {
+        let at = inner.rfind("['")?;
+        let field = inner.get(at + 2..)?;
+        let parent = inner.get(..at)?;
+        return (!field.is_empty() && !field.contains(['\\', '\'']))
+            .then(|| (parent.to_string(), field.to_string()));
+    }
+    let at = path.rfind('.')?;
+    let field = path.get(at + 1..)?;
+    let parent = path.get(..at)?;
+    let plain = !field.is_empty()
+        && field
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        && !parent.ends_with('.');
+    plain.then(|| (parent.to_string(), field.to_string()))
+}
+
 /// A value a signing recipe places: where, under which name, and the value.
 pub type Placed = (PlaceTarget, String, String);
 
@@ -1535,6 +1726,20 @@ impl VerifyPlan {
                 .find(|(k, _)| k.eq_ignore_ascii_case(h))
                 .map(|(_, v)| v.clone());
             (v, format!("header {h}"))
+        } else if let Some(p) = &self.sig_json {
+            let v = serde_json::from_slice::<Value>(&parts.body)
+                .ok()
+                .and_then(|doc| match p.first(&doc) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                });
+            (v, format!("JSON field {}", p.source()))
+        } else if let Some(x) = &self.source.xml {
+            let v = xml_fields(&parts.body)
+                .into_iter()
+                .find(|(k, _)| k == x)
+                .map(|(_, v)| v);
+            (v, format!("XML element <{x}>"))
         } else {
             let f = self.source.field.clone().unwrap_or_default();
             let v = parts
@@ -1735,6 +1940,10 @@ mod tests {
         };
         let plan = CanonicalPlan {
             from: vec![ParamSource::Query],
+            json_path: None,
+            json_fields: Vec::new(),
+            drop_json: None,
+            drop_xml: None,
             include: vec![],
             exclude: vec!["sign".into()],
             skip_empty: true,
@@ -1756,6 +1965,45 @@ mod tests {
             ..plan
         };
         assert_eq!(canonical(&joined, &parts), "a=x y,0&b=2");
+    }
+
+    #[test]
+    fn json_signature_paths_split_into_holder_and_field() {
+        let split = |p: &str| split_json_field(p);
+        assert_eq!(split("$.sign"), Some(("$".into(), "sign".into())));
+        assert_eq!(split("$.data.sign"), Some(("$.data".into(), "sign".into())));
+        assert_eq!(
+            split("$.items[0].sign"),
+            Some(("$.items[0]".into(), "sign".into()))
+        );
+        assert_eq!(
+            split("$['data']['x y']"),
+            Some(("$['data']".into(), "x y".into()))
+        );
+        assert_eq!(split("$"), None);
+        assert_eq!(split("$..sign"), None);
+        assert_eq!(split("$.items[0]"), None);
+        assert_eq!(split("$.a.*"), None);
+    }
+
+    #[test]
+    fn xml_fields_are_the_root_children() {
+        let body = br#"<?xml version="1.0"?><xml a="1"><b>2</b><c><![CDATA[x&y]]></c><b>3</b><d><e>4</e></d><f/></xml>"#;
+        let mut got = xml_fields(body);
+        got.sort();
+        let want: Vec<(String, String)> = [
+            ("b", "2"),
+            ("b", "3"),
+            ("c", "x&y"),
+            ("d", r#"{"e":"4"}"#),
+            ("f", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(xml_fields(b"{\"a\":1}").is_empty());
+        assert!(xml_fields(b"<xml>text</xml>").is_empty());
     }
 
     #[test]

@@ -152,6 +152,18 @@ pub fn compile_gateway(
                 .ok()?;
             let mut cx = super::Cx::for_document(&doc, &pseudo);
             let plan = crate::recipe::compile_sign(&mut cx, recipe, &tp.key("sign"));
+            if recipe
+                .place
+                .iter()
+                .any(|p| p.to == crate::config::recipe::PlaceTarget::Xml)
+            {
+                cx.error(
+                    &tp.key("sign").key("place"),
+                    Code::Conflict,
+                    "events are sent as JSON: a signature cannot be placed in an XML element",
+                )
+                .hint = Some("place the signature in a header or a query parameter".into());
+            }
             problems.append(&mut cx.problems);
             plan.map(std::sync::Arc::new)
         });

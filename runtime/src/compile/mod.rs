@@ -790,6 +790,26 @@ impl Cx<'_> {
             BodyPlan::Mapped(m) => m.xml_root.is_none(),
             _ => false,
         };
+        let places_xml = op.sign.as_ref().or(base.sign.as_ref()).is_some_and(|s| {
+            s.place
+                .iter()
+                .any(|p| p.to == crate::config::recipe::PlaceTarget::Xml)
+        });
+        let xml_body = match &body {
+            BodyPlan::Xml(_) => true,
+            BodyPlan::Mapped(m) => m.xml_root.is_some(),
+            _ => false,
+        };
+        if places_xml && !xml_body {
+            self.error(
+                &op_req,
+                Code::Conflict,
+                "the signing recipe places an XML element but the request has no XML body",
+            )
+            .hint = Some(
+                "give the request an `xml` body (or `body: { format: xml }`), or place the signature in a header, a query parameter or a form field".into(),
+            );
+        }
         if places_form && json_body {
             self.error(
                 &op_req,

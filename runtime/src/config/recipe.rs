@@ -55,6 +55,17 @@ pub struct SignatureSource {
     /// Or a query or form field holding it (for example `sign`).
     #[serde(default)]
     pub field: Option<String>,
+    /// Or a field of a JSON body holding it, as a JSONPath ending in a field name, for example
+    /// `$.sign` or `$.data.sign` (the signature inside a notification item). The field is left
+    /// out of the parameters of every `canonical` step that reads the object holding it
+    /// (`from: [json]` with the matching `json_path`). Default: none.
+    #[serde(default)]
+    pub json: Option<String>,
+    /// Or a top-level element of an XML body holding it (a child of the root), for example
+    /// `sign`. The element is left out of the parameters of every `canonical` step reading
+    /// `from: [xml]`. Default: none.
+    #[serde(default)]
+    pub xml: Option<String>,
     /// Splits the value into several candidates, any of which may match (for example `" "` for
     /// a space-separated list of signatures during key rotation). A delivery with more than 16
     /// candidates is refused before any is tried. Default: none (the whole value is one candidate).
@@ -131,9 +142,25 @@ pub enum Step {
         /// Name later steps use to refer to this value.
         name: String,
         /// Where the parameters come from, merged in the order listed: `query`, `form`,
-        /// `headers`, `json` (the top-level fields of a JSON object body; non-text values as
-        /// compact JSON).
+        /// `headers`, `json` (the fields of a JSON object body, or of the object at
+        /// `json_path`; non-text values as compact JSON), `xml` (the top-level elements of an
+        /// XML body, children of its root, as their text; a repeated element gives one pair
+        /// per occurrence; an element with children or attributes as compact JSON of its
+        /// decoded form).
         from: Vec<ParamSource>,
+        /// For `from: [json]`: JSONPath of the object whose fields are the parameters, for
+        /// example `$.data` or `$.items[0]` (schemes that sign the fields of a notification
+        /// item). Nothing is read when the path selects no object. Default: `$`, the
+        /// top-level object.
+        #[serde(default)]
+        json_path: Option<String>,
+        /// Parameters read from a JSON body by JSONPath, name → path, for example
+        /// `{ order_id: "$.data.order.id", amount: "$.data.amount" }`: each is the first value
+        /// its path selects (non-text values as compact JSON; nothing selected → no pair),
+        /// added after the `from` sources. For schemes that sign chosen nested fields.
+        /// Default: none.
+        #[serde(default)]
+        json_fields: indexmap::IndexMap<String, String>,
         /// Only these keys (compared after `lowercase_keys`). Default: all.
         #[serde(default)]
         include: Vec<String>,
@@ -248,8 +275,10 @@ pub enum ParamSource {
     Form,
     /// The request headers.
     Headers,
-    /// The top-level fields of a JSON object body.
+    /// The fields of a JSON object body (or of the object at the step's `json_path`).
     Json,
+    /// The top-level elements of an XML body (the children of its root).
+    Xml,
 }
 
 /// Percent-encoding of keys and values.
@@ -381,7 +410,7 @@ pub enum NonceFormat {
 pub struct Placement {
     /// The part of the request it goes into.
     pub to: PlaceTarget,
-    /// Field or header name.
+    /// Field, header or element name.
     pub name: String,
     /// Template of the value, for example `{{sig}}` or `t={{ts}},v1={{sig}}`.
     pub value: String,
@@ -397,4 +426,8 @@ pub enum PlaceTarget {
     Form,
     /// A header.
     Header,
+    /// A top-level element of an XML request body (a child of its root), added as the root's
+    /// last child, or replacing the text of the first child of that name; the value is
+    /// escaped. The request must have an XML body (`xml` or `body: { format: xml }`).
+    Xml,
 }

@@ -2,6 +2,9 @@
 //! credentials. No I/O, so a signed request can be printed, snapshot-tested and diffed.
 
 mod body_map;
+mod xml_place;
+
+pub use xml_place::xml_name_ok;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -175,7 +178,7 @@ pub fn build(
         query.retain(|(_, v)| !v.is_empty());
     }
     let mut headers = pairs(&req.headers, "header")?;
-    let (mut form, json_bytes, fixed_type) = match &req.body {
+    let (mut form, mut json_bytes, fixed_type) = match &req.body {
         BodyPlan::None => (None, None, None),
         BodyPlan::Form(fields) => (Some(pairs(fields, "form field")?), None, None),
         BodyPlan::Json(t) => {
@@ -205,7 +208,9 @@ pub fn build(
             (None, Some(bytes), Some(ctype))
         }
     };
-    let body_of = |form: &Option<Vec<(String, String)>>| match (form, &json_bytes) {
+    let body_of = |form: &Option<Vec<(String, String)>>, json_bytes: &Option<Vec<u8>>| match (
+        form, json_bytes,
+    ) {
         (Some(f), _) => encode_pairs(f, true).into_bytes(),
         (None, Some(j)) => j.clone(),
         (None, None) => Vec::new(),
@@ -272,7 +277,7 @@ pub fn build(
             raw_query: encode_pairs(&query, false),
             form: form.clone().unwrap_or_default(),
             headers: seen,
-            body: body_of(&form),
+            body: body_of(&form, &json_bytes),
         };
         let env = RunEnv {
             credentials: bi.credentials,
@@ -294,6 +299,13 @@ pub fn build(
                 PlaceTarget::Query => set_pair(&mut query, name, value),
                 PlaceTarget::Form => set_pair(form.get_or_insert_with(Vec::new), name, value),
                 PlaceTarget::Header => set_header(&mut headers, name, value),
+                PlaceTarget::Xml => {
+                    let body = json_bytes.as_deref().unwrap_or_default();
+                    json_bytes = Some(
+                        xml_place::place(body, &name, &value)
+                            .map_err(|m| err(&format!("the XML element <{name}>"), m))?,
+                    );
+                }
             }
         }
     }
@@ -315,7 +327,7 @@ pub fn build(
         method: req.method,
         url: with_query(&base_url, &query),
         headers,
-        body: body_of(&form),
+        body: body_of(&form, &json_bytes),
         content_type,
         trace,
     })
