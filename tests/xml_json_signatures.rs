@@ -353,6 +353,7 @@ async fn body_signatures_through_the_server() {
         admin_token: None,
         notify: None,
         reloader: None,
+        trust_forwarded_headers: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve(
