@@ -400,6 +400,8 @@ pub struct MappingPlan {
     pub id: Option<String>,
     /// Time pattern and offset for `type: time` values that are not RFC 3339.
     pub time_format: Option<(crate::timefmt::TimeFormat, time::UtcOffset)>,
+    /// Decimals of the currency, for `type: minor_units`.
+    pub scale: u32,
 }
 
 /// Where a mapped value comes from.

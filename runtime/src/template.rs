@@ -795,6 +795,20 @@ pub fn fen_to_yuan_text(fen: i64) -> String {
 /// A yuan decimal read exactly as integer fen: `12.5` → 1250. More than two decimals, or
 /// anything that is not a decimal number, is an error (no silent rounding of money).
 pub fn yuan_text_to_fen(text: &str) -> Result<i64, String> {
+    decimal_text_to_minor(text, 2).map_err(|e| {
+        if e.ends_with("too large") {
+            e
+        } else {
+            format!("'{text}' is not an amount in yuan with at most two decimals")
+        }
+    })
+}
+
+/// An exact decimal amount in major units (`"19.99"`, `"-3"`, `"1.5"`) as integer minor units
+/// with `scale` decimals (19.99 with scale 2 → 1999). More significant decimals than `scale`,
+/// anything that is not a plain decimal number, and amounts past `i64` are refused: money is
+/// never rounded.
+pub fn decimal_text_to_minor(text: &str, scale: u32) -> Result<i64, String> {
     let t = text.trim();
     let (neg, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -802,24 +816,31 @@ pub fn yuan_text_to_fen(text: &str) -> Result<i64, String> {
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let frac = frac.trim_end_matches('0');
+    let width = usize::try_from(scale).unwrap_or(usize::MAX);
     let ok = !whole.is_empty()
         && whole.chars().all(|c| c.is_ascii_digit())
         && frac.chars().all(|c| c.is_ascii_digit())
-        && frac.len() <= 2;
+        && frac.len() <= width;
     if !ok {
         return Err(format!(
-            "'{text}' is not an amount in yuan with at most two decimals"
+            "'{text}' is not a decimal amount with at most {scale} decimals"
         ));
     }
-    let whole: i64 = whole
-        .parse()
-        .map_err(|_| format!("'{text}' is too large"))?;
-    let frac: i64 = format!("{frac:0<2}").parse().unwrap_or(0);
-    let fen = whole
-        .checked_mul(100)
+    let too_large = || format!("'{text}' is too large");
+    let whole: i64 = whole.parse().map_err(|_| too_large())?;
+    let factor = 10i64.checked_pow(scale).ok_or_else(too_large)?;
+    let frac: i64 = if width == 0 {
+        0
+    } else {
+        format!("{frac:0<width$}")
+            .parse()
+            .map_err(|_| too_large())?
+    };
+    let minor = whole
+        .checked_mul(factor)
         .and_then(|w| w.checked_add(frac))
-        .ok_or_else(|| format!("'{text}' is too large"))?;
-    Ok(if neg { -fen } else { fen })
+        .ok_or_else(too_large)?;
+    Ok(if neg { -minor } else { minor })
 }
 
 fn fen_to_yuan(

@@ -17,8 +17,11 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical;
 use crate::config::platform::{
-    BodyFormat, HttpMethod, Mapping, Operation, PlatformFile, RequestSpec, ResponseSpec,
+    BodyFormat, HttpMethod, Mapping, Operation, PlatformFile, RequestSpec, ResponseSpec, ValueType,
 };
+
+/// The most decimals a currency amount may declare (`scale`), on either side of a mapping.
+pub const MAX_SCALE: u32 = 18;
 use crate::config::source::{DocPath, SourceDoc};
 use crate::config::{self, EnvLookup};
 use crate::diagnostics::{Code, Diagnostic, did_you_mean};
@@ -1030,6 +1033,33 @@ impl Cx<'_> {
             }
         };
         let _ = in_item;
+        match (m.kind, m.scale) {
+            (Some(ValueType::MinorUnits), None) => {
+                self.error(
+                    &path.key("type"),
+                    Code::Mapping,
+                    "`type: minor_units` needs the currency's `scale` (its number of decimals)",
+                )
+                .hint = Some("add `scale: 2` for EUR, USD or CNY, `scale: 0` for JPY".into());
+            }
+            (Some(ValueType::MinorUnits), Some(s)) if s > MAX_SCALE => {
+                self.error(
+                    &path.key("scale"),
+                    Code::InvalidValue,
+                    format!("scale {s} is more than {MAX_SCALE} decimals"),
+                )
+                .hint = Some("give the currency's number of decimals, such as 2".into());
+            }
+            (Some(ValueType::MinorUnits), Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                self.error(
+                    &path.key("scale"),
+                    Code::Mapping,
+                    "`scale` only applies to `type: minor_units`",
+                )
+                .hint = Some("add `type: minor_units`, or remove `scale`".into());
+            }
+        }
         let source = if let Some(p) = &m.path {
             self.json_path(p, &path.key("path"))
                 .map(MappingSource::Path)
@@ -1071,6 +1101,7 @@ impl Cx<'_> {
             required: m.required,
             id: m.id.clone(),
             time_format,
+            scale: m.scale.unwrap_or(0),
         })
     }
 

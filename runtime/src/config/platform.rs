@@ -609,6 +609,10 @@ pub struct Mapping {
     /// Default: `+00:00`.
     #[serde(default)]
     pub offset: Option<String>,
+    /// For `type: minor_units`: the currency's number of decimals, 0 to 18 (2 for EUR, USD or
+    /// CNY; 0 for JPY; 3 for KWD). Required with `minor_units`, not allowed otherwise.
+    #[serde(default)]
+    pub scale: Option<u32>,
 }
 
 /// Conversion applied to a mapped value.
@@ -627,6 +631,10 @@ pub enum ValueType {
     Time,
     /// Money in yuan (decimal major units) converted to integer fen.
     Fen,
+    /// Money as a decimal amount in major units (`"19.99"`, `19.99`) converted to integer minor
+    /// units with the field's `scale`: the currency's number of decimals (2 for EUR or CNY →
+    /// 1999, 0 for JPY, 3 for KWD). More decimals than `scale` are refused, never rounded.
+    MinorUnits,
 }
 
 /// A scheduled fetch of the platform's messages.

@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::platform::ValueType;
 use crate::plan::{MappingPlan, MappingSource};
-use crate::template::{text_of, yuan_text_to_fen};
+use crate::template::{decimal_text_to_minor, text_of, yuan_text_to_fen};
 
 /// A platform id found while mapping, to translate into an internal id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +300,17 @@ fn convert(v: &Value, kind: ValueType, plan: &MappingPlan) -> Result<Value, Stri
                     .map_err(|_| bad("an amount in yuan with at most two decimals"))?,
             )
         }
+        ValueType::MinorUnits => {
+            if !matches!(v, Value::Number(_) | Value::String(_)) {
+                return Err(bad("a decimal amount"));
+            }
+            Value::from(decimal_text_to_minor(&text_of(v), plan.scale).map_err(|_| {
+                bad(&format!(
+                    "a decimal amount with at most {} decimals",
+                    plan.scale
+                ))
+            })?)
+        }
         ValueType::Time => {
             let text = text_of(v);
             let parsed = if let Some((format, offset)) = &plan.time_format {
@@ -375,6 +386,33 @@ mod tests {
             ]
         );
         assert_eq!(out.missing_optional, 1);
+    }
+
+    #[test]
+    fn minor_units_follow_the_declared_scale() {
+        let p = plan(
+            "fields:\n  eur: { path: $.eur, type: minor_units, scale: 2 }\n  jpy: { path: $.jpy, type: minor_units, scale: 0 }\n  kwd: { path: $.kwd, type: minor_units, scale: 3 }\n  neg: { path: $.neg, type: minor_units, scale: 2 }",
+        );
+        // Hand-computed: 19.99 EUR = 1999 cents; 1500 JPY has no minor unit; 1.5 KWD = 1500
+        // fils; a JSON number is read as written, -0.5 = -50.
+        let doc = json!({"eur": "19.99", "jpy": 1500, "kwd": "1.5", "neg": -0.5});
+        let out = map_document(&p, &doc, &Map::new()).unwrap();
+        assert_eq!(
+            out.value,
+            json!({"eur": 1999, "jpy": 1500, "kwd": 1500, "neg": -50})
+        );
+        // More decimals than the currency has are refused, never rounded.
+        for (field, value) in [
+            ("eur", json!("19.999")),
+            ("jpy", json!("1.5")),
+            ("eur", json!("12,50")),
+            ("eur", json!(true)),
+        ] {
+            let mut doc = json!({"eur": "1", "jpy": 1, "kwd": "1", "neg": 1});
+            doc[field] = value.clone();
+            let err = map_document(&p, &doc, &Map::new()).unwrap_err();
+            assert_eq!(err.field, field, "{value}");
+        }
     }
 
     #[test]
