@@ -106,3 +106,22 @@ fn no_platform_name_in_runtime() {
     }
     assert!(hits.is_empty(), "platform names in runtime/: {hits:?}");
 }
+
+/// The recipe cookbook of docs/adding-a-platform.md: every `docs/cookbook/*.yaml` is a platform
+/// file that validates with no diagnostic and names its schema.
+#[test]
+fn every_cookbook_recipe_validates() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("docs/cookbook"), &mut files);
+    assert!(files.len() >= 4, "docs/cookbook holds {} files", files.len());
+    let diagnostics = entrepot::cli::validate_paths(&files);
+    assert!(diagnostics.is_empty(), "{}", render(&diagnostics));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=../../schemas/platform.schema.json"),
+            "{} does not name the platform schema",
+            f.display()
+        );
+    }
+}
