@@ -106,3 +106,64 @@ fn no_platform_name_in_runtime() {
     }
     assert!(hits.is_empty(), "platform names in runtime/: {hits:?}");
 }
+
+/// The recipe cookbook of docs/adding-a-platform.md: every `docs/cookbook/*.yaml` is a platform
+/// file that validates with no diagnostic and names its schema.
+#[test]
+fn every_cookbook_recipe_validates() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("docs/cookbook"), &mut files);
+    assert!(
+        files.len() >= 4,
+        "docs/cookbook holds {} files",
+        files.len()
+    );
+    let diagnostics = entrepot::cli::validate_paths(&files);
+    assert!(diagnostics.is_empty(), "{}", render(&diagnostics));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=../../schemas/platform.schema.json"),
+            "{} does not name the platform schema",
+            f.display()
+        );
+    }
+}
+
+/// docs/adding-a-platform.md shows excerpts of platform files: every line of its YAML blocks
+/// (but those shortened with `…`) is a line of a file a test loads — `platforms/`,
+/// `docs/cookbook/` or `tests/vectors/` — so the excerpts cannot drift from files that work.
+#[test]
+fn adding_a_platform_shows_only_lines_of_checked_files() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("platforms"), &mut files);
+    yaml_files(&root().join("docs/cookbook"), &mut files);
+    yaml_files(&root().join("tests/vectors"), &mut files);
+    let known: std::collections::HashSet<String> = files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.lines()
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let doc = std::fs::read_to_string(root().join("docs/adding-a-platform.md")).unwrap();
+    let mut blocks = 0;
+    let mut missing = Vec::new();
+    for block in doc.split("```yaml\n").skip(1) {
+        blocks += 1;
+        let block = block.split("```").next().unwrap();
+        for line in block.lines().map(str::trim) {
+            if !line.is_empty() && !line.contains('…') && !known.contains(line) {
+                missing.push(line.to_owned());
+            }
+        }
+    }
+    assert!(blocks >= 10, "only {blocks} YAML blocks found");
+    assert!(
+        missing.is_empty(),
+        "lines of docs/adding-a-platform.md in no checked file:\n{}",
+        missing.join("\n")
+    );
+}

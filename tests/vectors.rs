@@ -452,3 +452,78 @@ fn pairs_header_matches_openssl() {
         Err(Rejection::Mismatch)
     );
 }
+
+/// The WeChat Pay v3 recipe of the cookbook (`docs/cookbook/wechatpay-v3.yaml`): a request
+/// signed by the gateway equals OpenSSL's signature of the documented string, and a
+/// notification signed by OpenSSL verifies with the key its serial names (and no other).
+#[test]
+fn cookbook_wechatpay_v3_matches_openssl() {
+    let text = std::fs::read_to_string(root().join("tests/vectors/openssl-cookbook.json")).unwrap();
+    let o: Value = serde_json::from_str(&text).unwrap();
+    let compiled =
+        compile::compile_files(&[root().join("docs/cookbook/wechatpay-v3.yaml")], &|_| None);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let p = compiled.plan.platforms.values().next().unwrap().clone();
+    let key = |f: &str| std::fs::read_to_string(root().join("tests/vectors").join(f)).unwrap();
+    let serial = o["notification"]["serial"].as_str().unwrap();
+    let keys = json!({ "OTHER-SERIAL": key("p256-test-key.pub.pem"), serial: key("rsa-test-key.pub.pem") });
+    let c = creds(&[
+        ("merchant_private_key", &key("rsa-test-key.pem")),
+        ("platform_public_keys", &keys.to_string()),
+    ]);
+
+    let r = &o["request"];
+    let req = build(
+        &p,
+        &p.operations["order.get"],
+        &BuildInput {
+            input: &r["input"],
+            credentials: &c,
+            now: at(r["at"].as_str().unwrap()),
+            nonce: r["nonce"].as_str().map(str::to_owned),
+            token: None,
+        },
+    )
+    .unwrap();
+    let authorization = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "Authorization")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(authorization, r["authorization"].as_str());
+
+    let n = &o["notification"];
+    let verify = p.callbacks[0].verify.as_ref().unwrap();
+    let settings = Map::new();
+    let ts = n["timestamp"].as_str().unwrap();
+    let e = env(
+        &c,
+        &settings,
+        OffsetDateTime::from_unix_timestamp(ts.parse().unwrap()).unwrap(),
+    );
+    let delivery = |serial: &str, body: &str| {
+        parts(
+            &[
+                ("wechatpay-timestamp", ts),
+                ("wechatpay-nonce", n["nonce"].as_str().unwrap()),
+                ("wechatpay-serial", serial),
+                (
+                    "wechatpay-signature",
+                    n["signature_base64"].as_str().unwrap(),
+                ),
+            ],
+            body,
+        )
+    };
+    let body = n["body"].as_str().unwrap();
+    verify.verify(&delivery(serial, body), &e).unwrap();
+    assert_eq!(
+        verify.verify(&delivery(serial, &body.replace("SUCCESS", "CLOSED")), &e),
+        Err(Rejection::Mismatch)
+    );
+    assert!(verify.verify(&delivery("OTHER-SERIAL", body), &e).is_err());
+}
