@@ -219,3 +219,55 @@ fn escape_needs_a_character_to_replace() {
     );
     assert!(text.contains("empty"), "{text}");
 }
+
+/// A query written inside the `url` template is signed like one given under `query:`: the
+/// recipe's `raw_query` and `query` see it, before the parameters added after it.
+#[test]
+fn a_query_written_in_the_url_is_signed() {
+    let plan = compile(
+        r#"
+platform: inline_query
+credentials: [secret]
+settings: { mchid: "1900" }
+request:
+  method: GET
+  url: "http://127.0.0.1:9/v3/pay?mchid={{settings.mchid}}&q=a%20b"
+  query: { limit: "10" }
+  sign:
+    steps:
+      - { name: as_sent, kind: template, template: "{{raw_query}}" }
+      - { name: params, kind: canonical, from: [query], pair: "{key}={value}", separator: "&" }
+    place:
+      - { to: header, name: X-Raw, value: "{{as_sent}}" }
+      - { to: header, name: X-Params, value: "{{params}}" }
+operations:
+  order.get: {}
+"#,
+    );
+    let op = plan.operations.get("order.get").unwrap();
+    let built = build(
+        &plan,
+        op,
+        &BuildInput {
+            input: &json!({"order_id": "o-1"}),
+            credentials: &creds(),
+            now: time::OffsetDateTime::UNIX_EPOCH,
+            nonce: Some("n".into()),
+            token: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        built.url,
+        "http://127.0.0.1:9/v3/pay?mchid=1900&q=a%20b&limit=10"
+    );
+    // Written by hand from the URL above: the query as sent, and its decoded pairs sorted.
+    assert_eq!(
+        header(&built.headers, "X-Raw"),
+        "mchid=1900&q=a%20b&limit=10"
+    );
+    assert_eq!(
+        header(&built.headers, "X-Params"),
+        "limit=10&mchid=1900&q=a b"
+    );
+}

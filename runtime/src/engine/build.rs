@@ -269,12 +269,19 @@ pub fn build(
         if let Some(ct) = content_type_of(&form, &headers) {
             set_header(&mut seen, "Content-Type".into(), ct);
         }
+        // A query written in the `url` template is part of the request like `query:`: the
+        // recipe sees it first, as it is sent.
+        let url = with_query(&base_url, &query);
+        let raw_query = url_query(&url).to_string();
+        let mut seen_query: Vec<(String, String)> =
+            serde_urlencoded::from_str(url_query(&base_url)).unwrap_or_default();
+        seen_query.extend(query.iter().cloned());
         let parts = Parts {
             method: method_text(req.method).to_string(),
-            url: with_query(&base_url, &query),
+            url,
             path: url_path(&base_url),
-            query: query.clone(),
-            raw_query: encode_pairs(&query, false),
+            query: seen_query,
+            raw_query,
             form: form.clone().unwrap_or_default(),
             headers: seen,
             body: body_of(&form, &json_bytes),
@@ -419,6 +426,13 @@ fn with_query(url: &str, query: &[(String, String)]) -> String {
     }
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{}", encode_pairs(query, false))
+}
+
+/// The query of a URL as written: what follows the first `?`, up to a `#`; empty when none.
+fn url_query(url: &str) -> &str {
+    url.split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// The path of a URL: what follows the authority, up to the query; `/` when empty.
