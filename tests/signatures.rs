@@ -3,7 +3,8 @@
 //! `tests/vectors/openssl-asymmetric.json`), checked through the YAML recipes under
 //! `tests/vectors/`: Ed25519 (verification and signing), ECDSA P-256 with SHA-256 and SHA-1
 //! (DER and raw `r || s` signatures), keys chosen by a key id the delivery carries (a plain
-//! header or a base64 JSON envelope), and RSA keys given as bare base64.
+//! header or a base64 JSON envelope), signature tokens that are themselves a base64 JSON
+//! envelope holding the signature and the key id, and RSA keys given as bare base64.
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -371,5 +372,155 @@ async fn key_id_rejections_reach_the_sender_as_401() {
     let genuine = post(text(&v["key_id_envelope"]["header_value"]).to_string())
         .await
         .unwrap();
+    assert!(genuine.status().is_success(), "{}", genuine.status());
+}
+
+fn envelope_vectors() -> Value {
+    let text = file("signature-envelope.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A signature token that is base64 (or base64url) of a JSON object holding the signature and
+/// the key id, packed by Python around OpenSSL's ECDSA signature (`signature-envelope.json`):
+/// the signature is read from the envelope's field (top-level or dotted), the key is chosen by
+/// the same envelope's `kid`.
+#[test]
+fn a_base64_envelope_signature_token_verifies_with_the_key_named_inside_it() {
+    let v = envelope_vectors();
+    let body = text(&v["message"]);
+    let p = platform("signature-envelope.yaml");
+    let creds = ecdsa_creds();
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    for (route, kind) in [(0, "flat"), (1, "nested")] {
+        let verify = p.callbacks[route].verify.as_ref().unwrap();
+        let token = text(&v[kind]["header_value"]);
+        verify
+            .verify(&delivery(&[("X-Signature", token)], body), &e)
+            .unwrap_or_else(|r| panic!("{kind}: {r}"));
+        let tampered = delivery(&[("X-Signature", token)], &body.replace('3', "4"));
+        assert_eq!(
+            verify.verify(&tampered, &e),
+            Err(Rejection::Mismatch),
+            "{kind}"
+        );
+    }
+    // The same signature under the other key's id does not verify.
+    let verify = p.callbacks[0].verify.as_ref().unwrap();
+    let sig = text(&v["signature"]);
+    let other = base64_of(&json!({ "kid": "k-old", "signature": sig }).to_string());
+    assert_eq!(
+        verify.verify(&delivery(&[("X-Signature", &other)], body), &e),
+        Err(Rejection::Mismatch)
+    );
+}
+
+/// Envelopes that are not base64 of a JSON object, lack the signature field, or hold a
+/// non-text there are the delivery's fault: refused with a reason naming the envelope, never
+/// a recipe failure (which the server answers 503).
+#[test]
+fn a_broken_signature_envelope_is_refused_with_a_reason() {
+    let v = envelope_vectors();
+    let body = text(&v["message"]);
+    let sig = text(&v["signature"]);
+    let p = platform("signature-envelope.yaml");
+    let verify = p.callbacks[0].verify.as_ref().unwrap();
+    let creds = ecdsa_creds();
+    let settings = Map::new();
+    let e = env(&creds, &settings);
+    let cases = [
+        ("not base64!".to_string(), "not base64"),
+        (base64_of("not json"), "not base64 of a JSON object"),
+        (
+            base64_of(&json!([sig]).to_string()),
+            "not base64 of a JSON object",
+        ),
+        (
+            base64_of(&json!({ "kid": "k-2026", "sig": sig }).to_string()),
+            "no field 'signature'",
+        ),
+        (
+            base64_of(&json!({ "kid": "k-2026", "signature": 12 }).to_string()),
+            "'signature' is not text",
+        ),
+        (
+            base64_of(&json!({ "kid": "k-2026", "signature": { "v": sig } }).to_string()),
+            "'signature' is not text",
+        ),
+    ];
+    for (token, reason) in cases {
+        let err = verify
+            .verify(&delivery(&[("X-Signature", &token)], body), &e)
+            .unwrap_err();
+        assert!(!matches!(err, Rejection::Recipe(_)), "{token}: {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("envelope") && message.contains(reason),
+            "{token}: {message}"
+        );
+    }
+}
+
+/// Through the HTTP server: a genuine envelope delivery is accepted; a tampered body and a
+/// broken envelope are answered with the route's `reject_status` (412), never 500 or 503.
+#[tokio::test]
+async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use entrepot::credentials::CredentialSets;
+    use entrepot::engine::Engine;
+    use entrepot::server::{AppState, serve};
+
+    let compiled = entrepot::compile::compile_files(
+        &[root().join("tests/vectors/signature-envelope.yaml")],
+        &|_| None,
+    );
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let mut creds = CredentialSets::new();
+    creds.insert("vector_signature_envelope".into(), ecdsa_creds());
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let state = AppState {
+        plan: Arc::new(ArcSwap::from_pointee(compiled.plan)),
+        store: Some(store.clone()),
+        engine: Some(engine),
+        targets: Arc::new(Vec::new()),
+        admin_token: None,
+        notify: None,
+        reloader: None,
+        trust_forwarded_headers: false,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let v = envelope_vectors();
+    let body = text(&v["message"]).to_string();
+    let token = text(&v["flat"]["header_value"]).to_string();
+    let http = reqwest::Client::new();
+    let post = |token: String, body: String| {
+        http.post(format!("http://{addr}/callbacks/vector-envelope/flat"))
+            .header("content-type", "application/json")
+            .header("x-signature", token)
+            .body(body)
+            .send()
+    };
+    let broken = post(base64_of("not json"), body.clone()).await.unwrap();
+    assert_eq!(broken.status(), 412);
+    let tampered = post(token.clone(), body.replace('3', "4")).await.unwrap();
+    assert_eq!(tampered.status(), 412);
+    let genuine = post(token, body).await.unwrap();
     assert!(genuine.status().is_success(), "{}", genuine.status());
 }

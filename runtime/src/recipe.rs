@@ -61,6 +61,8 @@ pub struct VerifyPlan {
     source: SignatureSource,
     /// The JSONPath of the signature when it is a field of a JSON body.
     sig_json: Option<JsonPathExpr>,
+    /// Path of the signature inside a base64 JSON envelope, when the value is one.
+    envelope: Option<Vec<String>>,
     steps: Vec<StepPlan>,
     expect: CompiledTemplate,
     /// When `expect` is exactly a public-key signature step (RSA, Ed25519, ECDSA): the index
@@ -448,17 +450,20 @@ fn compile_key_id(
         }
     };
     let value = cx.template(&k.value, &sp.key("key_id").key("value"), scope);
-    let json_field = match k.json_field.as_deref().map(str::trim) {
-        Some("") => {
-            cx.error(
-                &sp.key("key_id").key("json_field"),
-                Code::InvalidValue,
-                "`json_field` is empty",
-            )
-            .hint = Some("name the envelope's field holding the key id, for example `kid`".into());
-            return None;
-        }
-        Some(f) => Some(f.split('.').map(str::to_string).collect()),
+    let json_field = match k.json_field.as_deref() {
+        Some(f) => match envelope_path(f) {
+            Ok(path) => Some(path),
+            Err(message) => {
+                cx.error(
+                    &sp.key("key_id").key("json_field"),
+                    Code::InvalidValue,
+                    message,
+                )
+                .hint =
+                    Some("name the envelope's field holding the key id, for example `kid`".into());
+                return None;
+            }
+        },
         None => None,
     };
     Some(KeyIdPlan {
@@ -466,6 +471,21 @@ fn compile_key_id(
         json_field,
         map: map?,
     })
+}
+
+/// The field names of a dotted envelope path (`sig.value`); an empty path or name is refused.
+fn envelope_path(dotted: &str) -> Result<Vec<String>, String> {
+    let dotted = dotted.trim();
+    if dotted.is_empty() {
+        return Err("`json_field` is empty".into());
+    }
+    let names: Vec<String> = dotted.split('.').map(str::to_string).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(format!(
+            "'{dotted}' has an empty field name between its dots"
+        ));
+    }
+    Ok(names)
 }
 
 /// A binary value may only be used as a whole-template reference (where bytes are allowed).
@@ -622,6 +642,18 @@ pub fn compile_verify(
             "use either `split` or `pairs`, not both",
         );
     }
+    let envelope = src.envelope.as_ref().and_then(|e| {
+        envelope_path(&e.json_field)
+            .map_err(|message| {
+                cx.error(
+                    &path.key("signature").key("envelope").key("json_field"),
+                    Code::InvalidValue,
+                    message,
+                )
+                .hint = Some("name the envelope's field holding the signature, for example `signature` or `sig.value`".into());
+            })
+            .ok()
+    });
     let (mut steps, names, binary) = compile_steps(cx, &recipe.steps, &path.key("steps"), &roots);
     // The field or element holding the signature is not one of the signed parameters.
     for s in &mut steps {
@@ -698,6 +730,7 @@ pub fn compile_verify(
     (cx.problems.len() == before).then_some(VerifyPlan {
         source: recipe.signature.clone(),
         sig_json: sig_json.map(|(full, _, _)| full),
+        envelope,
         steps,
         expect,
         rsa_step,
@@ -821,6 +854,15 @@ pub enum Rejection {
         where_: String,
         /// Candidates found there.
         found: usize,
+    },
+    /// The signature's envelope (base64 of a JSON object) cannot be read, lacks the signature
+    /// field, or holds a non-text there.
+    #[error("the delivery's signature in {where_} cannot be read: {reason}")]
+    Unreadable {
+        /// Where the signature was read (`header X`, `field Y`).
+        where_: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The key id the delivery carries names no key of the gateway (or none is there).
     #[error("the delivery's key id cannot be used: {0}")]
@@ -980,7 +1022,18 @@ impl<'a> Run<'a> {
             Some(kid) => {
                 let id = self.render(&kid.value, step)?;
                 let id = match &kid.json_field {
-                    Some(field) => envelope_field(&id, field).map_err(by_request)?,
+                    Some(field) => {
+                        match envelope_field("key-id", &id, field).map_err(by_request)? {
+                            Value::String(s) if !s.is_empty() => s,
+                            Value::Number(n) => n.to_string(),
+                            _ => {
+                                return Err(by_request(format!(
+                                    "the key-id envelope's field '{}' is not a key id (text or number)",
+                                    field.join(".")
+                                )));
+                            }
+                        }
+                    }
                     None => id.trim().to_string(),
                 };
                 if id.is_empty() {
@@ -1044,27 +1097,28 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The key id inside a base64 (or base64url) JSON envelope, at a dotted path.
-fn envelope_field(envelope: &str, field: &[String]) -> Result<String, String> {
+/// The value at a dotted path inside a base64 (or base64url, padding optional) JSON object
+/// envelope; `what` names the envelope in the reasons (`key-id`, `signature`).
+fn envelope_field(what: &str, envelope: &str, field: &[String]) -> Result<Value, String> {
     let t = envelope.trim().trim_end_matches('=');
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(t)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
-        .map_err(|_| "the key-id envelope is not base64".to_string())?;
-    let json: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| "the key-id envelope is not base64 of JSON".to_string())?;
+        .map_err(|_| format!("the {what} envelope is not base64"))?;
+    let json = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Err(format!(
+                "the {what} envelope is not base64 of a JSON object"
+            ));
+        }
+    };
     let dotted = field.join(".");
-    let found = field
+    field
         .iter()
         .try_fold(&json, |v, f| v.get(f.as_str()))
-        .ok_or_else(|| format!("the key-id envelope has no field '{dotted}'"))?;
-    match found {
-        Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        _ => Err(format!(
-            "the key-id envelope's field '{dotted}' is not a key id (text or number)"
-        )),
-    }
+        .cloned()
+        .ok_or_else(|| format!("the {what} envelope has no field '{dotted}'"))
 }
 
 /// The key named `id` in the map at `path` of the run's context: a JSON object, or text
@@ -1753,6 +1807,24 @@ impl VerifyPlan {
         let raw = raw
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| Rejection::Missing(where_.clone()))?;
+        let raw = match &self.envelope {
+            None => raw,
+            Some(field) => {
+                let unreadable = |reason: String| Rejection::Unreadable {
+                    where_: where_.clone(),
+                    reason,
+                };
+                match envelope_field("signature", &raw, field).map_err(unreadable)? {
+                    Value::String(s) if !s.trim().is_empty() => s,
+                    _ => {
+                        return Err(unreadable(format!(
+                            "the signature envelope's field '{}' is not text",
+                            field.join(".")
+                        )));
+                    }
+                }
+            }
+        };
         let mut pairs = Map::new();
         let candidates = if let Some(p) = &self.source.pairs {
             let sep = p.separator.as_deref().unwrap_or(",");

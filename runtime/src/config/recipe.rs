@@ -66,6 +66,14 @@ pub struct SignatureSource {
     /// `from: [xml]`. Default: none.
     #[serde(default)]
     pub xml: Option<String>,
+    /// Reads the value as base64 or base64url (padding optional) of a JSON object and takes
+    /// the signature from a field of it (senders that put the signature, its key id and
+    /// algorithm into one token), before `split` or `pairs`. The same value can give the key
+    /// id: a digest step's `key_id` with the same `value` and its own `json_field`. A value
+    /// that is not such an envelope, lacks the field, or holds a non-text there is refused
+    /// with `reject_status`. Default: none (the value is the signature itself).
+    #[serde(default)]
+    pub envelope: Option<SignatureEnvelope>,
     /// Splits the value into several candidates, any of which may match (for example `" "` for
     /// a space-separated list of signatures during key rotation). A delivery with more than 16
     /// candidates is refused before any is tried. Default: none (the whole value is one candidate).
@@ -76,6 +84,15 @@ pub struct SignatureSource {
     /// pair is available to steps as `{{signature.K}}`. Default: none.
     #[serde(default)]
     pub pairs: Option<PairFormat>,
+}
+
+/// A signature token that is base64 of a JSON object holding the signature.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureEnvelope {
+    /// The envelope's field holding the signature (as text); dots reach nested fields, for
+    /// example `signature` or `sig.value`. No default.
+    pub json_field: String,
 }
 
 /// A list of `key=value` pairs inside one header value.
