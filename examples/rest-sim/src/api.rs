@@ -381,8 +381,8 @@ fn api_call(
         },
         ("POST", ["v2", "orders", id, "cancel"]) => cancel_order(state, id),
         ("GET", ["v2", "orders", id, "shipments"]) => match state.order_index(id) {
+            // Like many REST APIs, the list does not repeat the order it belongs to.
             Some(i) => ok(json!({
-                "order_id": id,
                 "data": state.orders.get(i).map(|o| o.shipments.clone()).unwrap_or_default()
             })),
             None => error(StatusCode::NOT_FOUND, "not_found", "no such order"),

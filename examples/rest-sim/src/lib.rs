@@ -26,7 +26,7 @@
 //! * `GET /v2/orders/{id}` — ORDER; 404 unknown.
 //! * `POST /v2/orders/{id}/cancel` — ORDER with `status: cancelled`; a shipped order → 409
 //!   `order_already_shipped`.
-//! * `GET /v2/orders/{id}/shipments` — `{"order_id", "data": [{"carrier", "tracking_number",
+//! * `GET /v2/orders/{id}/shipments` — `{"data": [{"carrier", "tracking_number",
 //!   "shipped_at"}]}`.
 //!
 //! PRODUCT is `{"id", "name", "description", "status": "active" | "archived", "variants":

@@ -42,6 +42,9 @@ static PLATFORM_STRUCTURE: LazyLock<Result<Structure, String>> =
 pub const REQUEST_ROOTS: &[&str] = &["input", "settings", "credentials", "platform", "operation"];
 /// Template variables available to mapping templates.
 pub const MAPPING_ROOTS: &[&str] = &["item", "doc", "settings", "platform"];
+/// Roots of templates in an operation's response mapping: the mapping roots and the
+/// operation's canonical input (as the caller gave it, with the mall's own ids).
+pub const RESPONSE_MAPPING_ROOTS: &[&str] = &["item", "doc", "settings", "platform", "input"];
 /// Template variables available to callback templates (dedupe keys).
 pub const CALLBACK_ROOTS: &[&str] = &["body", "headers", "query", "settings", "platform"];
 /// Variables of acknowledgement templates: a delivery's, and the platform's name of its type.
@@ -1067,7 +1070,11 @@ impl Cx<'_> {
             Some(MappingSource::Value(v.clone()))
         } else if let Some(t) = &m.template {
             let scope = Scope {
-                roots: MAPPING_ROOTS,
+                roots: if self.input_op.is_some() {
+                    RESPONSE_MAPPING_ROOTS
+                } else {
+                    MAPPING_ROOTS
+                },
                 extra: &[],
             };
             self.template(t, &path.key("template"), &scope)

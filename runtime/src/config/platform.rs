@@ -571,7 +571,8 @@ pub struct Mapping {
     #[serde(default)]
     pub value: Option<serde_json::Value>,
     /// A template producing a string, over `item` (the current item) and `doc` (the whole
-    /// document).
+    /// document); in an operation's response also `input`, the canonical input as the caller
+    /// gave it (the mall's own ids), for answers that do not repeat it.
     #[serde(default)]
     pub template: Option<String>,
     /// JSONPath selecting several items; the result is an array with one mapped value each.

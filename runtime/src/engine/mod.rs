@@ -362,7 +362,10 @@ impl Engine {
             .map_err(at)?;
         // Pairs learnt from the answer are stored first, so the output can translate them.
         self.record(platform, op, input, &doc).await.map_err(at)?;
-        let output = self.map_output(platform, op, &doc).await.map_err(at)?;
+        let output = self
+            .map_output(platform, op, &doc, input)
+            .await
+            .map_err(at)?;
         Ok(CallOutcome::Output(output))
     }
 
@@ -912,6 +915,7 @@ impl Engine {
         platform: &PlatformPlan,
         op: &OperationPlan,
         doc: &Value,
+        input: &Value,
     ) -> Result<Value, Problem> {
         let Some(plan) = &op.output else {
             return Ok(doc.clone());
@@ -919,6 +923,8 @@ impl Engine {
         let mut extra = Map::new();
         extra.insert("settings".into(), Value::Object(platform.settings.clone()));
         extra.insert("platform".into(), Value::String(platform.name.clone()));
+        // The caller's input, with the mall's own ids: for answers that do not repeat it.
+        extra.insert("input".into(), input.clone());
         let mapped = mapping::map_document(plan, doc, &extra).map_err(|e| {
             Problem::new(
                 ProblemKind::MappingError,
