@@ -15,7 +15,7 @@ use entrepot::compile::gateway::TargetSettings;
 use entrepot::credentials::CredentialSets;
 use entrepot::dispatch::{DispatchOptions, Dispatcher};
 use entrepot::engine::Engine;
-use entrepot::server::{AppState, serve};
+use entrepot::server::AppState;
 use entrepot::store::Store;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -152,16 +152,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     Harness {
         url: format!("http://{addr}"),
         http: reqwest::Client::new(),
@@ -485,16 +476,7 @@ async fn replayed_deliveries_are_refused() {
         engine: Some(engine),
         ..Default::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
 
     // The sender side: the same platform file's signing recipe makes a genuine delivery.
     let built = entrepot::engine::build::build(

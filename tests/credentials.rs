@@ -9,7 +9,7 @@ use channel_sim::{Catalog, SimConfig, Simulator};
 use entrepot::callbacks::{Inbound, receive};
 use entrepot::credentials::CredentialSets;
 use entrepot::engine::Engine;
-use entrepot::server::{AppState, serve};
+use entrepot::server::AppState;
 use entrepot::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -67,16 +67,7 @@ async fn pushed_credentials_take_effect_persist_and_rotate() {
         admin_token: Some(entrepot::config::Secret::new(ADMIN)),
         ..Default::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();
     let creds_url = format!("http://{addr}/admin/v1/platforms/yanxuan/credentials");
     let call = || {

@@ -12,7 +12,7 @@ use channel_sim::{Catalog, SimConfig, Simulator};
 use entrepot::credentials::CredentialSets;
 use entrepot::engine::Engine;
 use entrepot::reload::Reloader;
-use entrepot::server::{AppState, serve};
+use entrepot::server::AppState;
 use serde_json::{Value, json};
 
 use crate::support::root;
@@ -64,16 +64,7 @@ async fn fifty_edits_under_load_fail_no_request() {
         reloader: Some(reloader.clone()),
         ..Default::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();
 
     // Steady load: bounded, on loopback, until the edits are done.

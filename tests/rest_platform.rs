@@ -13,7 +13,7 @@ use axum::routing::post;
 use entrepot::credentials::CredentialSets;
 use entrepot::dispatch::{DispatchOptions, Dispatcher};
 use entrepot::engine::Engine;
-use entrepot::server::{AppState, serve};
+use entrepot::server::AppState;
 use entrepot::store::Store;
 use rest_sim::{Fault, FaultKind, SimConfig, Simulator};
 use serde_json::{Value, json};
@@ -109,16 +109,7 @@ async fn start() -> Gateway {
         ..Default::default()
     };
     tokio::spawn(dispatcher.run(std::future::pending()));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let url = format!("http://{addr}");
     sim.set_webhook_url(&format!("{url}/callbacks/acme-rest/webhooks"));
     Gateway {

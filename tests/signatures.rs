@@ -321,7 +321,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
     use arc_swap::ArcSwap;
     use entrepot::credentials::CredentialSets;
     use entrepot::engine::Engine;
-    use entrepot::server::{AppState, serve};
+    use entrepot::server::AppState;
 
     let compiled =
         entrepot::compile::compile_files(&[root().join("tests/vectors/ecdsa.yaml")], &|_| None);
@@ -345,16 +345,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         reloader: None,
         trust_forwarded_headers: false,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let v = vectors();
     let body = text(&v["ecdsa_p256"]["message"]).to_string();
     let sig = text(&v["ecdsa_p256"]["sha256_der_base64"]);
@@ -470,7 +461,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
     use arc_swap::ArcSwap;
     use entrepot::credentials::CredentialSets;
     use entrepot::engine::Engine;
-    use entrepot::server::{AppState, serve};
+    use entrepot::server::AppState;
 
     let compiled = entrepot::compile::compile_files(
         &[root().join("tests/vectors/signature-envelope.yaml")],
@@ -496,16 +487,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
         reloader: None,
         trust_forwarded_headers: false,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let v = envelope_vectors();
     let body = text(&v["message"]).to_string();
     let token = text(&v["flat"]["header_value"]).to_string();

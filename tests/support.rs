@@ -47,3 +47,17 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> entrepot::store::Store {
     .await
     .unwrap()
 }
+
+/// Serves `state` on 127.0.0.1 (a free port) until the test ends; returns the address.
+pub async fn serve_on_loopback(state: entrepot::server::AppState) -> std::net::SocketAddr {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(entrepot::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        std::future::pending(),
+    ));
+    rx.await.unwrap()
+}

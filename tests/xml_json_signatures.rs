@@ -319,7 +319,7 @@ async fn body_signatures_through_the_server() {
     use arc_swap::ArcSwap;
     use entrepot::credentials::CredentialSets;
     use entrepot::engine::Engine;
-    use entrepot::server::{AppState, serve};
+    use entrepot::server::AppState;
 
     let d = data();
     let compiled = entrepot::compile::compile_files(
@@ -355,16 +355,7 @@ async fn body_signatures_through_the_server() {
         reloader: None,
         trust_forwarded_headers: false,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        "127.0.0.1:0".parse().unwrap(),
-        state,
-        move |a| {
-            let _ = tx.send(a);
-        },
-        std::future::pending(),
-    ));
-    let addr = rx.await.unwrap();
+    let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();
     let post = |path: &str, ctype: &str, body: String| {
         http.post(format!("http://{addr}/callbacks{path}"))
