@@ -118,41 +118,6 @@ impl Gateway {
     }
 }
 
-/// Loads the canonical schema files from disk for the validator (not the embedded copies the
-/// runtime uses).
-struct FromDisk;
-
-impl jsonschema::Retrieve for FromDisk {
-    fn retrieve(
-        &self,
-        uri: &jsonschema::Uri<String>,
-    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-        let name = uri
-            .as_str()
-            .strip_prefix("https://entrepot.dev/schemas/canonical/")
-            .ok_or("not a canonical schema")?;
-        let text = std::fs::read_to_string(root().join("schemas/canonical").join(name))?;
-        Ok(serde_json::from_str(&text)?)
-    }
-}
-
-/// Problems of `value` against the `output` of operation `op`'s canonical schema, formats
-/// included.
-fn output_problems(op: &str, value: &Value) -> Vec<String> {
-    let schema = json!({
-        "$ref": format!("https://entrepot.dev/schemas/canonical/{op}.json#/properties/output")
-    });
-    let validator = jsonschema::options()
-        .with_retriever(FromDisk)
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap();
-    validator
-        .iter_errors(value)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect()
-}
-
 fn order_input(order_id: &str, sku: &str) -> Value {
     json!({
         "order_id": order_id,
@@ -234,7 +199,7 @@ async fn every_mapped_output_matches_its_canonical_schema() {
     covered.dedup();
     assert_eq!(covered.len(), 7, "{covered:?}");
     for (op, out) in &outputs {
-        let problems = output_problems(op, out);
+        let problems = crate::support::output_problems(op, out);
         assert!(problems.is_empty(), "{op} answered {out}\n{problems:#?}");
     }
 }

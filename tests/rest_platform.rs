@@ -151,7 +151,7 @@ impl Gateway {
     async fn ok(&self, op: &str, input: Value) -> Value {
         let (status, body) = self.call(op, input).await;
         assert_eq!(status, 200, "{op}: {body}");
-        let problems = output_problems(op, &body);
+        let problems = crate::support::output_problems(op, &body);
         assert!(problems.is_empty(), "{op}: {problems:?} in {body}");
         body
     }
@@ -171,7 +171,8 @@ impl Gateway {
             .expect("an event within 10s")
             .unwrap();
         let kind = event["type"].as_str().unwrap_or_default();
-        let found = problems(&format!("events/{kind}.json"), &event["data"]);
+        let found =
+            crate::support::canonical_problems(&format!("events/{kind}.json"), &event["data"]);
         assert!(found.is_empty(), "{found:?} in {event}");
         event
     }
@@ -191,45 +192,6 @@ impl Gateway {
             })
             .collect()
     }
-}
-
-/// Loads the canonical schema files from disk for the validator (not the runtime's copies).
-struct FromDisk;
-
-impl jsonschema::Retrieve for FromDisk {
-    fn retrieve(
-        &self,
-        uri: &jsonschema::Uri<String>,
-    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-        let name = uri
-            .as_str()
-            .strip_prefix("https://entrepot.dev/schemas/canonical/")
-            .ok_or("not a canonical schema")?;
-        let text = std::fs::read_to_string(root().join("schemas/canonical").join(name))?;
-        Ok(serde_json::from_str(&text)?)
-    }
-}
-
-/// Problems of `value` against the canonical output schema of `op`, formats included.
-fn output_problems(op: &str, value: &Value) -> Vec<String> {
-    problems(&format!("{op}.json#/properties/output"), value)
-}
-
-/// Problems of `value` against the canonical schema at `reference` (relative to
-/// `schemas/canonical/`).
-fn problems(reference: &str, value: &Value) -> Vec<String> {
-    let schema = json!({
-        "$ref": format!("https://entrepot.dev/schemas/canonical/{reference}")
-    });
-    let validator = jsonschema::options()
-        .with_retriever(FromDisk)
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap();
-    validator
-        .iter_errors(value)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect()
 }
 
 /// Lists the catalog so the gateway learns the SKUs; returns the internal ids of

@@ -61,3 +61,43 @@ pub async fn serve_on_loopback(state: entrepot::server::AppState) -> std::net::S
     ));
     rx.await.unwrap()
 }
+
+/// Loads the canonical schema files from disk for the validator (not the copies built into
+/// the runtime), so tests check outputs against the committed schemas themselves.
+struct CanonicalFromDisk;
+
+impl jsonschema::Retrieve for CanonicalFromDisk {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri
+            .as_str()
+            .strip_prefix("https://entrepot.dev/schemas/canonical/")
+            .ok_or("not a canonical schema")?;
+        let text = std::fs::read_to_string(root().join("schemas/canonical").join(name))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Problems of `value` against the canonical schema at `reference` (relative to
+/// `schemas/canonical/`, such as `events/order.shipped.json`), formats included.
+pub fn canonical_problems(reference: &str, value: &serde_json::Value) -> Vec<String> {
+    let schema = serde_json::json!({
+        "$ref": format!("https://entrepot.dev/schemas/canonical/{reference}")
+    });
+    let validator = jsonschema::options()
+        .with_retriever(CanonicalFromDisk)
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    validator
+        .iter_errors(value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+/// Problems of `value` against the canonical output schema of operation `op`.
+pub fn output_problems(op: &str, value: &serde_json::Value) -> Vec<String> {
+    canonical_problems(&format!("{op}.json#/properties/output"), value)
+}
