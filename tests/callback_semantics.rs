@@ -427,7 +427,7 @@ async fn standard_webhooks_retries_are_acknowledged() {
             &s.plan,
             &s.plan.operations["product.get"],
             &entrepot::engine::build::BuildInput {
-                input: &json!({"payload": {"type": "product.updated", "id": "p-1"}}),
+                input: &json!({"type": "product.updated", "id": "p-1"}),
                 credentials: &creds,
                 now: at,
                 nonce: Some("msg_retry_1".into()),
@@ -486,7 +486,7 @@ fn a_declared_content_type_replaces_the_default() {
 credentials: [secret]
 request:
   url: "http://127.0.0.1:9/x"
-  json: {{ a: "{{{{input.a}}}}" }}
+  json: {{ a: "{{{{input.spu_id}}}}" }}
 {headers}  sign:
     steps:
       - {{ name: sig, kind: digest, alg: hmac-sha256, input: "{{{{headers.[content-type]}}}}|{{{{body}}}}", key: "{{{{credentials.secret}}}}" }}
@@ -519,7 +519,7 @@ operations:
             &p,
             &p.operations["product.get"],
             &entrepot::engine::build::BuildInput {
-                input: &json!({"a": "x"}),
+                input: &json!({"spu_id": "x"}),
                 credentials: &creds,
                 now: OffsetDateTime::now_utc(),
                 nonce: None,

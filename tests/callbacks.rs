@@ -483,7 +483,7 @@ async fn replayed_deliveries_are_refused() {
         &p,
         &p.operations["product.get"],
         &entrepot::engine::build::BuildInput {
-            input: &json!({"payload": {"type": "product.updated", "id": "p-1"}}),
+            input: &json!({"type": "product.updated", "id": "p-1"}),
             credentials: &creds["vector_stdwh"],
             now: OffsetDateTime::now_utc(),
             nonce: Some("msg_replay_1".into()),

@@ -94,15 +94,11 @@ fn sign_preview_is_deterministic_and_masks_secrets() {
     let creds = dir.path().join("credentials.yaml");
     std::fs::write(
         &creds,
-        "vector_top:\n  app_key: \"12345678\"\n  app_secret: helloworld\n",
+        "vector_top:\n  app_key: \"12345678\"\n  app_secret: helloworld\n  session: test\n",
     )
     .unwrap();
     let input = dir.path().join("input.json");
-    std::fs::write(
-        &input,
-        r#"{"method": "taobao.item.seller.get", "session": "test", "fields": "num_iid,title,nick,price,num", "num_iid": "11223344"}"#,
-    )
-    .unwrap();
+    std::fs::write(&input, r#"{"spu_id": "11223344"}"#).unwrap();
     let run = || {
         entrepot()
             .args([

@@ -480,6 +480,14 @@ async fn refused_orders_are_problems_and_the_key_makes_a_resend_the_same_order()
         "{problem}"
     );
     assert_eq!(problem["retryable"], false);
+    // The platform's status and its error details reach the caller, as the simulator wrote
+    // them: the third line's price is the one refused.
+    assert_eq!(problem["platform_status"], 422, "{problem}");
+    assert_eq!(
+        problem["platform_details"],
+        json!([{"field": "lines[2].unit_price", "issue": "price_mismatch: the price is 19.99"}]),
+        "{problem}"
+    );
     assert!(gw.sim.orders().is_empty());
     assert_eq!(
         gw.sim.requests().last().unwrap().body.as_ref().unwrap()["lines"][2]["unit_price"],

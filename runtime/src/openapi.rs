@@ -56,7 +56,7 @@ fn problem_responses() -> Value {
         "413": { "description": "The request body is larger than the gateway accepts (2 MiB)." },
         "429": { "description": "The platform asked to slow down (its HTTP 429); `retry_after` says how long, when it did.", "content": problem },
         "500": { "description": "The gateway is not configured for this call (a credential has no value, the signing recipe cannot run).", "content": problem },
-        "502": { "description": "The platform refused the call, failed (unreachable, HTTP 5xx: `platform_status`), or its answer does not map.", "content": problem },
+        "502": { "description": "The platform refused the call (`platform_code`, `platform_status`, `platform_details`), failed (unreachable, HTTP 5xx: `platform_status`), or its answer does not map.", "content": problem },
         "503": { "description": "The call could not be made on the gateway's side: open circuit breaker, no rate-limit or concurrency slot free within the deadline (`retry_after`), or the gateway's store is unavailable.", "content": problem },
         "504": { "description": "The platform did not answer within the operation's deadline.", "content": problem },
     })
@@ -80,6 +80,7 @@ fn build() -> Value {
                 "detail": { "type": "string" }, "platform": { "type": "string" }, "operation": { "type": "string" },
                 "platform_code": { "type": "string" }, "platform_message": { "type": "string" },
                 "platform_status": { "type": "integer", "description": "The platform's HTTP status, when it answered with a failure status." },
+                "platform_details": { "description": "Further details of the platform's error, as the platform gave them (`response.error.details`)." },
                 "retry_after": { "type": "integer", "description": "Seconds to wait before trying again (also the Retry-After header)." },
                 "retryable": { "type": "boolean" }, "errors": { "type": "array", "items": { "type": "string" } }
             },

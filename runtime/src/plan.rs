@@ -375,6 +375,8 @@ pub struct AnswerPlan {
     pub error_code: Option<JsonPathExpr>,
     /// Where the error message is.
     pub error_message: Option<JsonPathExpr>,
+    /// Where the error's details are.
+    pub error_details: Option<JsonPathExpr>,
     /// Error codes worth retrying.
     pub retryable: Vec<String>,
 }

@@ -109,6 +109,54 @@ pub struct Analysis {
     pub now_args: Vec<String>,
     /// Of `paths`, those written out directly (`{{input.x}}`), not given to a helper.
     pub outputs: Vec<Vec<String>>,
+    /// Paths read inside `each`/`with` blocks (or through `@root`/`../`), resolved to the
+    /// top level where the block's context is a known path: a segment `[]` stands for "an
+    /// element of the list before it" (`{{#each input.lines}}{{sku_id}}{{/each}}` reads
+    /// `input.lines.[].sku_id`).
+    pub scoped: Vec<Vec<String>>,
+}
+
+/// The segment of an analysed path that stands for an element of a list (inside `each`).
+pub const ELEMENT: &str = "[]";
+
+/// Where analysis is in a template: the context of each enclosing block, outermost first; the
+/// root is `Some([])`, a block over something not a plain path is `None` (its context is
+/// unknown, so relative paths inside are not resolved).
+struct Scopes(Vec<Option<Vec<String>>>);
+
+impl Scopes {
+    fn root() -> Self {
+        Scopes(vec![Some(Vec::new())])
+    }
+
+    fn depth(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    /// The absolute path that `written` (a path as written at this point: `x.y`, `this.x`,
+    /// `../x`, `@root.x`) leads to, if known.
+    fn resolve(&self, written: &str) -> Option<Vec<String>> {
+        let mut level = self.0.len() - 1;
+        let mut rest = written;
+        if let Some(r) = rest.strip_prefix("@root") {
+            level = 0;
+            rest = r.trim_start_matches(['.', '/']);
+        } else {
+            while let Some(r) = rest.strip_prefix("../") {
+                level = level.checked_sub(1)?;
+                rest = r;
+            }
+        }
+        let mut out = self.0.get(level)?.clone()?;
+        for seg in rest.split(['.', '/']) {
+            match seg {
+                "" | "this" => {}
+                s if s.starts_with('@') || s.starts_with('[') => return None,
+                s => out.push(s.to_string()),
+            }
+        }
+        Some(out)
+    }
 }
 
 /// A problem with a template, found at compile time.
@@ -142,7 +190,7 @@ impl CompiledTemplate {
             syntax: true,
         })?;
         let mut analysis = Analysis::default();
-        analyse(&template.elements, 0, &mut analysis);
+        analyse(&template.elements, &mut Scopes::root(), &mut analysis);
         for name in &analysis.helpers {
             if !HELPERS.contains(&name.as_str()) && !BUILTIN_HELPERS.contains(&name.as_str()) {
                 let known = HELPERS.iter().chain(BUILTIN_HELPERS).copied();
@@ -197,7 +245,7 @@ impl CompiledTemplate {
             Body::Ref(path) => input_paths_of(std::slice::from_ref(path)),
             Body::Engine(t) => {
                 let mut a = Analysis::default();
-                analyse(&t.elements, 0, &mut a);
+                analyse(&t.elements, &mut Scopes::root(), &mut a);
                 input_paths_of(&a.paths)
             }
         }
@@ -335,7 +383,7 @@ impl UrlTemplate {
                 TemplateElement::Comment(_) => {}
                 other => {
                     let mut a = Analysis::default();
-                    analyse(std::slice::from_ref(other), 0, &mut a);
+                    analyse(std::slice::from_ref(other), &mut Scopes::root(), &mut a);
                     let inputs = input_paths_of(&a.paths);
                     let helper = match other {
                         TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
@@ -527,11 +575,11 @@ fn single_ref(template: &Template) -> Option<Vec<String>> {
     }
 }
 
-fn analyse(elements: &[TemplateElement], depth: usize, out: &mut Analysis) {
+fn analyse(elements: &[TemplateElement], scopes: &mut Scopes, out: &mut Analysis) {
     for e in elements {
         match e {
             TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
-                analyse_call(&h.name, &h.params, &h.hash, depth, out);
+                analyse_call(&h.name, &h.params, &h.hash, scopes, out);
             }
             TemplateElement::HelperBlock(h) => {
                 let name = match &h.name {
@@ -540,18 +588,30 @@ fn analyse(elements: &[TemplateElement], depth: usize, out: &mut Analysis) {
                 };
                 out.helpers.push(name.clone());
                 for p in h.params.iter().chain(h.hash.values()) {
-                    analyse_param(p, depth, out);
+                    analyse_param(p, scopes, out);
                 }
-                let inner = if SCOPING_HELPERS.contains(&name.as_str()) {
-                    depth + 1
-                } else {
-                    depth
-                };
                 if let Some(t) = &h.template {
-                    analyse(&t.elements, inner, out);
+                    if SCOPING_HELPERS.contains(&name.as_str()) {
+                        let context = match h.params.first() {
+                            Some(Parameter::Path(handlebars::Path::Relative((_, written)))) => {
+                                scopes.resolve(written).map(|mut base| {
+                                    if name == "each" {
+                                        base.push(ELEMENT.to_string());
+                                    }
+                                    base
+                                })
+                            }
+                            _ => None,
+                        };
+                        scopes.0.push(context);
+                        analyse(&t.elements, scopes, out);
+                        scopes.0.pop();
+                    } else {
+                        analyse(&t.elements, scopes, out);
+                    }
                 }
                 if let Some(t) = &h.inverse {
-                    analyse(&t.elements, depth, out);
+                    analyse(&t.elements, scopes, out);
                 }
             }
             _ => {}
@@ -563,7 +623,7 @@ fn analyse_call(
     name: &Parameter,
     params: &[Parameter],
     hash: &HashMap<String, Parameter>,
-    depth: usize,
+    scopes: &mut Scopes,
     out: &mut Analysis,
 ) {
     match name {
@@ -585,27 +645,39 @@ fn analyse_call(
         }
         other => {
             let before = out.paths.len();
-            analyse_param(other, depth, out);
+            analyse_param(other, scopes, out);
             if let Some(written) = out.paths.get(before..) {
                 out.outputs.extend(written.iter().cloned());
             }
         }
     }
     for p in params.iter().chain(hash.values()) {
-        analyse_param(p, depth, out);
+        analyse_param(p, scopes, out);
     }
 }
 
-fn analyse_param(p: &Parameter, depth: usize, out: &mut Analysis) {
+fn analyse_param(p: &Parameter, scopes: &mut Scopes, out: &mut Analysis) {
     match p {
-        Parameter::Name(n) if depth == 0 => out.paths.push(vec![n.clone()]),
-        Parameter::Path(handlebars::Path::Relative((segs, _))) if depth == 0 => {
-            if let Some(path) = path_segments(segs) {
-                out.paths.push(path);
+        Parameter::Name(n) if scopes.depth() == 0 => out.paths.push(vec![n.clone()]),
+        Parameter::Name(n) => {
+            if let Some(path) = scopes.resolve(n) {
+                out.scoped.push(path);
+            }
+        }
+        Parameter::Path(handlebars::Path::Relative((segs, written))) => {
+            let plain = segs.iter().all(|s| matches!(s, PathSeg::Named(_)));
+            if scopes.depth() == 0 && plain {
+                if let Some(path) = path_segments(segs) {
+                    out.paths.push(path);
+                }
+            } else if !segs.is_empty()
+                && let Some(path) = scopes.resolve(written)
+            {
+                out.scoped.push(path);
             }
         }
         Parameter::Subexpression(sub) => {
-            analyse(std::slice::from_ref(sub.element.as_ref()), depth, out);
+            analyse(std::slice::from_ref(sub.element.as_ref()), scopes, out);
         }
         _ => {}
     }

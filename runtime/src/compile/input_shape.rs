@@ -299,6 +299,17 @@ pub fn reach(start: Node, prefix: &str, segs: &[String]) -> (Reach, Option<Node>
     let mut node = start;
     let mut written = prefix.to_string();
     for seg in segs {
+        if seg == crate::template::ELEMENT {
+            // An element of a list, as inside `{{#each}}`.
+            match items(node).filter(|_| is_list(node)) {
+                Some(item) => {
+                    node = item;
+                    written.push_str(seg);
+                    continue;
+                }
+                None => return (Reach::Other, None),
+            }
+        }
         if is_list(node) {
             return (Reach::ThroughList(written), None);
         }

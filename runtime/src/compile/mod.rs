@@ -932,6 +932,7 @@ impl Cx<'_> {
             success_values: Vec::new(),
             error_code: None,
             error_message: None,
+            error_details: None,
             retryable: Vec::new(),
         };
         if let Some(s) = &s_spec.success {
@@ -978,6 +979,10 @@ impl Cx<'_> {
                 .message
                 .as_ref()
                 .and_then(|p| self.json_path(p, &ep.key("message")));
+            plan.error_details = e
+                .details
+                .as_ref()
+                .and_then(|p| self.json_path(p, &ep.key("details")));
             plan.retryable = e.retryable.clone();
         }
         plan

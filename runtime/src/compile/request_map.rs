@@ -471,13 +471,24 @@ impl Cx<'_> {
                         "map the body with `body:` and {EACH_HINT}; in a template, loop with {{{{#each {list}}}}}...{{{{/each}}}}"
                     ));
                 }
-                // The platform-wide request is shared by every operation (and signing
-                // fixtures feed it inputs of their own): its fields are not checked here.
                 Reach::Unknown {
                     parent,
                     field,
                     known,
-                } if !wide => self.unknown_input_field(path, &written, &parent, &field, &known),
+                } => {
+                    if !wide {
+                        self.unknown_input_field(path, &written, &parent, &field, &known);
+                    } else if self.first_operation_with_input() && !self.some_input_has(rest) {
+                        // The platform-wide request serves every operation: a field that
+                        // some operation has renders empty for the others, but one that no
+                        // operation has is a mistake, reported once (here, for the first).
+                        let mut known = known;
+                        if parent == "input" {
+                            known = self.all_input_fields();
+                        }
+                        self.unknown_wide_input_field(path, &written, &parent, &field, &known);
+                    }
+                }
                 Reach::List(list) if !whole_value && a.outputs.contains(p) => {
                     self.error(
                         path,
@@ -491,5 +502,96 @@ impl Cx<'_> {
                 _ => {}
             }
         }
+        for p in &a.scoped {
+            let Some((root, rest)) = p.split_first() else {
+                continue;
+            };
+            if root != "input" {
+                continue;
+            }
+            let written = p.join(".").replace(".[]", "[]");
+            let reach = input_shape::reach(input, "input", rest).0;
+            let Reach::Unknown {
+                parent,
+                field,
+                known,
+            } = reach
+            else {
+                continue;
+            };
+            if !wide {
+                self.unknown_input_field(path, &written, &parent, &field, &known);
+            } else if self.first_operation_with_input() && !self.some_input_has(rest) {
+                self.unknown_wide_input_field(path, &written, &parent, &field, &known);
+            }
+        }
+    }
+
+    /// Whether the operation being compiled is the first of the file with a canonical input
+    /// (where problems of the platform-wide request are reported, once).
+    fn first_operation_with_input(&self) -> bool {
+        let first = self
+            .file
+            .operations
+            .keys()
+            .find(|op| input_shape::input_node(op).is_some());
+        first.is_some() && first.map(String::as_str) == self.input_op.as_deref()
+    }
+
+    /// Whether the canonical input of some operation of the file reaches `rest` (a path after
+    /// `input`).
+    fn some_input_has(&self, rest: &[String]) -> bool {
+        self.file.operations.keys().any(|op| {
+            input_shape::input_node(op).is_some_and(|node| {
+                !matches!(
+                    input_shape::reach(node, "input", rest).0,
+                    Reach::Unknown { .. }
+                )
+            })
+        })
+    }
+
+    /// The top-level fields of the canonical inputs of the file's operations.
+    fn all_input_fields(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for op in self.file.operations.keys() {
+            if let Some(node) = input_shape::input_node(op) {
+                for f in input_shape::field_names(node) {
+                    if !out.contains(&f) {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Reports a reference of the platform-wide request to a field no operation of the file
+    /// has in its canonical input.
+    fn unknown_wide_input_field(
+        &mut self,
+        path: &DocPath,
+        written: &str,
+        parent: &str,
+        field: &str,
+        known: &[&str],
+    ) {
+        let ops: Vec<&str> = self.file.operations.keys().map(String::as_str).collect();
+        let hint = match did_you_mean(field, known.iter().copied()) {
+            Some(best) => format!("did you mean '{parent}.{best}'?"),
+            None if known.is_empty() => {
+                format!("'{parent}' is a single value, with no fields: remove '.{field}'")
+            }
+            None => format!("the fields of '{parent}' are: {}", known.join(", ")),
+        };
+        self.error(
+            path,
+            Code::UnknownField,
+            format!(
+                "'{written}' is in the canonical input of no operation of this file ({}): '{parent}' has no field '{field}'",
+                ops.join(", ")
+            ),
+        )
+        .hint = Some(hint);
     }
 }

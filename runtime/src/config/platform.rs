@@ -504,6 +504,11 @@ pub struct ErrorSpec {
     /// JSONPath of the platform's error message, for example `$.msg`.
     #[serde(default)]
     pub message: Option<String>,
+    /// JSONPath of further details of the error (a list of field problems, for example
+    /// `$.error.details`), passed on to the caller as `platform_details` when its JSON text
+    /// is at most 4 KiB.
+    #[serde(default)]
+    pub details: Option<String>,
     /// Platform error codes after which a retry may succeed (rate limited, busy...).
     #[serde(default)]
     pub retryable: Vec<String>,

@@ -29,6 +29,9 @@ use build::{BuildError, BuildInput, BuiltRequest, build, method_text};
 use problem::{Problem, ProblemKind};
 use transport::{Breaker, Pacer, ReadFailure, backoff};
 
+/// The largest platform error details (as JSON text) passed on to the caller.
+const MAX_PLATFORM_DETAILS: usize = 4096;
+
 /// What a call produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOutcome {
@@ -902,6 +905,13 @@ impl Engine {
         );
         p.platform_code = platform_code;
         p.platform_message = platform_message;
+        p.platform_details = a
+            .error_details
+            .as_ref()
+            .and_then(|path| path.first(&doc))
+            .filter(|d| serde_json::to_vec(d).is_ok_and(|t| t.len() <= MAX_PLATFORM_DETAILS))
+            .cloned();
+        p.platform_status = (!status_ok).then_some(status);
         p.retryable = retryable;
         Err(if retryable {
             Attempt::Retryable(p)

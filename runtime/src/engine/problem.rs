@@ -108,6 +108,10 @@ pub struct Problem {
     /// The platform's own error message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform_message: Option<String>,
+    /// Further details of the platform's error (its `response.error.details`), at most 4 KiB
+    /// of JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_details: Option<serde_json::Value>,
     /// The HTTP status the platform answered with, when it answered with a failure status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform_status: Option<u16>,
@@ -137,6 +141,7 @@ impl Problem {
             operation: None,
             platform_code: None,
             platform_message: None,
+            platform_details: None,
             platform_status: None,
             retry_after: None,
             retryable: matches!(
