@@ -23,6 +23,7 @@ mod crash;
 mod credentials;
 mod engine;
 mod engine_auth;
+mod ids;
 mod layout;
 mod pollers;
 mod recipe_properties;

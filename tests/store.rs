@@ -22,7 +22,7 @@ async fn sqlite() -> (Store, tempfile::TempDir) {
     (store, dir)
 }
 
-fn postgres_url(announce: bool) -> Option<String> {
+pub fn postgres_url(announce: bool) -> Option<String> {
     let url = std::env::var("ENTREPOT_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty());
@@ -37,7 +37,7 @@ fn postgres_url(announce: bool) -> Option<String> {
     url
 }
 
-async fn postgres(url: &str, schema: &str) -> Store {
+pub async fn postgres(url: &str, schema: &str) -> Store {
     Store::open(&StoreOptions {
         url: url.into(),
         schema: Some(schema.into()),
@@ -47,11 +47,11 @@ async fn postgres(url: &str, schema: &str) -> Store {
     .unwrap()
 }
 
-fn fresh_schema() -> String {
+pub fn fresh_schema() -> String {
     format!("entrepot_test_{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn drop_schema(url: &str, schema: &str) {
+pub async fn drop_schema(url: &str, schema: &str) {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .execute(&pool)

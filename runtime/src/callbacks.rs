@@ -10,8 +10,9 @@ use time::OffsetDateTime;
 
 use crate::compile::gateway::TargetSettings;
 use crate::config::platform::BodyFormat;
-use crate::engine::Engine;
+use crate::credentials::Credentials;
 use crate::engine::decode;
+use crate::ids::Ids;
 use crate::plan::{AckPlan, CallbackPlan, DiscriminatorPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
 use crate::store::{InboxOutcome, NewDelivery, NewEvent};
@@ -200,6 +201,16 @@ pub fn document_of(cb: &CallbackPlan, parts: &Parts) -> Result<Value, decode::De
     }
 }
 
+/// What callbacks need of the rest of the gateway: credentials to verify deliveries, ids to
+/// translate the platform's ids in events (and, through it, the store).
+#[derive(Clone, Copy)]
+pub struct Services<'a> {
+    /// The credentials room.
+    pub credentials: &'a Credentials,
+    /// The id translation room.
+    pub ids: &'a Ids,
+}
+
 /// Handles one delivery. `notify` is called when new events were stored.
 ///
 /// The order keeps a hostile delivery cheap: the route's limits are checked on the raw bytes,
@@ -207,7 +218,7 @@ pub fn document_of(cb: &CallbackPlan, parts: &Parts) -> Result<Value, decode::De
 /// and only a verified delivery is decoded, mapped and stored in full.
 pub async fn receive(
     plan: &Plan,
-    engine: &Engine,
+    services: impl Into<Services<'_>>,
     targets: &[TargetSettings],
     inbound: Inbound,
     now: OffsetDateTime,
@@ -216,7 +227,8 @@ pub async fn receive(
     let Some((platform, cb)) = find(plan, &inbound.route) else {
         return Reply::error(404, "no callback route here");
     };
-    let store = engine.store();
+    let services: Services<'_> = services.into();
+    let store = services.ids.store();
     let headers_json = {
         let m: Map<String, Value> = inbound
             .headers
@@ -267,7 +279,7 @@ pub async fn receive(
         }
     };
     if let Some(verify) = &cb.verify {
-        let creds = engine.credentials_for(platform);
+        let creds = services.credentials.credentials_for(platform);
         let env = RunEnv {
             credentials: &creds,
             settings: &platform.settings,
@@ -276,7 +288,7 @@ pub async fn receive(
             nonce: None,
         };
         // During a rotation window the previous credentials verify too.
-        let previous = engine.previous_credentials_for(platform, now);
+        let previous = services.credentials.previous_credentials_for(platform, now);
         let result = match (verify.verify(&parts, &env), &previous) {
             (Err(Rejection::Mismatch), Some(prev)) => {
                 let env = RunEnv {
@@ -379,7 +391,7 @@ pub async fn receive(
     } = parts;
     delivery.body = body;
     if let Err(reply) = ingest(
-        platform, &spec, engine, targets, delivery, &doc, &headers, &query, now, notify,
+        platform, &spec, services, targets, delivery, &doc, &headers, &query, now, notify,
     )
     .await
     {
@@ -457,7 +469,7 @@ pub struct Ingest<'a> {
 pub async fn ingest(
     platform: &PlatformPlan,
     spec: &Ingest<'_>,
-    engine: &Engine,
+    services: Services<'_>,
     targets: &[TargetSettings],
     mut delivery: NewDelivery,
     doc: &Value,
@@ -466,7 +478,7 @@ pub async fn ingest(
     now: OffsetDateTime,
     notify: &(dyn Fn() + Send + Sync),
 ) -> Result<(), Reply> {
-    let store = engine.store();
+    let store = services.ids.store();
     let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
 
     let ctx = Value::Object(delivery_context(platform, doc, headers, query));
@@ -540,7 +552,7 @@ pub async fn ingest(
                             .await);
                         }
                     };
-                    match engine.translate_ids(platform, mapped).await {
+                    match services.ids.translate_mapped(platform, mapped).await {
                         Ok(v) => v,
                         Err(p) if p.status == 503 => {
                             return Err(Reply::error(

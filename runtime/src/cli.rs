@@ -553,11 +553,10 @@ fn serve(
         },
         None => Default::default(),
     };
-    let engine = Arc::new(crate::engine::Engine::new(
-        store.clone(),
-        credentials.clone(),
-        process_env,
-    ));
+    let engine = Arc::new(
+        crate::engine::Engine::new(store.clone(), credentials.clone(), process_env)
+            .with_id_cache(gateway.id_cache),
+    );
     match runtime.block_on(engine.load_pushed()) {
         Ok(n) => tracing::info!(platforms = n, "pushed credentials loaded"),
         Err(e) => {

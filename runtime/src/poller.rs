@@ -54,7 +54,7 @@ pub async fn poll_once(
         if let Err(reply) = ingest(
             platform,
             &spec,
-            engine,
+            engine.into(),
             targets,
             delivery,
             m,

@@ -32,6 +32,8 @@ pub struct GatewaySettings {
     pub listen: SocketAddr,
     /// Store URL (after `ENTREPOT_STORE_URL`).
     pub store_url: String,
+    /// Id mappings kept in memory per direction.
+    pub id_cache: usize,
     /// Platforms directory, resolved against the file's directory.
     pub platforms_dir: PathBuf,
     /// Admin bearer token; `None` disables the admin API.
@@ -302,6 +304,13 @@ pub fn compile_gateway(
         file: doc.file.clone(),
         listen,
         store_url,
+        id_cache: file
+            .store
+            .as_ref()
+            .and_then(|s| s.id_cache)
+            .map_or(crate::ids::DEFAULT_CACHE, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
         platforms_dir: base.join(file.platforms_dir.as_deref().unwrap_or("platforms")),
         admin_token: file
             .admin

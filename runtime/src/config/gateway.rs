@@ -51,6 +51,11 @@ pub struct StoreConfig {
     /// start) or `postgres://user@host:port/db` for several gateway instances sharing work. The
     /// environment variable `ENTREPOT_STORE_URL` overrides it. May be `${env:NAME}`.
     pub url: String,
+    /// How many id mappings (internal id ↔ platform id) to keep in memory, per direction
+    /// (default 100000; 0 asks the store every time). Mappings never change once allocated,
+    /// so the cache only spares store round trips; it is filled on first use.
+    #[serde(default)]
+    pub id_cache: Option<u64>,
 }
 
 /// The admin API.

@@ -12,22 +12,21 @@ pub mod problem;
 pub mod transport;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::platform::IdPolicy;
-use crate::credentials::CredentialSets;
+use crate::credentials::{CredentialSets, Credentials, Token};
+use crate::ids::{Ids, store_problem};
 use crate::plan::{AuthPlan, OperationPlan, PlatformPlan, TransportPlan};
 use crate::store::Store;
 use crate::template::text_of;
 use build::{BuildError, BuildInput, BuiltRequest, build, method_text};
 use problem::{Problem, ProblemKind};
-use transport::{Breaker, Pacer, ReadFailure, backoff};
+use transport::{ReadFailure, Transport, backoff};
 
 /// The largest platform error details (as JSON text) passed on to the caller.
 const MAX_PLATFORM_DETAILS: usize = 4096;
@@ -41,17 +40,29 @@ pub enum CallOutcome {
     DryRun(Box<BuiltRequest>),
 }
 
-/// The engine; one per gateway, shared by all requests.
+/// The outbound engine; one per gateway, shared by all requests. Its state lives in rooms of
+/// their own — transport, credentials, ids — so callbacks, pollers and flows use credentials and
+/// ids without the engine.
 pub struct Engine {
     store: Store,
-    credentials: std::sync::RwLock<CredentialSets>,
-    env: fn(&str) -> Option<String>,
-    clients: Mutex<HashMap<u128, reqwest::Client>>,
-    pacers: Mutex<HashMap<(String, u64), Arc<Pacer>>>,
-    caps: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
-    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
-    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>,
-    pushed: std::sync::RwLock<HashMap<String, Pushed>>,
+    transport: Transport,
+    credentials: Arc<Credentials>,
+    ids: Arc<Ids>,
+}
+
+impl<'a> From<&'a Engine> for crate::callbacks::Services<'a> {
+    fn from(e: &'a Engine) -> Self {
+        crate::callbacks::Services {
+            credentials: &e.credentials,
+            ids: &e.ids,
+        }
+    }
+}
+
+impl<'a> From<&'a Arc<Engine>> for crate::callbacks::Services<'a> {
+    fn from(e: &'a Arc<Engine>) -> Self {
+        e.as_ref().into()
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -70,33 +81,21 @@ enum Attempt {
     Unauthorized(Problem),
 }
 
-/// Credentials pushed by the config center, with the set they replaced (for rotation).
-#[derive(Debug, Clone)]
-struct Pushed {
-    current: crate::store::StoredCredentials,
-}
-
-/// A cached access token.
-#[derive(Debug, Clone)]
-struct Token {
-    value: String,
-    renew_at: tokio::time::Instant,
-}
-
 impl Engine {
     /// An engine using `store` for ids, credentials from `credentials` and the environment.
     pub fn new(store: Store, credentials: CredentialSets, env: fn(&str) -> Option<String>) -> Self {
         Engine {
+            credentials: Arc::new(Credentials::new(store.clone(), credentials, env)),
+            ids: Arc::new(Ids::new(store.clone(), crate::ids::DEFAULT_CACHE)),
+            transport: Transport::default(),
             store,
-            credentials: std::sync::RwLock::new(credentials),
-            env,
-            clients: Mutex::default(),
-            pacers: Mutex::default(),
-            caps: Mutex::default(),
-            breakers: Mutex::default(),
-            tokens: Mutex::default(),
-            pushed: std::sync::RwLock::default(),
         }
+    }
+
+    /// The same engine keeping up to `capacity` id mappings per direction in memory (0: none).
+    pub fn with_id_cache(mut self, capacity: usize) -> Self {
+        self.ids = Arc::new(Ids::new(self.store.clone(), capacity));
+        self
     }
 
     /// The store.
@@ -104,92 +103,42 @@ impl Engine {
         &self.store
     }
 
-    fn file_credentials(&self) -> CredentialSets {
-        self.credentials
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_default()
+    /// The credentials room.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// The id translation room.
+    pub fn ids(&self) -> &Arc<Ids> {
+        &self.ids
     }
 
     /// Replaces the credentials read from the credentials file (after it changed).
     pub fn set_file_credentials(&self, sets: CredentialSets) {
-        if let Ok(mut c) = self.credentials.write() {
-            *c = sets;
-        }
+        self.credentials.set_file_credentials(sets);
     }
 
-    /// The credentials of a platform, from the credentials file and the environment.
+    /// The credentials of a platform (see [`Credentials::credentials_for`]).
     pub fn credentials_for(&self, platform: &PlatformPlan) -> Map<String, Value> {
-        let mut creds = crate::credentials::resolve(platform, &self.file_credentials(), &self.env);
-        // Values pushed by the config center win, name by name.
-        if let Some(p) = self
-            .pushed
-            .read()
-            .ok()
-            .and_then(|m| m.get(&platform.name).cloned())
-        {
-            creds.extend(p.current.values);
-        }
-        creds
+        self.credentials.credentials_for(platform)
     }
 
-    /// The credentials a platform used before its last push, while its rotation window lasts:
-    /// inbound verification accepts them too. They are the credentials file's and the
-    /// environment's values with the pushed set the push replaced over them (none at the first
-    /// push: then the file's and environment's values are the ones that were in force).
+    /// The credentials in force before the last push, within the rotation window (see
+    /// [`Credentials::previous_credentials_for`]).
     pub fn previous_credentials_for(
         &self,
         platform: &PlatformPlan,
         now: OffsetDateTime,
     ) -> Option<Map<String, Value>> {
-        let window = platform.rotation_window?;
-        let pushed = self.pushed.read().ok()?.get(&platform.name).cloned()?;
-        let previous = pushed.current.previous?;
-        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let within = now_ms.saturating_sub(previous.rotated_at) <= window_ms;
-        within.then(|| {
-            let mut creds =
-                crate::credentials::resolve(platform, &self.file_credentials(), &self.env);
-            creds.extend(previous.values);
-            creds
-        })
+        self.credentials.previous_credentials_for(platform, now)
     }
 
-    /// Loads the credentials pushed earlier, with the sets they replaced (both survive
-    /// restarts in the store, and pushes through other instances sharing it show here). A
-    /// set this instance holds at a newer version than the store showed (a push that landed
-    /// while this read ran) is kept.
+    /// Loads the credentials pushed earlier (see [`Credentials::load_pushed`]).
     pub async fn load_pushed(&self) -> Result<usize, crate::store::StoreError> {
-        let platforms = self.store.credentials_platforms().await?;
-        let mut loaded = HashMap::new();
-        for (platform, _) in &platforms {
-            if let Some(c) = self.store.credentials_get(platform).await? {
-                loaded.insert(platform.clone(), Pushed { current: c });
-            }
-        }
-        let n = loaded.len();
-        if let Ok(mut m) = self.pushed.write() {
-            // A push may have been stored and installed while this read ran: what it read is
-            // then older, and must not undo the push. So a set held here stays unless the
-            // read has it at a newer (or the same) version; sets are never deleted from the
-            // store, so one the read lacks is one pushed since.
-            for (platform, fresh) in loaded {
-                let newer = m
-                    .get(&platform)
-                    .is_none_or(|held| held.current.version <= fresh.current.version);
-                if newer {
-                    m.insert(platform, fresh);
-                }
-            }
-        }
-        Ok(n)
+        self.credentials.load_pushed().await
     }
 
-    /// Stores pushed credentials if `version` is newer than the stored one (compare-and-set:
-    /// an older push never overwrites a newer one); they take effect for the next request, and
-    /// the values they replace stay valid for inbound verification during the platform's
-    /// `rotation_window`.
+    /// Stores pushed credentials (see [`Credentials::push`]).
     pub async fn push_credentials(
         &self,
         platform: &str,
@@ -197,112 +146,18 @@ impl Engine {
         values: Map<String, Value>,
         now: OffsetDateTime,
     ) -> Result<crate::store::CredentialPut, crate::store::StoreError> {
-        let ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let outcome = self
-            .store
-            .credentials_put(platform, version, &values, ms)
-            .await?;
-        if outcome == crate::store::CredentialPut::Accepted {
-            // What the store now holds, with the set it replaced (which may have come from
-            // another instance); if that read fails, what this instance knows.
-            let stored = match self.store.credentials_get(platform).await {
-                Ok(Some(c)) => c,
-                _ => {
-                    let before = self
-                        .pushed
-                        .read()
-                        .ok()
-                        .and_then(|m| m.get(platform).map(|p| p.current.values.clone()))
-                        .unwrap_or_default();
-                    crate::store::StoredCredentials {
-                        version,
-                        values,
-                        updated_at: ms,
-                        previous: Some(crate::store::Rotation {
-                            values: before,
-                            rotated_at: ms,
-                        }),
-                    }
-                }
-            };
-            if let Ok(mut m) = self.pushed.write() {
-                m.insert(platform.to_string(), Pushed { current: stored });
-            }
-        }
-        Ok(outcome)
+        self.credentials.push(platform, version, values, now).await
     }
 
     /// Versions of the pushed credentials, by platform (never their values).
     pub fn credential_versions(&self) -> HashMap<String, i64> {
-        self.pushed
-            .read()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.current.version))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.credentials.versions()
     }
 
     fn client(&self, t: &TransportPlan) -> Result<reqwest::Client, Problem> {
-        let key = t.connect_timeout.as_millis();
-        let mut clients = self.clients.lock().map_err(|_| {
-            Problem::new(
-                ProblemKind::Configuration,
-                "the HTTP client pool is unusable",
-            )
-        })?;
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(t.connect_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .user_agent(concat!("entrepot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Problem::new(
-                    ProblemKind::Configuration,
-                    format!("cannot create the HTTP client: {e}"),
-                )
-            })?;
-        clients.insert(key, client.clone());
-        Ok(client)
-    }
-
-    fn limits(
-        &self,
-        platform: &str,
-        t: &TransportPlan,
-    ) -> (Option<Arc<Pacer>>, Arc<Semaphore>, Option<Arc<Breaker>>) {
-        let pacer = t.qps.and_then(|q| {
-            let mut m = self.pacers.lock().ok()?;
-            Some(
-                m.entry((platform.to_string(), q.to_bits()))
-                    .or_insert_with(|| Arc::new(Pacer::new(q)))
-                    .clone(),
-            )
-        });
-        let cap = self
-            .caps
-            .lock()
-            .map(|mut m| {
-                m.entry((platform.to_string(), t.concurrency))
-                    .or_insert_with(|| Arc::new(Semaphore::new(t.concurrency as usize)))
-                    .clone()
-            })
-            .unwrap_or_else(|_| Arc::new(Semaphore::new(t.concurrency as usize)));
-        let breaker = t.breaker.as_ref().and_then(|b| {
-            let mut m = self.breakers.lock().ok()?;
-            Some(
-                m.entry(platform.to_string())
-                    .or_insert_with(|| {
-                        Arc::new(Breaker::new(b.clone(), tokio::time::Instant::now()))
-                    })
-                    .clone(),
-            )
-        });
-        (pacer, cap, breaker)
+        self.transport
+            .client(t)
+            .map_err(|e| Problem::new(ProblemKind::Configuration, e))
     }
 
     /// Runs canonical operation `op_name` on `platform` with `input`.
@@ -335,6 +190,7 @@ impl Engine {
             return Err(at(p));
         }
         let translated = self
+            .ids
             .translate_input(platform, op, input)
             .await
             .map_err(at)?;
@@ -372,56 +228,6 @@ impl Engine {
         Ok(CallOutcome::Output(output))
     }
 
-    async fn translate_input(
-        &self,
-        platform: &PlatformPlan,
-        op: &OperationPlan,
-        input: &Value,
-    ) -> Result<Value, Problem> {
-        let mut out = input.clone();
-        if op.input_ids.is_empty() {
-            return Ok(out);
-        }
-        let mut wanted: HashMap<&str, Vec<String>> = HashMap::new();
-        let mut scratch = input.clone();
-        for (path, kind) in &op.input_ids {
-            let mut found = Vec::new();
-            path.visit_mut(&mut scratch, &mut found);
-            wanted
-                .entry(kind.as_str())
-                .or_default()
-                .extend(found.into_iter().map(|v| text_of(v)));
-        }
-        let mut maps: HashMap<&str, HashMap<String, String>> = HashMap::new();
-        for (kind, ids) in &wanted {
-            let m = self
-                .store
-                .to_platform(&platform.name, kind, ids)
-                .await
-                .map_err(store_problem)?;
-            if let Some(missing) = ids.iter().find(|i| !m.contains_key(*i)) {
-                return Err(Problem::new(
-                    ProblemKind::UnknownId,
-                    format!(
-                        "{kind} '{missing}' is not known on platform '{}' (no key mapping)",
-                        platform.name
-                    ),
-                ));
-            }
-            maps.insert(kind, m);
-        }
-        for (path, kind) in &op.input_ids {
-            let mut slots = Vec::new();
-            path.visit_mut(&mut out, &mut slots);
-            for slot in slots {
-                if let Some(pid) = maps.get(kind.as_str()).and_then(|m| m.get(&text_of(slot))) {
-                    *slot = Value::String(pid.clone());
-                }
-            }
-        }
-        Ok(out)
-    }
-
     async fn send(
         &self,
         platform: &PlatformPlan,
@@ -433,7 +239,7 @@ impl Engine {
         // One deadline for the whole call: slot waits, attempts, backoffs, Retry-After waits.
         let deadline = transport::later(Instant::now(), t.timeout);
         let client = self.client(t)?;
-        let (pacer, cap, breaker) = self.limits(&platform.name, t);
+        let (pacer, cap, breaker) = self.transport.limits(&platform.name, t);
         let attempts = if t.retry_safe { t.retries + 1 } else { 1 };
         let mut last = Problem::new(ProblemKind::PlatformUnavailable, "no attempt was made");
         let oauth = matches!(platform.auth, AuthPlan::OAuth2(_));
@@ -606,12 +412,9 @@ impl Engine {
                 format!("'{}' does not authenticate with OAuth 2", platform.name),
             ));
         };
-        let slot = {
-            let mut tokens = self.tokens.lock().map_err(|_| {
-                Problem::new(ProblemKind::Configuration, "the token cache is unusable")
-            })?;
-            tokens.entry(platform.name.clone()).or_default().clone()
-        };
+        let slot = self.credentials.token_slot(&platform.name).ok_or_else(|| {
+            Problem::new(ProblemKind::Configuration, "the token cache is unusable")
+        })?;
         let Ok(mut cached) = tokio::time::timeout_at(deadline, slot.lock()).await else {
             return Err(Problem::new(
                 ProblemKind::PlatformTimeout,
@@ -950,54 +753,14 @@ impl Engine {
         self.translate_ids(platform, mapped).await
     }
 
-    /// Replaces the platform ids found while mapping with internal ids, one batch per kind,
-    /// following the platform's `ids` policies.
+    /// Replaces the platform ids found while mapping with internal ids (see
+    /// [`Ids::translate_mapped`]).
     pub async fn translate_ids(
         &self,
         platform: &PlatformPlan,
         mapped: mapping::Mapped,
     ) -> Result<Value, Problem> {
-        let mut mapped = mapped;
-        let mut by_kind: HashMap<String, Vec<String>> = HashMap::new();
-        for id in &mapped.ids {
-            by_kind
-                .entry(id.kind.clone())
-                .or_default()
-                .push(id.platform_id.clone());
-        }
-        let now = OffsetDateTime::now_utc().unix_timestamp() * 1000;
-        let mut internal: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for (kind, ids) in by_kind {
-            let mut ids = ids;
-            ids.sort();
-            ids.dedup();
-            let m = match platform.id_policy(&kind) {
-                IdPolicy::Allocate => {
-                    self.store
-                        .to_internal_or_allocate(&platform.name, &kind, &ids, now)
-                        .await
-                }
-                IdPolicy::Require => self.store.to_internal(&platform.name, &kind, &ids).await,
-            }
-            .map_err(store_problem)?;
-            internal.insert(kind, m);
-        }
-        for id in &mapped.ids {
-            let found = internal.get(&id.kind).and_then(|m| m.get(&id.platform_id));
-            let Some(found) = found else {
-                return Err(Problem::new(
-                    ProblemKind::MappingError,
-                    format!(
-                        "'{}' answered with {} '{}', which has no internal id (the platform's `ids` policy for '{}' is require)",
-                        platform.name, id.kind, id.platform_id, id.kind
-                    ),
-                ));
-            };
-            if let Some(slot) = mapped.value.pointer_mut(&id.pointer) {
-                *slot = Value::String(found.clone());
-            }
-        }
-        Ok(mapped.value)
+        self.ids.translate_mapped(platform, mapped).await
     }
 
     async fn record(
@@ -1026,8 +789,8 @@ impl Engine {
                     ),
                 ));
             };
-            self.store
-                .map_put(&platform.name, &r.kind, &internal, &pid, now)
+            self.ids
+                .record(&platform.name, &r.kind, &internal, &pid, now)
                 .await
                 .map_err(|e| match e {
                     crate::store::StoreError::MappingConflict { message, .. } => {
@@ -1058,14 +821,6 @@ fn build_problem(e: BuildError) -> Problem {
             p
         }
     }
-}
-
-fn store_problem(e: crate::store::StoreError) -> Problem {
-    tracing::error!("{e}");
-    Problem::new(
-        ProblemKind::StoreUnavailable,
-        "the gateway's store failed; see the gateway's log",
-    )
 }
 
 /// Whole seconds, rounded up (for `Retry-After`).
@@ -1123,7 +878,7 @@ impl Engine {
             return Err(p);
         }
         let owner_platform = |kind: &'static str, id: String| async move {
-            let owners = self.store.owners(kind, &id).await.map_err(store_problem)?;
+            let owners = self.ids.owners(kind, &id).await.map_err(store_problem)?;
             match owners.as_slice() {
                 [(p, _)] => Ok(p.clone()),
                 [] => Err(Problem::new(

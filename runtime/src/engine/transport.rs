@@ -1,13 +1,16 @@
 //! Transport policy: a rate limit matching the platform's quota, a concurrency cap, retries
 //! with exponential backoff and full jitter, and a circuit breaker.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::plan::BreakerPlan;
+use tokio::sync::Semaphore;
+
+use crate::plan::{BreakerPlan, TransportPlan};
 
 /// Paces calls so that no more than `qps` start per second. Callers queue in order; each
 /// starts `1/qps` after the previous start. Nothing is reserved ahead: a caller that goes
@@ -220,6 +223,72 @@ impl Drop for Admission<'_> {
         {
             b.state = BreakerState::Open(Instant::now());
         }
+    }
+}
+
+/// The transport room: HTTP clients, pacers, concurrency caps and circuit breakers, shared by
+/// every outbound call of the gateway and kept across reloads.
+#[derive(Default)]
+pub struct Transport {
+    clients: Mutex<HashMap<u128, reqwest::Client>>,
+    pacers: Mutex<HashMap<(String, u64), Arc<Pacer>>>,
+    caps: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+/// What limits one platform's calls: its pacer (when it has a rate), its concurrency cap and
+/// its breaker (when it has one).
+pub type Limits = (Option<Arc<Pacer>>, Arc<Semaphore>, Option<Arc<Breaker>>);
+
+impl Transport {
+    /// The HTTP client for `t`'s connect timeout (clients keep their connection pools).
+    pub fn client(&self, t: &TransportPlan) -> Result<reqwest::Client, String> {
+        let key = t.connect_timeout.as_millis();
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| "the HTTP client pool is unusable".to_string())?;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(t.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("entrepot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The limits of `platform`'s calls under `t`.
+    pub fn limits(&self, platform: &str, t: &TransportPlan) -> Limits {
+        let pacer = t.qps.and_then(|q| {
+            let mut m = self.pacers.lock().ok()?;
+            Some(
+                m.entry((platform.to_string(), q.to_bits()))
+                    .or_insert_with(|| Arc::new(Pacer::new(q)))
+                    .clone(),
+            )
+        });
+        let cap = self
+            .caps
+            .lock()
+            .map(|mut m| {
+                m.entry((platform.to_string(), t.concurrency))
+                    .or_insert_with(|| Arc::new(Semaphore::new(t.concurrency as usize)))
+                    .clone()
+            })
+            .unwrap_or_else(|_| Arc::new(Semaphore::new(t.concurrency as usize)));
+        let breaker = t.breaker.as_ref().and_then(|b| {
+            let mut m = self.breakers.lock().ok()?;
+            Some(
+                m.entry(platform.to_string())
+                    .or_insert_with(|| Arc::new(Breaker::new(b.clone(), Instant::now())))
+                    .clone(),
+            )
+        });
+        (pacer, cap, breaker)
     }
 }
 
