@@ -447,3 +447,55 @@ async fn a_configmap_style_symlink_swap_reloads() {
         }
     }
 }
+
+/// A reload compiles only the files whose content changed: the others keep their plan objects
+/// without being compiled again; a file that failed is compiled again each time (its problems
+/// are reported every time), and a start with many files compiles them all.
+#[tokio::test]
+async fn a_reload_compiles_only_the_files_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = std::fs::read_to_string(root().join("platforms/yanxuan.yaml")).unwrap();
+    let copy = |i: usize| {
+        sample
+            .replace("platform: yanxuan", &format!("platform: copy{i}"))
+            .replace("/yanxuan/", &format!("/copy{i}/"))
+    };
+    for i in 0..12 {
+        std::fs::write(dir.path().join(format!("p{i:02}.yaml")), copy(i)).unwrap();
+    }
+    let plan: Arc<ArcSwap<entrepot::plan::Plan>> = Arc::default();
+    let reloader = Reloader::new(dir.path().to_path_buf(), plan.clone(), |_| None);
+    let first = reloader.reload().await;
+    assert_eq!(first.result, "ok", "{:?}", first.errors);
+    assert_eq!(first.compiled, 12);
+    assert_eq!(plan.load().platforms.len(), 12);
+    let before = plan.load_full();
+
+    // Nothing changed: nothing is compiled, every plan object stays.
+    let idle = reloader.reload().await;
+    assert_eq!((idle.result, idle.compiled), ("ok", 0));
+
+    // One file edited (a setting changed), one broken.
+    std::fs::write(
+        dir.path().join("p03.yaml"),
+        copy(3).replace("timeout: 5s", "timeout: 7s"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p07.yaml"),
+        "platform: copy7\noperations: [",
+    )
+    .unwrap();
+    let edit = reloader.reload().await;
+    assert_eq!(edit.result, "error");
+    assert_eq!(edit.compiled, 2);
+    assert_eq!(edit.changed, vec!["copy3".to_string()]);
+    let after = plan.load_full();
+    for (name, p) in &after.platforms {
+        let same = Arc::ptr_eq(p, &before.platforms[name]);
+        assert_eq!(same, name != "copy3", "{name}");
+    }
+    // The broken file is compiled again on the next reload, and reported again.
+    let again = reloader.reload().await;
+    assert_eq!((again.result, again.compiled), ("error", 1));
+}

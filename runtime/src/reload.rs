@@ -44,6 +44,11 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     /// Platforms removed.
     pub removed: Vec<String>,
+    /// Files read and compiled (files whose content did not change since they last compiled
+    /// are not compiled again).
+    pub compiled: usize,
+    /// How long the reload took, in milliseconds.
+    pub duration_ms: u64,
     /// Every problem found.
     pub errors: Vec<Diagnostic>,
 }
@@ -73,6 +78,105 @@ pub struct Reloader {
 
 fn hash(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A platform file's compiled plan with the hash of its text, or its problems.
+type FileResult = Result<(Arc<PlatformPlan>, String), Vec<Diagnostic>>;
+
+/// Reads every file, and compiles those whose content changed since they last compiled
+/// without problems (in parallel, off the async threads); unchanged files keep the plan that
+/// serves. Returns the results in file order, and how many files were compiled.
+async fn prepare(
+    files: Vec<PathBuf>,
+    previous: &HashMap<PathBuf, FileStatus>,
+    old: &Plan,
+    env: fn(&str) -> Option<String>,
+) -> (Vec<(PathBuf, FileResult)>, usize) {
+    let mut results: Vec<(PathBuf, Option<FileResult>)> = Vec::with_capacity(files.len());
+    let mut to_compile = Vec::new();
+    for file in files {
+        match config::source::read(&file) {
+            Err(d) => results.push((file, Some(Err(vec![d])))),
+            Ok(doc) => {
+                let text_hash = hash(&doc.text);
+                let serving = previous
+                    .get(&file)
+                    .filter(|b| b.errors.is_empty() && b.version.as_deref() == Some(&text_hash))
+                    .and_then(|b| b.platform.as_ref())
+                    .and_then(|name| old.platforms.get(name));
+                match serving {
+                    Some(plan) => results.push((file, Some(Ok((plan.clone(), text_hash))))),
+                    None => {
+                        to_compile.push((results.len(), doc, text_hash));
+                        results.push((file, None));
+                    }
+                }
+            }
+        }
+    }
+    let unreadable = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Some(Err(_))))
+        .count();
+    let attempted = to_compile.len() + unreadable;
+    let compiled = tokio::task::spawn_blocking(move || compile_all(to_compile, env))
+        .await
+        .unwrap_or_default();
+    for (i, r) in compiled {
+        if let Some(slot) = results.get_mut(i) {
+            slot.1 = Some(r);
+        }
+    }
+    let out = results
+        .into_iter()
+        .map(|(file, r)| {
+            let r = r.unwrap_or_else(|| {
+                Err(vec![Diagnostic::error(
+                    crate::diagnostics::Code::Io,
+                    &file,
+                    Default::default(),
+                    String::new(),
+                    "internal error: the file's compilation did not finish".into(),
+                )])
+            });
+            (file, r)
+        })
+        .collect();
+    (out, attempted)
+}
+
+/// Compiles documents on as many threads as the machine has cores.
+fn compile_all(
+    docs: Vec<(usize, config::source::SourceDoc, String)>,
+    env: fn(&str) -> Option<String>,
+) -> Vec<(usize, FileResult)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(docs.len().max(1));
+    let one = |(i, doc, text_hash): (usize, config::source::SourceDoc, String)| {
+        let env: EnvLookup<'_> = &env;
+        let r = compile::compile_platform(doc, env).map(|(p, _)| (Arc::new(p), text_hash));
+        (i, r)
+    };
+    if threads <= 1 {
+        return docs.into_iter().map(one).collect();
+    }
+    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, d) in docs.into_iter().enumerate() {
+        if let Some(share) = shares.get_mut(n % threads) {
+            share.push(d);
+        }
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> = shares
+            .into_iter()
+            .map(|share| scope.spawn(move || share.into_iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 impl Reloader {
@@ -184,19 +288,24 @@ impl Reloader {
     /// Compiles the directory and swaps the new plan in.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.running.lock().await;
-        let env: EnvLookup<'_> = &self.env;
+        let started = std::time::Instant::now();
         let old = self.plan.load_full();
         let files = match platform_files(std::slice::from_ref(&self.dir)) {
             Ok(f) => f,
             Err(d) => {
                 // The directory itself is unreadable: keep everything serving.
-                return self.finish(ReloadReport {
-                    result: "error",
-                    added: vec![],
-                    changed: vec![],
-                    removed: vec![],
-                    errors: vec![d],
-                });
+                return self.finish(
+                    started,
+                    ReloadReport {
+                        result: "error",
+                        added: vec![],
+                        changed: vec![],
+                        removed: vec![],
+                        compiled: 0,
+                        duration_ms: 0,
+                        errors: vec![d],
+                    },
+                );
             }
         };
         let previous: HashMap<PathBuf, FileStatus> = self
@@ -211,7 +320,8 @@ impl Reloader {
         let now = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        for file in files {
+        let (prepared, compiled_count) = prepare(files, &previous, &old, self.env).await;
+        for (file, compiled) in prepared {
             let before = previous.get(&file);
             let keep_last_good =
                 |next: &mut Plan, status: &mut FileStatus, paths: &mut HashMap<String, String>| {
@@ -241,12 +351,6 @@ impl Reloader {
                 loaded_at: None,
                 errors: Vec::new(),
             };
-            let compiled = config::source::read(&file)
-                .map_err(|d| vec![d])
-                .and_then(|doc| {
-                    let text_hash = hash(&doc.text);
-                    compile::compile_platform(doc, env).map(|(p, _)| (p, text_hash))
-                });
             match compiled {
                 Ok((p, text_hash)) => {
                     let clash = if next.platforms.contains_key(&p.name) {
@@ -283,10 +387,7 @@ impl Reloader {
                         let unchanged = before.is_some_and(|b| {
                             b.version.as_deref() == Some(text_hash.as_str()) && b.errors.is_empty()
                         });
-                        let plan = match (unchanged, old.platforms.get(&p.name)) {
-                            (true, Some(existing)) => existing.clone(),
-                            _ => Arc::new(p),
-                        };
+                        let plan = p;
                         status.platform = Some(plan.name.clone());
                         status.version = Some(text_hash);
                         status.loaded_at = if unchanged {
@@ -330,21 +431,27 @@ impl Reloader {
         errors.extend(self.gateway_problems());
         errors.extend(self.reload_credentials().await);
         let result = if errors.is_empty() { "ok" } else { "error" };
-        self.finish(ReloadReport {
-            result,
-            added,
-            changed,
-            removed,
-            errors,
-        })
+        self.finish(
+            started,
+            ReloadReport {
+                result,
+                added,
+                changed,
+                removed,
+                compiled: compiled_count,
+                duration_ms: 0,
+                errors,
+            },
+        )
     }
 
-    fn finish(&self, report: ReloadReport) -> ReloadReport {
+    fn finish(&self, started: std::time::Instant, mut report: ReloadReport) -> ReloadReport {
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Ok(mut s) = self.state.lock() {
             *s.totals.entry(report.result).or_default() += 1;
         }
         if report.errors.is_empty() {
-            tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "platforms reloaded");
+            tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, compiled = report.compiled, duration_ms = report.duration_ms, "platforms reloaded");
         } else {
             for d in &report.errors {
                 tracing::error!("{d}");
@@ -353,6 +460,8 @@ impl Reloader {
                 added = ?report.added,
                 changed = ?report.changed,
                 removed = ?report.removed,
+                compiled = report.compiled,
+                duration_ms = report.duration_ms,
                 problems = report.errors.len(),
                 "platforms reloaded with problems; invalid files keep their last good plan"
             );
