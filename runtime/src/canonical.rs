@@ -182,6 +182,11 @@ pub fn input_problems(operation: &str, input: &serde_json::Value) -> Vec<String>
     let Some(v) = INPUT_VALIDATORS.get(operation) else {
         return vec![format!("'{operation}' is not a canonical operation")];
     };
+    // The common case first: a valid input stops at the first check of each keyword instead
+    // of collecting every error with its location.
+    if v.is_valid(input) {
+        return Vec::new();
+    }
     let mut problems: Vec<String> = v
         .iter_errors(input)
         .take(MAX_INPUT_PROBLEMS + 1)

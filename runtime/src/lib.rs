@@ -34,6 +34,7 @@ pub mod diagnostics;
 pub mod dispatch;
 pub mod engine;
 pub mod fdlimit;
+pub mod flows;
 pub mod ids;
 pub mod openapi;
 pub mod plan;
