@@ -227,9 +227,10 @@ fn call_dry_run_prints_the_signed_request() {
         !text.contains("dry-run-app-secret") && !text.contains("dry-run-app-key"),
         "{text}"
     );
-    // An id the store has never seen is refused before anything is built.
+    // An id the store has never seen is refused before anything is built (on a platform whose
+    // orders carry ids of their own, `order: require`).
     let out = entrepot()
-        .args(["call", "yanxuan", "order.get", "--dry-run", "--config"])
+        .args(["call", "acme-rest", "order.get", "--dry-run", "--config"])
         .arg(&config)
         .arg("--input")
         .arg(root().join("tests/platforms/order-get-input.json"))
@@ -238,7 +239,7 @@ fn call_dry_run_prints_the_signed_request() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("order 'mall-order-404' is not known on platform 'yanxuan'"),
+        err.contains("order 'mall-order-404' is not known on platform 'acme-rest'"),
         "{err}"
     );
 }

@@ -31,6 +31,7 @@ mod recipe_transforms;
 mod reload;
 mod request_body;
 mod rest_platform;
+mod saga;
 mod schemas;
 mod secrets;
 mod server;

@@ -441,6 +441,7 @@ async fn a_rate_limited_read_waits_for_retry_after_and_succeeds() {
         route: Some("GET /v2/inventory".into()),
         retry_after: 1,
         times: 1,
+        delay_ms: 0,
     });
     let started = Instant::now();
     let inventory = gw.ok("inventory.get", json!({"sku_ids": [cups]})).await;
@@ -609,6 +610,7 @@ async fn a_failed_order_attempt_is_retried_with_the_same_idempotency_key() {
         route: Some("POST /v2/orders".into()),
         retry_after: 1,
         times: 1,
+        delay_ms: 0,
     });
     let created = gw
         .ok(

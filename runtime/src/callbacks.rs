@@ -507,6 +507,7 @@ pub async fn ingest(
 
     let raw_type = value_of(spec.event_type, doc, headers).unwrap_or_default();
     let mut events = Vec::new();
+    let mut order_data: Option<Value> = None;
     match spec.event_type.map.get(&raw_type) {
         None => {
             // Kept and reported, never dropped: the platform gets its acknowledgement so it
@@ -565,6 +566,9 @@ pub async fn ingest(
                 }
                 None => doc.clone(),
             };
+            if event_type.starts_with("order.") {
+                order_data = Some(data.clone());
+            }
             let id = uuid::Uuid::new_v4().to_string();
             let idempotency_key = format!(
                 "{}:{}:{event_type}",
@@ -602,6 +606,14 @@ pub async fn ingest(
         Ok(InboxOutcome::Stored { .. }) => {
             if !events.is_empty() {
                 notify();
+            }
+            // An order event also moves the order's saga on (the event itself is stored and
+            // flows to the targets whatever happens here).
+            if let (Some(event_type), Some(data)) = (&delivery.event_type, &order_data)
+                && let Err(e) =
+                    crate::flows::saga::observe(store, &platform.name, event_type, data, now).await
+            {
+                tracing::warn!(platform = %platform.name, "the order saga could not take the {event_type} event: {e}");
             }
         }
         Ok(InboxOutcome::Replayed) => {

@@ -626,15 +626,29 @@ fn serve(
             }
         });
     }
+    let targets = Arc::new(gateway.targets.clone());
+    // The order saga: answers the order routes and resumes every saga with work left.
+    let orders = Arc::new(crate::flows::saga::Orders::new(
+        engine.clone(),
+        plan.clone(),
+        targets.clone(),
+        Some(dispatcher.notify.clone()),
+        gateway.orders,
+    ));
+    let (stop_orders, orders_stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(orders.clone().run(async move {
+        let _ = orders_stopped.await;
+    }));
     let state = crate::server::AppState {
         reloader: Some(reloader.clone()),
         plan,
         store: Some(store),
         engine: Some(engine),
-        targets: Arc::new(gateway.targets.clone()),
+        targets,
         admin_token: gateway.admin_token.clone(),
         notify: Some(dispatcher.notify.clone()),
         trust_forwarded_headers: gateway.server.trust_forwarded_headers,
+        orders: Some(orders),
     };
     let (stop_pollers, pollers_stopped) = tokio::sync::oneshot::channel::<()>();
     if let (Some(engine), Some(notify)) = (&state.engine, &state.notify) {
@@ -660,6 +674,7 @@ fn serve(
         shutdown_signal(),
     ));
     let _ = stop_pollers.send(());
+    let _ = stop_orders.send(());
     let _ = stop_dispatch.send(());
     let _ = runtime.block_on(dispatch_task);
     match result {

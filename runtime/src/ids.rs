@@ -238,7 +238,9 @@ impl Ids {
                 .to_platform(&platform.name, kind, ids)
                 .await
                 .map_err(store_problem)?;
-            if let Some(missing) = ids.iter().find(|i| !m.contains_key(*i)) {
+            // The platform knows these ids as the mall's own: an unmapped one is sent as is.
+            let same = platform.id_policy(kind) == IdPolicy::Same;
+            if let Some(missing) = ids.iter().find(|i| !same && !m.contains_key(*i)) {
                 return Err(Problem::new(
                     ProblemKind::UnknownId,
                     format!(
@@ -287,6 +289,16 @@ impl Ids {
                         .await
                 }
                 IdPolicy::Require => self.to_internal(&platform.name, kind, &ids).await,
+                IdPolicy::Same => {
+                    self.to_internal(&platform.name, kind, &ids)
+                        .await
+                        .map(|mut m| {
+                            for id in &ids {
+                                m.entry(id.clone()).or_insert_with(|| id.clone());
+                            }
+                            m
+                        })
+                }
             }
             .map_err(store_problem)?;
             internal.insert(kind, m);

@@ -38,6 +38,8 @@ pub struct AppState {
     /// `X-Forwarded-Host` (`server.trust_forwarded_headers`); else `http` and the `Host`
     /// header. Default: false.
     pub trust_forwarded_headers: bool,
+    /// The order saga (absent only in tests of routes that need none).
+    pub orders: Option<Arc<crate::flows::saga::Orders>>,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -56,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/operations/{operation}", post(route_operation))
         .route("/v1/mappings/{platform}/{kind}", get(mapping))
+        .route("/v1/orders/{order_id}", get(order_get))
+        .route("/v1/orders/{order_id}/check", post(order_check))
+        .route("/v1/orders/{order_id}/paid", post(order_paid))
         .route("/callbacks/{*route}", axum::routing::any(callback))
         .route("/admin/v1/deliveries", get(admin_deliveries))
         .route("/admin/v1/dead-letters", get(admin_dead_letters))
@@ -449,6 +454,116 @@ async fn route_operation(
         Ok((false, v)) => (StatusCode::BAD_GATEWAY, Json(v)).into_response(),
         Err(problem) => problem_response(&problem),
     }
+}
+
+/// The order saga, or the answer saying there is none.
+fn orders_of(state: &AppState) -> Result<&Arc<crate::flows::saga::Orders>, Box<Response>> {
+    state.orders.as_ref().ok_or_else(|| {
+        Box::new(problem_response(&Problem::new(
+            ProblemKind::Configuration,
+            "this server runs no order saga",
+        )))
+    })
+}
+
+async fn order_check(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let orders = match orders_of(&state) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let input = match json_input(&body) {
+        Ok(v) => v,
+        Err(p) => return problem_response(&p),
+    };
+    match orders.check(&order_id, &input).await {
+        Ok(v) => Json(v).into_response(),
+        Err(p) => problem_response(&p),
+    }
+}
+
+async fn order_paid(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::flows::saga::PaidError;
+    let orders = match orders_of(&state) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let input = match json_input(&body) {
+        Ok(v) => v,
+        Err(p) => return problem_response(&p),
+    };
+    match orders.paid(&order_id, input).await {
+        // Recorded: answered, then worked on (the worker resumes it if this instance dies).
+        Ok(saga) => {
+            let runner = orders.clone();
+            let id = order_id.clone();
+            tokio::spawn(async move { runner.advance(&id).await });
+            (
+                StatusCode::ACCEPTED,
+                [(
+                    axum::http::header::LOCATION,
+                    format!("/v1/orders/{}", percent_path(&order_id)),
+                )],
+                Json(json!({
+                    "order_id": saga.order_id,
+                    "state": saga.state,
+                    "parts": saga.parts.iter().map(|p| json!({"platform": p.platform, "sku_ids": p.sku_ids, "state": p.state})).collect::<Vec<_>>(),
+                    "deadline": saga.deadline,
+                })),
+            )
+                .into_response()
+        }
+        Err(PaidError::Problem(p)) => problem_response(&p),
+        Err(PaidError::Conflict(detail)) => (
+            StatusCode::CONFLICT,
+            [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+            Json(json!({
+                "type": "https://entrepot.dev/problems/order-conflict",
+                "title": "Order already recorded",
+                "status": 409,
+                "detail": detail,
+                "retryable": false,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn order_get(State(state): State<AppState>, Path(order_id): Path<String>) -> Response {
+    let orders = match orders_of(&state) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    match orders.get(&order_id).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => problem_response(&Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "no order saga for order '{order_id}'; record it with POST /v1/orders/{{order_id}}/paid"
+            ),
+        )),
+        Err(p) => problem_response(&p),
+    }
+}
+
+/// An id for a URL path: every byte but unreserved ASCII percent-encoded.
+fn percent_path(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn openapi() -> Json<Value> {
@@ -896,7 +1011,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::reload::metrics_text(&totals),
+        {
+            let mut text = crate::reload::metrics_text(&totals);
+            if let Some(orders) = &state.orders {
+                text.push_str(&orders.metrics_text().await);
+            }
+            text
+        },
     )
         .into_response()
 }

@@ -60,6 +60,8 @@ pub(crate) struct State {
     pub(crate) webhook_url: Option<String>,
     pub(crate) webhooks: Vec<WebhookLog>,
     next_webhook: u64,
+    /// Set by a `slow` fault for the call being handled: how long to hold its answer.
+    hold_ms: Option<u64>,
 }
 
 impl State {
@@ -74,6 +76,7 @@ impl State {
             webhook_url: None,
             webhooks: Vec::new(),
             next_webhook: 1,
+            hold_ms: None,
         }
     }
 
@@ -172,11 +175,13 @@ async fn handle(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let answer = {
+    let (answer, hold) = {
         let mut state = shared.lock();
+        state.hold_ms = None;
         let answer = api_call(
             &mut state, &method, &path, &query, &headers, &body, &json_body,
         );
+        let hold = state.hold_ms.take();
         state.requests.push(RequestLog {
             method: method.to_string(),
             path,
@@ -185,8 +190,11 @@ async fn handle(
             body: json_body,
             status: answer.0.as_u16(),
         });
-        answer
+        (answer, hold)
     };
+    if let Some(ms) = hold {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     respond(answer)
 }
 
@@ -346,7 +354,11 @@ fn api_call(
                 },
             );
         }
-        return match fault.kind {
+        if fault.kind == FaultKind::Slow {
+            // Processed as usual below; only the answer waits.
+            state.hold_ms = Some(fault.delay_ms);
+        }
+        match fault.kind {
             FaultKind::RateLimited => {
                 let mut a = error(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -354,14 +366,17 @@ fn api_call(
                     "too many requests, retry later",
                 );
                 a.1.push((RETRY_AFTER.as_str(), fault.retry_after.to_string()));
-                a
+                return a;
             }
-            FaultKind::ServerError => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "temporarily unavailable",
-            ),
-        };
+            FaultKind::ServerError => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "temporarily unavailable",
+                );
+            }
+            FaultKind::Slow => {}
+        }
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {

@@ -45,10 +45,11 @@
 //!
 //! # The control API (JSON, unauthenticated)
 //!
-//! * `POST /__sim/faults` `{"kind": "rate_limited" | "server_error", "route": "GET /v2/inventory",
-//!   "retry_after": 1, "times": 1}` — the next matching calls (after the token check) answer
-//!   429 with `Retry-After` or 503. `route` is `"METHOD /path"` without the query; absent matches
-//!   every call.
+//! * `POST /__sim/faults` `{"kind": "rate_limited" | "server_error" | "slow", "route": "GET
+//!   /v2/inventory", "retry_after": 1, "times": 1, "delay_ms": 0}` — the next matching calls
+//!   (after the token check) answer 429 with `Retry-After` or 503, or (`slow`) are processed
+//!   and answered only after `delay_ms`. `route` is `"METHOD /path"` without the query; absent
+//!   matches every call.
 //! * `GET /__sim/requests` — every API call, in arrival order.
 //! * `POST /__sim/expire-tokens` — every token issued so far expires now.
 //! * `POST /__sim/webhook-url` `{"url"}` — where webhooks go.
@@ -187,6 +188,9 @@ pub enum FaultKind {
     RateLimited,
     /// HTTP 503 with a JSON error `unavailable`.
     ServerError,
+    /// The call **is processed** (an order is created, stock taken) but its answer is held
+    /// back for `delay_ms`: a client that gives up meanwhile has still created the order.
+    Slow,
 }
 
 /// A fault for the next matching calls.
@@ -203,6 +207,9 @@ pub struct Fault {
     /// How many calls it applies to (default 1).
     #[serde(default = "one")]
     pub times: u64,
+    /// How long a `slow` answer is held back, in milliseconds (default 0).
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 fn one() -> u64 {

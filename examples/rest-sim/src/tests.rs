@@ -201,6 +201,7 @@ async fn faults_answer_429_with_retry_after_once() {
         route: Some("GET /v2/inventory".into()),
         retry_after: 3,
         times: 1,
+        delay_ms: 0,
     });
     let h = [("Authorization", auth.as_str())];
     let (status, headers, _) = http(&sim, "GET", "/v2/inventory?sku=CUPS-2", &h, "").await;

@@ -53,6 +53,36 @@ pub struct GatewaySettings {
     /// How long clients may take, how many are served at once, and whether forwarded headers
     /// are trusted.
     pub server: crate::server::ServerLimits,
+    /// The order saga's deadlines, retries and lease.
+    pub orders: OrderSettings,
+}
+
+/// The order saga's settings, resolved (the `orders` block of the gateway file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderSettings {
+    /// Time from the payment within which every part must be created.
+    pub create_deadline: std::time::Duration,
+    /// First wait before a failed step is tried again.
+    pub retry: std::time::Duration,
+    /// Longest wait between two tries.
+    pub retry_max: std::time::Duration,
+    /// How long an instance holds a saga it works on.
+    pub lease: std::time::Duration,
+    /// How often unfinished sagas are looked for.
+    pub poll: std::time::Duration,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        use std::time::Duration;
+        OrderSettings {
+            create_deadline: Duration::from_secs(120),
+            retry: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+        }
+    }
 }
 
 /// One event target, resolved.
@@ -294,6 +324,49 @@ pub fn compile_gateway(
             server.trust_forwarded_headers = trust;
         }
     }
+    let mut orders = OrderSettings::default();
+    if let Some(o) = &file.orders {
+        let op = DocPath::root().key("orders");
+        for (value, key, slot) in [
+            (
+                &o.create_deadline,
+                "create_deadline",
+                &mut orders.create_deadline,
+            ),
+            (&o.retry, "retry", &mut orders.retry),
+            (&o.retry_max, "retry_max", &mut orders.retry_max),
+            (&o.lease, "lease", &mut orders.lease),
+            (&o.poll, "poll", &mut orders.poll),
+        ] {
+            if let Some(text) = value {
+                match super::parse_duration(text) {
+                    Ok(v) if !v.is_zero() => *slot = v,
+                    Ok(_) => problems.push(
+                        doc.at(
+                            &op.key(key),
+                            Code::Duration,
+                            format!("{key} cannot be zero"),
+                        )
+                        .with_hint("give a time such as 1s, 30s or 2m"),
+                    ),
+                    Err(e) => problems.push(
+                        doc.at(&op.key(key), Code::Duration, e)
+                            .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                    ),
+                }
+            }
+        }
+        if orders.retry_max < orders.retry {
+            problems.push(
+                doc.at(
+                    &op.key("retry_max"),
+                    Code::Gateway,
+                    "retry_max is shorter than retry",
+                )
+                .with_hint("make retry_max at least as long as retry"),
+            );
+        }
+    }
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -324,6 +397,7 @@ pub fn compile_gateway(
         reload_poll,
         reload_debounce,
         server,
+        orders,
     })
 }
 

@@ -37,6 +37,10 @@ pub struct GatewayFile {
     /// How long stored deliveries and delivered events are kept (see docs/limits.md).
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// The order saga: how long creating an order may take before it is cancelled, how
+    /// failed steps are retried, and how instances share the work (see docs/flows.md).
+    #[serde(default)]
+    pub orders: Option<OrdersConfig>,
     /// A credentials file (platform → credential name → value), relative to this file. Keep
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
@@ -181,4 +185,33 @@ pub struct RetentionConfig {
     /// `10m`.
     #[serde(default)]
     pub prune_every: Option<String>,
+}
+
+/// The order saga (`POST /v1/orders/{order_id}/paid`; see docs/flows.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// How long, from the payment, the saga keeps trying to create an order on its
+    /// platforms. When a platform has still not created its part by then (or refuses it at
+    /// any time), the parts already created are cancelled and `order.cancelled` is sent to the
+    /// targets so the order center can refund. Default: `2m`.
+    #[serde(default)]
+    pub create_deadline: Option<String>,
+    /// First wait before a failed step is tried again; it doubles with each failure of the
+    /// step, up to `retry_max`. Cancelling an order that was created is never given up: it
+    /// is retried at `retry_max` for as long as it fails. Default: `1s`.
+    #[serde(default)]
+    pub retry: Option<String>,
+    /// Longest wait between two tries of a step. Default: `1m`.
+    #[serde(default)]
+    pub retry_max: Option<String>,
+    /// How long an instance holds a saga it is working on. An instance that dies leaves its
+    /// sagas to the others (or to itself, restarted) once the lease runs out; it must exceed
+    /// the longest platform call. Default: `30s`.
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// How often each instance looks for sagas with work left (resumed after a restart,
+    /// retries that came due, sagas whose lease ran out). Default: `1s`.
+    #[serde(default)]
+    pub poll: Option<String>,
 }

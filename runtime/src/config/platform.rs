@@ -152,6 +152,11 @@ pub enum IdPolicy {
     Allocate,
     /// Refuse the answer with a mapping error (ids that must have been created by the mall).
     Require,
+    /// The platform uses the mall's own ids for this kind (an order placed under the mall's
+    /// order id): an id without a mapping passes unchanged both ways, so the gateway can ask
+    /// about an order whose creation it never saw answered. Pairs an operation `record`s are
+    /// still kept (and route calls by owner).
+    Same,
 }
 
 /// How calls are sent. Every field is optional; defaults are given per field.

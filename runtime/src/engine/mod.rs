@@ -859,15 +859,14 @@ impl Engine {
         op_name: &str,
         input: &Value,
     ) -> Result<(bool, Value), Problem> {
-        use crate::canonical::{Owner, owner_of};
-        let Some(owner) = owner_of(op_name) else {
+        if crate::canonical::owner_of(op_name).is_none() {
             return Err(Problem::new(
                 ProblemKind::NotFound,
                 format!(
                     "{op_name} cannot be routed by ids; call /v1/platforms/{{platform}}/operations/{op_name}"
                 ),
             ));
-        };
+        }
         let errors = crate::canonical::input_problems(op_name, input);
         if !errors.is_empty() {
             let mut p = Problem::new(
@@ -877,6 +876,51 @@ impl Engine {
             p.errors = errors;
             return Err(p);
         }
+        let parts = self.split(op_name, input).await?;
+        let mut all_ok = true;
+        let mut out = Vec::new();
+        for Routed {
+            platform: p,
+            ids,
+            input: part_input,
+        } in parts
+        {
+            let Some(platform) = plan.platforms.get(&p) else {
+                all_ok = false;
+                let problem = Problem::new(
+                    ProblemKind::NotFound,
+                    format!("the ids belong to platform '{p}', which is not loaded"),
+                )
+                .at(&p, op_name);
+                out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
+                continue;
+            };
+            match self.call(platform, op_name, &part_input, false).await {
+                Ok(CallOutcome::Output(v)) => out.push(
+                    serde_json::json!({"platform": p, "ids": ids, "status": 200, "output": v}),
+                ),
+                Ok(CallOutcome::DryRun(_)) => {}
+                Err(problem) => {
+                    all_ok = false;
+                    out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
+                }
+            }
+        }
+        Ok((all_ok, serde_json::json!({ "parts": out })))
+    }
+
+    /// Splits `input` of `op_name` into one part per platform owning its internal ids (see
+    /// [`Engine::route`]), without calling anything. The input is not validated here.
+    pub async fn split(&self, op_name: &str, input: &Value) -> Result<Vec<Routed>, Problem> {
+        use crate::canonical::{Owner, owner_of};
+        let Some(owner) = owner_of(op_name) else {
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                format!(
+                    "{op_name} cannot be routed by ids; call /v1/platforms/{{platform}}/operations/{op_name}"
+                ),
+            ));
+        };
         let owner_platform = |kind: &'static str, id: String| async move {
             let owners = self.ids.owners(kind, &id).await.map_err(store_problem)?;
             match owners.as_slice() {
@@ -897,13 +941,17 @@ impl Engine {
                 )),
             }
         };
-        // (platform, ids, input) per part, in the order platforms first appear.
-        let mut parts: Vec<(String, Vec<String>, Value)> = Vec::new();
+        // One part per platform, in the order platforms first appear.
+        let mut parts: Vec<Routed> = Vec::new();
         match owner {
             Owner::Field(field, kind) => {
                 let id = input.get(field).map(text_of).unwrap_or_default();
                 let p = owner_platform(kind, id.clone()).await?;
-                parts.push((p, vec![id], input.clone()));
+                parts.push(Routed {
+                    platform: p,
+                    ids: vec![id],
+                    input: input.clone(),
+                });
             }
             Owner::Split { array, id, kind } => {
                 let items = input
@@ -964,36 +1012,27 @@ impl Engine {
                             }
                         }
                     }
-                    parts.push((p, ids, part));
+                    parts.push(Routed {
+                        platform: p,
+                        ids,
+                        input: part,
+                    });
                 }
             }
         }
-        let mut all_ok = true;
-        let mut out = Vec::new();
-        for (p, ids, part_input) in parts {
-            let Some(platform) = plan.platforms.get(&p) else {
-                all_ok = false;
-                let problem = Problem::new(
-                    ProblemKind::NotFound,
-                    format!("the ids belong to platform '{p}', which is not loaded"),
-                )
-                .at(&p, op_name);
-                out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
-                continue;
-            };
-            match self.call(platform, op_name, &part_input, false).await {
-                Ok(CallOutcome::Output(v)) => out.push(
-                    serde_json::json!({"platform": p, "ids": ids, "status": 200, "output": v}),
-                ),
-                Ok(CallOutcome::DryRun(_)) => {}
-                Err(problem) => {
-                    all_ok = false;
-                    out.push(serde_json::json!({"platform": p, "ids": ids, "status": problem.status, "problem": problem}));
-                }
-            }
-        }
-        Ok((all_ok, serde_json::json!({ "parts": out })))
+        Ok(parts)
     }
+}
+
+/// One platform's part of a routed input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// The platform owning the part's ids.
+    pub platform: String,
+    /// The internal ids that put the part on this platform.
+    pub ids: Vec<String>,
+    /// The part's canonical input.
+    pub input: Value,
 }
 
 impl Engine {

@@ -51,6 +51,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX outbox_by_inbox ON outbox (inbox_id)",
         ],
     ),
+    (
+        // Flows with work left are due at a time (NULL: nothing left to do) and leased by the
+        // instance working on them, so a restarted or another instance resumes them.
+        4,
+        &[
+            "ALTER TABLE flows ADD COLUMN due_at BIGINT",
+            "ALTER TABLE flows ADD COLUMN lease_owner TEXT",
+            "ALTER TABLE flows ADD COLUMN lease_until BIGINT",
+            "CREATE INDEX flows_due ON flows (kind, due_at) WHERE due_at IS NOT NULL",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

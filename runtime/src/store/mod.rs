@@ -908,6 +908,120 @@ impl Store {
         })
     }
 
+    /// Saves a flow's state like [`Store::flow_save`] and sets when it is next due: `Some(t)`
+    /// while it has work left (at `t`, Unix ms), `None` once it has none.
+    pub async fn flow_save_due(
+        &self,
+        id: &str,
+        kind: &str,
+        state: &Value,
+        expected: Option<i64>,
+        now: i64,
+        due_at: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let text = state.to_string();
+        let n = match expected {
+            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(kind)
+                .bind(&text)
+                .bind(now)
+                .bind(due_at)
+                .execute(&self.pool)
+                .await,
+            Some(v) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2, due_at = $3 WHERE id = $4 AND version = $5")
+                .bind(&text)
+                .bind(now)
+                .bind(due_at)
+                .bind(id)
+                .bind(v)
+                .execute(&self.pool)
+                .await,
+        }
+        .map_err(q("saving a flow"))?
+        .rows_affected();
+        if n == 1 {
+            return Ok(expected.unwrap_or(0) + 1);
+        }
+        let found = self.flow_get(id).await?.map(|f| f.version);
+        Err(StoreError::Conflict {
+            id: id.into(),
+            expected,
+            found,
+        })
+    }
+
+    /// Takes (or renews) the lease of flow `id` for `owner` until `now + lease_ms`, unless
+    /// another owner holds a lease that has not run out. Returns whether `owner` holds it.
+    pub async fn flow_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE flows SET lease_owner = $1, lease_until = $2 WHERE id = $3 \
+             AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until <= $4 OR lease_owner = $1)",
+        )
+        .bind(owner)
+        .bind(now.saturating_add(lease_ms))
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(q("leasing a flow"))?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Gives up `owner`'s lease of flow `id` (another instance may take it at once).
+    pub async fn flow_release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE flows SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(q("releasing a flow"))?;
+        Ok(())
+    }
+
+    /// Ids of up to `limit` flows of `kind` due by `now` whose lease is free (never taken,
+    /// released, or run out), the longest-waiting first. Take each with [`Store::flow_lease`]
+    /// before working on it: another instance may take it first.
+    pub async fn flows_due(
+        &self,
+        kind: &str,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM flows WHERE kind = $1 AND due_at IS NOT NULL AND due_at <= $2 \
+             AND (lease_until IS NULL OR lease_until <= $2) ORDER BY due_at LIMIT $3",
+        )
+        .bind(kind)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("finding due flows"))?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(q("reading a due flow")))
+            .collect()
+    }
+
+    /// How many flows of `kind` have work left (a due time), due or not.
+    pub async fn flows_unfinished(&self, kind: &str) -> Result<i64, StoreError> {
+        sqlx::query("SELECT COUNT(*) FROM flows WHERE kind = $1 AND due_at IS NOT NULL")
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .map_err(q("counting unfinished flows"))
+    }
+
     // ------------------------------------------------------------------ credentials
 
     /// Stores a platform's pushed credentials if `version` is newer than the stored one.
