@@ -506,6 +506,72 @@ async fn conformance(s: &Store) {
         ("order_saga", Some("paid"), 2)
     );
 
+    // Flows with work left: due times and leases.
+    assert!(
+        s.flows_due("order_saga", 100, 10).await.unwrap().is_empty(),
+        "no due time yet"
+    );
+    s.flow_save_due("order-2", "order_saga", &json!({}), None, 10, Some(50))
+        .await
+        .unwrap();
+    s.flow_save_due("order-3", "order_saga", &json!({}), None, 10, Some(20))
+        .await
+        .unwrap();
+    s.flow_save_due("sync-1", "product_sync", &json!({}), None, 10, Some(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.flows_due("order_saga", 30, 10).await.unwrap(),
+        ["order-3"]
+    );
+    assert_eq!(
+        s.flows_due("order_saga", 60, 10).await.unwrap(),
+        ["order-3", "order-2"],
+        "the longest-waiting first"
+    );
+    assert_eq!(s.flows_unfinished("order_saga").await.unwrap(), 2);
+    // One holder at a time; the holder renews; a lease that ran out is taken over.
+    assert!(s.flow_lease("order-3", "a", 60, 100).await.unwrap());
+    assert!(!s.flow_lease("order-3", "b", 61, 100).await.unwrap());
+    assert!(s.flow_lease("order-3", "a", 62, 100).await.unwrap());
+    assert_eq!(
+        s.flows_due("order_saga", 100, 10).await.unwrap(),
+        ["order-2"]
+    );
+    assert!(s.flow_lease("order-3", "b", 162, 100).await.unwrap());
+    assert!(!s.flow_lease("order-3", "a", 163, 100).await.unwrap());
+    s.flow_release("order-3", "a").await.unwrap();
+    assert!(
+        !s.flow_lease("order-3", "c", 164, 100).await.unwrap(),
+        "only the holder releases"
+    );
+    s.flow_release("order-3", "b").await.unwrap();
+    assert!(s.flow_lease("order-3", "c", 165, 100).await.unwrap());
+    // Finished: no due time, never due again; the version still guards the state.
+    let v = s.flow_get("order-2").await.unwrap().unwrap().version;
+    assert!(matches!(
+        s.flow_save_due("order-2", "order_saga", &json!({}), Some(v + 1), 70, None)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    s.flow_save_due(
+        "order-2",
+        "order_saga",
+        &json!({"done": true}),
+        Some(v),
+        70,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !s.flows_due("order_saga", 10_000, 10)
+            .await
+            .unwrap()
+            .contains(&"order-2".to_string())
+    );
+    assert_eq!(s.flows_unfinished("order_saga").await.unwrap(), 1);
+
     // Credentials: versioned compare-and-set.
     let creds = |v: &str| -> Map<String, Value> {
         [("app_secret".to_string(), json!(v))].into_iter().collect()

@@ -172,6 +172,59 @@ fn build() -> Value {
             }
         }}),
     );
+    let order_param = json!({ "name": "order_id", "in": "path", "required": true, "description": "The mall's order id (1 to 128 characters).", "schema": { "type": "string", "minLength": 1, "maxLength": 128 } });
+    paths.insert(
+        "/v1/orders/{order_id}/check".into(),
+        json!({ "post": {
+            "operationId": "check_order",
+            "summary": "Whether each line of an order can be fulfilled: lines are routed by SKU to their platforms, each asked inventory.get at once. Changes nothing.",
+            "parameters": [order_param],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["lines"], "description": "The order, or just its lines; other members are ignored.",
+                "properties": { "lines": { "type": "array", "minItems": 1, "maxItems": 200, "items": {
+                    "type": "object", "required": ["sku_id", "quantity"],
+                    "properties": { "sku_id": { "$ref": "#/components/schemas/id" }, "quantity": { "type": "integer", "minimum": 1 } } } } } } } } },
+            "responses": {
+                "200": { "description": "Per line: its platform, the units available and whether the line can be fulfilled, or the reason it cannot (an unknown SKU, a platform that failed).", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["order_id", "fulfillable", "lines"],
+                    "properties": { "order_id": { "type": "string" }, "fulfillable": { "type": "boolean" }, "lines": { "type": "array", "items": {
+                        "type": "object", "required": ["sku_id", "quantity", "fulfillable"],
+                        "properties": { "sku_id": { "type": "string" }, "quantity": { "type": "integer" }, "platform": { "type": "string" }, "available": { "type": "integer" }, "fulfillable": { "type": "boolean" }, "reason": { "type": "string" } } } } } } } } },
+                "400": { "description": "The body has no valid lines.", "content": problem_content() },
+                "503": { "description": "The gateway's store is unavailable.", "content": problem_content() }
+            }
+        }}),
+    );
+    paths.insert(
+        "/v1/orders/{order_id}/paid".into(),
+        json!({ "post": {
+            "operationId": "order_paid",
+            "summary": "Record a paid order's saga, then create it on every platform involved (in the background). Answered once the saga is stored.",
+            "parameters": [order_param],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/order.create.input" } } } },
+            "responses": {
+                "202": { "description": "Recorded (or recorded before with the same content): `order_id`, `state`, `parts` (platform, sku_ids, state) and the creation `deadline`. Follow it at the `Location`, GET /v1/orders/{order_id}." },
+                "400": { "description": "Not a valid order.create input, or its order_id is not the URL's.", "content": problem_content() },
+                "409": { "description": "The order was recorded as paid before with other content.", "content": problem_content() },
+                "422": { "description": "A SKU belongs to no platform (or to several).", "content": problem_content() },
+                "503": { "description": "The gateway's store is unavailable: nothing was recorded.", "content": problem_content() }
+            }
+        }}),
+    );
+    paths.insert(
+        "/v1/orders/{order_id}".into(),
+        json!({ "get": {
+            "operationId": "get_order_saga",
+            "summary": "The order's saga: its state (creating, created, compensating, cancelled), the reason of a cancellation, each platform's part (state, platform order id, status, attempts, last error, next retry) and every step with its time and error.",
+            "parameters": [order_param],
+            "responses": {
+                "200": { "description": "The saga." },
+                "400": { "description": "Not an order id.", "content": problem_content() },
+                "404": { "description": "No saga for this order.", "content": problem_content() },
+                "503": { "description": "The gateway's store is unavailable.", "content": problem_content() }
+            }
+        }}),
+    );
     for (p, what) in [
         ("/healthz", "The process is alive."),
         ("/readyz", "The store answers."),
