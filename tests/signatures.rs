@@ -344,6 +344,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         notify: None,
         reloader: None,
         trust_forwarded_headers: false,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = vectors();
@@ -486,6 +487,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
         notify: None,
         reloader: None,
         trust_forwarded_headers: false,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = envelope_vectors();

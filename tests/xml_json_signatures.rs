@@ -354,6 +354,7 @@ async fn body_signatures_through_the_server() {
         notify: None,
         reloader: None,
         trust_forwarded_headers: false,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();
