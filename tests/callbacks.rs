@@ -148,6 +148,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         notify: Some(dispatcher.notify.clone()),
         reloader: None,
         trust_forwarded_headers: false,
+        sync: None,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

@@ -611,9 +611,8 @@ fn serve(
     if let Some(internal) = crate::flows::sync::consumer_target(&gateway.targets) {
         targets.push(internal);
     }
-    let dispatcher = Arc::new(
-        dispatcher.with_consumer(crate::flows::sync::CONSUMER, syncer.clone()),
-    );
+    let dispatcher =
+        Arc::new(dispatcher.with_consumer(crate::flows::sync::CONSUMER, syncer.clone()));
     let mut reloader =
         crate::reload::Reloader::new(gateway.platforms_dir.clone(), plan.clone(), process_env);
     if gateway.file.exists() {
@@ -901,7 +900,7 @@ fn sync(platform: &str, full: bool, config: Option<PathBuf>) -> ExitCode {
             .with_notify(dispatcher.notify.clone()),
         );
         let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
-        let delivering = tokio::spawn(dispatcher.run(async move {
+        let delivering = tokio::spawn(dispatcher.clone().run(async move {
             let _ = dispatch_stopped.await;
         }));
         let stopper = syncer.clone();
@@ -934,6 +933,9 @@ fn sync(platform: &str, full: bool, config: Option<PathBuf>) -> ExitCode {
         interrupt.abort();
         let _ = stop_dispatch.send(());
         let _ = delivering.await;
+        // What is due now is delivered before exiting; what fails waits for its retry in the
+        // outbox, for the gateway (or the next sync) to deliver.
+        while dispatcher.tick().await > 0 {}
         result.map_err(|e| e.to_string())
     });
     match outcome {

@@ -71,7 +71,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/platforms/{platform}/sync",
             post(admin_sync_start).get(admin_sync_state),
         )
-        .route("/admin/v1/platforms/{platform}/sync/{id}", get(admin_sync_run))
+        .route(
+            "/admin/v1/platforms/{platform}/sync/{id}",
+            get(admin_sync_run),
+        )
         .route("/admin/v1/reload", post(admin_reload))
         .route("/admin/v1/status", get(admin_status))
         .route("/metrics", get(metrics))
@@ -845,7 +848,10 @@ fn syncer_of(
         return Err(Box::new(r));
     }
     state.sync.clone().ok_or_else(|| {
-        let mut p = Problem::new(ProblemKind::Configuration, "this server does not sync products");
+        let mut p = Problem::new(
+            ProblemKind::Configuration,
+            "this server does not sync products",
+        );
         p.status = 503;
         Box::new(problem_response(&p))
     })
@@ -920,7 +926,10 @@ async fn admin_sync_run(
         Ok(Some(run)) => Json(json!(run)).into_response(),
         Ok(None) => problem_response(&Problem::new(
             ProblemKind::NotFound,
-            format!("no sync '{id}' of '{platform}' (only the last {} are kept)", crate::flows::sync::HISTORY),
+            format!(
+                "no sync '{id}' of '{platform}' (only the last {} are kept)",
+                crate::flows::sync::HISTORY
+            ),
         )),
         Err(e) => problem_response(&e.problem()),
     }

@@ -386,23 +386,26 @@ fn sync_settings(
     let mut out = SyncSettings::default();
     let Some(file) = file else { return out };
     let sp = DocPath::root().key("sync");
-    let duration = |text: &str, path: &DocPath, problems: &mut Vec<Diagnostic>| match super::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Some(d),
-        Ok(_) => {
-            problems.push(
-                doc.at(path, Code::Duration, "this duration cannot be zero")
-                    .with_hint("give a time such as 30s, 15m or 1d"),
-            );
-            None
-        }
-        Err(e) => {
-            problems.push(
-                doc.at(path, Code::Duration, e)
-                    .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
-            );
-            None
-        }
-    };
+    let duration =
+        |text: &str, path: &DocPath, problems: &mut Vec<Diagnostic>| match super::parse_duration(
+            text,
+        ) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                problems.push(
+                    doc.at(path, Code::Duration, "this duration cannot be zero")
+                        .with_hint("give a time such as 30s, 15m or 1d"),
+                );
+                None
+            }
+            Err(e) => {
+                problems.push(
+                    doc.at(path, Code::Duration, e)
+                        .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                );
+                None
+            }
+        };
     match file.page_size {
         Some(n) if (1..=500).contains(&n) => out.page_size = n,
         Some(n) => problems.push(
@@ -427,7 +430,8 @@ fn sync_settings(
             .full_every
             .as_ref()
             .map(|f| duration(f, &pp.key("full_every"), problems));
-        if let (Some(every), Some(full_every)) = (every, full_every.unwrap_or(Some(Duration::ZERO))) {
+        if let (Some(every), Some(full_every)) = (every, full_every.unwrap_or(Some(Duration::ZERO)))
+        {
             out.schedules.push(SyncScheduleSettings {
                 platform: platform.clone(),
                 every,

@@ -163,10 +163,14 @@ pub enum SyncError {
         operation: &'static str,
     },
     /// Nothing would receive the products.
-    #[error("no target subscribes to product.upserted: add it to the `events` of the product center's target in entrepot.yaml")]
+    #[error(
+        "no target subscribes to product.upserted: add it to the `events` of the product center's target in entrepot.yaml"
+    )]
     NoTarget,
     /// Another sync of the platform holds the lease.
-    #[error("a sync of '{platform}' is already running ({holder}); its lease runs out in {seconds}s unless renewed")]
+    #[error(
+        "a sync of '{platform}' is already running ({holder}); its lease runs out in {seconds}s unless renewed"
+    )]
     Busy {
         /// The platform.
         platform: String,
@@ -340,7 +344,11 @@ impl Syncer {
         *self.stop.borrow()
     }
 
-    fn platform(&self, name: &str, operation: &'static str) -> Result<Arc<PlatformPlan>, SyncError> {
+    fn platform(
+        &self,
+        name: &str,
+        operation: &'static str,
+    ) -> Result<Arc<PlatformPlan>, SyncError> {
         let plan = self.plan.load();
         let p = plan.platforms.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = plan.platforms.keys().map(String::as_str).collect();
@@ -388,7 +396,10 @@ impl Syncer {
         };
         // A row this build cannot read is started afresh rather than blocking the platform.
         let state = serde_json::from_value(row.state).unwrap_or_else(|e| {
-            tracing::warn!(platform, "the stored sync state cannot be read ({e}); starting afresh");
+            tracing::warn!(
+                platform,
+                "the stored sync state cannot be read ({e}); starting afresh"
+            );
             PlatformSync::default()
         });
         Ok(Some((state, row.version)))
@@ -444,7 +455,11 @@ impl Syncer {
                         .map(|c| rfc3339(c - OVERLAP));
                     Run {
                         id: format!("sync_{}", uuid::Uuid::new_v4().simple()),
-                        mode: if incremental { Mode::Incremental } else { Mode::Full },
+                        mode: if incremental {
+                            Mode::Incremental
+                        } else {
+                            Mode::Full
+                        },
                         status: Status::Running,
                         cursor: None,
                         updated_since,
@@ -560,8 +575,10 @@ impl Syncer {
                 return Ok(s.run);
             }
             if s.run.pages >= MAX_PAGES {
-                let reason = format!("more than {MAX_PAGES} pages: the platform's cursors do not end");
-                self.end(&mut s, Status::Failed, Some(reason.clone())).await?;
+                let reason =
+                    format!("more than {MAX_PAGES} pages: the platform's cursors do not end");
+                self.end(&mut s, Status::Failed, Some(reason.clone()))
+                    .await?;
                 return Err(SyncError::Platform {
                     platform: s.platform,
                     reason,
@@ -571,7 +588,8 @@ impl Syncer {
                 Ok(p) => p,
                 Err(reason) => {
                     tracing::warn!(platform = %s.platform, sync = %s.run.id, "product sync failed: {reason}");
-                    self.end(&mut s, Status::Failed, Some(reason.clone())).await?;
+                    self.end(&mut s, Status::Failed, Some(reason.clone()))
+                        .await?;
                     progress(&s.run);
                     return Err(SyncError::Platform {
                         platform: s.platform,
@@ -579,9 +597,7 @@ impl Syncer {
                     });
                 }
             };
-            let got = self
-                .upsert(&s.platform, &page.items, &s.run.id)
-                .await?;
+            let got = self.upsert(&s.platform, &page.items, &s.run.id).await?;
             s.run.pages += 1;
             s.run.items += u64::try_from(page.items.len()).unwrap_or(u64::MAX);
             s.run.sent += got.sent;
@@ -592,7 +608,8 @@ impl Syncer {
             }
             if page.next.is_some() && page.next == s.run.cursor {
                 let reason = "the platform answered the same cursor for the next page".to_string();
-                self.end(&mut s, Status::Failed, Some(reason.clone())).await?;
+                self.end(&mut s, Status::Failed, Some(reason.clone()))
+                    .await?;
                 progress(&s.run);
                 return Err(SyncError::Platform {
                     platform: s.platform,
@@ -639,7 +656,11 @@ impl Syncer {
             let platform = self
                 .platform(&s.platform, "product.list")
                 .map_err(|e| e.to_string())?;
-            let problem = match self.engine.call(&platform, "product.list", &input, false).await {
+            let problem = match self
+                .engine
+                .call(&platform, "product.list", &input, false)
+                .await
+            {
                 Ok(CallOutcome::Output(out)) => return Page::of(out),
                 Ok(CallOutcome::DryRun(_)) => return Err("a dry run answered".into()),
                 Err(p) => p,
@@ -675,7 +696,11 @@ impl Syncer {
         // The last version of a product listed twice in one batch wins.
         let mut seen: indexmap::IndexMap<String, (String, &Value)> = indexmap::IndexMap::new();
         for p in products {
-            match p.get("spu_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            match p
+                .get("spu_id")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 Some(id) => {
                     seen.insert(id.to_string(), (content_hash(p), p));
                 }
@@ -895,7 +920,9 @@ pub fn progress_line(platform: &str, run: &Run, elapsed: Duration) -> String {
         Some(total) => {
             const WIDTH: u64 = 24;
             let done = (run.items.min(total) * WIDTH) / total;
-            let bar: String = (0..WIDTH).map(|i| if i < done { '#' } else { '-' }).collect();
+            let bar: String = (0..WIDTH)
+                .map(|i| if i < done { '#' } else { '-' })
+                .collect();
             line.push_str(&format!(
                 "[{bar}] {} pages, {}/{total} items",
                 run.pages, run.items
@@ -1002,7 +1029,12 @@ impl crate::dispatch::Consumer for Syncer {
                 .ok_or("the event names no product (data.spu_id)")?;
             match self.refresh(platform, spu_id).await {
                 Ok(u) => {
-                    tracing::info!(platform, spu_id, sent = u.sent, "product refreshed after a callback");
+                    tracing::info!(
+                        platform,
+                        spu_id,
+                        sent = u.sent,
+                        "product refreshed after a callback"
+                    );
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
@@ -1021,7 +1053,10 @@ mod tests {
         let a = json!({"spu_id": "s1", "title": "T", "skus": [{"sku_id": "k", "available": 1}]});
         let b = json!({"title": "T", "skus": [{"available": 1, "sku_id": "k"}], "spu_id": "s1"});
         assert_eq!(content_hash(&a), content_hash(&b));
-        assert_ne!(content_hash(&a), content_hash(&json!({"spu_id": "s1", "title": "U"})));
+        assert_ne!(
+            content_hash(&a),
+            content_hash(&json!({"spu_id": "s1", "title": "U"}))
+        );
         assert_eq!(content_hash(&a).len(), 64);
     }
 
@@ -1037,7 +1072,12 @@ mod tests {
         let p = Page::of(json!({"items": [], "next_cursor": 3, "total": 7})).unwrap();
         assert_eq!(p.next.as_deref(), Some("3"));
         assert_eq!(p.total, Some(7));
-        assert!(Page::of(json!({"items": [], "next_cursor": null})).unwrap().next.is_none());
+        assert!(
+            Page::of(json!({"items": [], "next_cursor": null}))
+                .unwrap()
+                .next
+                .is_none()
+        );
         assert!(Page::of(json!({"next_cursor": null})).is_err());
         assert!(Page::of(json!({"items": [], "next_cursor": {"a": 1}})).is_err());
         assert!(Page::of(json!([])).is_err());
