@@ -438,7 +438,7 @@ impl State {
             .into_iter()
             .skip(usize::try_from(start).unwrap_or(usize::MAX))
             .take(usize::try_from(page_size).unwrap_or(usize::MAX))
-            .map(|s| Self::item_json(s))
+            .map(Self::item_json)
             .collect();
         let next = if start.saturating_add(page_size) < total {
             json!(page_no.saturating_add(1))

@@ -642,13 +642,15 @@ impl Syncer {
     /// Reads the run's next page, trying again after platform failures; `Err` is the reason
     /// the sync stops.
     async fn page(&self, s: &mut Started) -> Result<Page, String> {
-        let mut input = json!({ "page_size": self.settings.page_size });
+        let mut input = serde_json::Map::new();
+        input.insert("page_size".into(), json!(self.settings.page_size));
         if let Some(c) = &s.run.cursor {
-            input["cursor"] = json!(c);
+            input.insert("cursor".into(), json!(c));
         }
         if let Some(u) = &s.run.updated_since {
-            input["updated_since"] = json!(u);
+            input.insert("updated_since".into(), json!(u));
         }
+        let input = Value::Object(input);
         let mut attempt = 0;
         loop {
             attempt += 1;
