@@ -149,6 +149,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         reloader: None,
         trust_forwarded_headers: false,
         orders: None,
+        sync: None,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

@@ -38,6 +38,7 @@ mod server;
 mod signatures;
 mod slow_clients;
 mod store;
+mod sync;
 mod transport;
 mod vectors;
 mod xml_json_signatures;

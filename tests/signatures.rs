@@ -345,6 +345,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         reloader: None,
         trust_forwarded_headers: false,
         orders: None,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = vectors();
@@ -488,6 +489,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
         reloader: None,
         trust_forwarded_headers: false,
         orders: None,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = envelope_vectors();

@@ -355,6 +355,7 @@ async fn body_signatures_through_the_server() {
         reloader: None,
         trust_forwarded_headers: false,
         orders: None,
+        sync: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();

@@ -12,10 +12,12 @@ pub const OPERATIONS: &[&str] = &[
     "logistics.get",
 ];
 
-/// Canonical events, in documentation order.
+/// Canonical events, in documentation order. `product.upserted` is the product sync's own
+/// event (see [`crate::flows::sync`]); the others come from platform callbacks.
 pub const EVENTS: &[&str] = &[
     "product.changed",
     "product.offline",
+    "product.upserted",
     "inventory.changed",
     "inventory.low",
     "order.status_changed",
@@ -72,6 +74,10 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (
         "events/product.offline.json",
         include_str!("../../schemas/canonical/events/product.offline.json"),
+    ),
+    (
+        "events/product.upserted.json",
+        include_str!("../../schemas/canonical/events/product.upserted.json"),
     ),
     (
         "events/inventory.changed.json",

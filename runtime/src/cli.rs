@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `schema`, `sign`.
+//! The command line: `serve`, `validate`, `schema`, `call`, `sign`, `sync`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -97,6 +97,24 @@ pub enum Command {
         /// Output format of a dry run.
         #[arg(long, value_enum, default_value_t = PreviewFormat::Text)]
         format: PreviewFormat,
+    },
+    /// Sync a platform's products into the product center, with a progress bar.
+    ///
+    /// Uses `entrepot.yaml` like `serve`: products go to the targets subscribed to
+    /// `product.upserted`, state (checkpoints, hashes, the lease) to its store. Incremental
+    /// (products changed since the last sync) unless --full or the platform was never synced;
+    /// an interrupted or failed sync is resumed where it stopped. Events are delivered while
+    /// it runs (and by any running gateway). Ctrl-C stops after the current page; run the
+    /// same command again to resume. Exits 1 when the sync did not finish.
+    Sync {
+        /// The platform, as named in its file's `platform:`.
+        platform: String,
+        /// List every product instead of those changed since the last sync.
+        #[arg(long)]
+        full: bool,
+        /// The gateway file. Default: `entrepot.yaml` in the current directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print the exact request an operation would send, fully built and signed, without
     /// sending it.
@@ -211,6 +229,11 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Sync {
+            platform,
+            full,
+            config,
+        } => sync(&platform, full, config),
         Command::Sign {
             platform,
             operation,
@@ -564,15 +587,32 @@ fn serve(
             return ExitCode::FAILURE;
         }
     }
-    let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
+    let dispatcher = crate::dispatch::Dispatcher::new(
         store.clone(),
         &gateway.targets,
         gateway.delivery.clone(),
         credentials.clone(),
         process_env,
-    ));
+    );
     // The platforms: loaded, then kept up to date, by the reloader.
     let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
+    // Product sync: its schedules, the admin routes, and the internal consumer of
+    // product.changed / product.offline callbacks (when a target receives the products).
+    let syncer = Arc::new(
+        crate::flows::sync::Syncer::new(
+            plan.clone(),
+            engine.clone(),
+            Arc::new(gateway.targets.clone()),
+            gateway.sync.clone(),
+        )
+        .with_notify(dispatcher.notify.clone()),
+    );
+    let mut targets = gateway.targets.clone();
+    if let Some(internal) = crate::flows::sync::consumer_target(&gateway.targets) {
+        targets.push(internal);
+    }
+    let dispatcher =
+        Arc::new(dispatcher.with_consumer(crate::flows::sync::CONSUMER, syncer.clone()));
     let mut reloader =
         crate::reload::Reloader::new(gateway.platforms_dir.clone(), plan.clone(), process_env);
     if gateway.file.exists() {
@@ -626,7 +666,8 @@ fn serve(
             }
         });
     }
-    let targets = Arc::new(gateway.targets.clone());
+    // Every target, the internal consumers among them.
+    let targets = Arc::new(targets);
     // The order saga: answers the order routes and resumes every saga with work left.
     let orders = Arc::new(crate::flows::saga::Orders::new(
         engine.clone(),
@@ -649,7 +690,12 @@ fn serve(
         notify: Some(dispatcher.notify.clone()),
         trust_forwarded_headers: gateway.server.trust_forwarded_headers,
         orders: Some(orders),
+        sync: Some(syncer.clone()),
     };
+    let (stop_schedules, schedules_stopped) = tokio::sync::oneshot::channel::<()>();
+    let schedules = runtime.spawn(syncer.clone().run_schedules(async move {
+        let _ = schedules_stopped.await;
+    }));
     let (stop_pollers, pollers_stopped) = tokio::sync::oneshot::channel::<()>();
     if let (Some(engine), Some(notify)) = (&state.engine, &state.notify) {
         runtime.spawn(crate::poller::run(
@@ -675,6 +721,10 @@ fn serve(
     ));
     let _ = stop_pollers.send(());
     let _ = stop_orders.send(());
+    // Syncs stop after their current page, saved to resume later.
+    syncer.stop();
+    let _ = stop_schedules.send(());
+    let _ = runtime.block_on(schedules);
     let _ = stop_dispatch.send(());
     let _ = runtime.block_on(dispatch_task);
     match result {
@@ -794,4 +844,129 @@ fn call(
             }
         })
     })
+}
+
+/// Syncs one platform's products from the command line; see [`Command::Sync`].
+fn sync(platform: &str, full: bool, config: Option<PathBuf>) -> ExitCode {
+    use crate::flows::sync::{Status, Syncer, progress_line};
+    use std::io::{IsTerminal, Write};
+    let explicit = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from("entrepot.yaml"));
+    let gateway = match load_gateway(&path, explicit, &process_env) {
+        Ok(g) => g,
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics, Format::Text);
+            eprintln!("error: the gateway file has problems; fix them and start again");
+            return ExitCode::FAILURE;
+        }
+    };
+    let compiled = compile::compile_dir(&gateway.platforms_dir, &process_env);
+    if !compiled.plan.platforms.contains_key(platform) {
+        print_diagnostics(&compiled.diagnostics, Format::Text);
+    }
+    let sets = match &gateway.credentials_file {
+        Some(p) => match crate::credentials::read_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Default::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let store = crate::store::Store::open(&crate::store::StoreOptions {
+            url: gateway.store_url.clone(),
+            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
+                .filter(|k| !k.is_empty())
+                .map(crate::config::Secret::new),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let engine = Arc::new(
+            crate::engine::Engine::new(store.clone(), sets.clone(), process_env)
+                .with_id_cache(gateway.id_cache),
+        );
+        engine.load_pushed().await.map_err(|e| e.to_string())?;
+        let dispatcher = Arc::new(crate::dispatch::Dispatcher::new(
+            store.clone(),
+            &gateway.targets,
+            gateway.delivery.clone(),
+            sets,
+            process_env,
+        ));
+        let syncer = Arc::new(
+            Syncer::new(
+                Arc::new(ArcSwap::from_pointee(compiled.plan)),
+                engine,
+                Arc::new(gateway.targets.clone()),
+                gateway.sync.clone(),
+            )
+            .with_notify(dispatcher.notify.clone()),
+        );
+        let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
+        let delivering = tokio::spawn(dispatcher.clone().run(async move {
+            let _ = dispatch_stopped.await;
+        }));
+        let stopper = syncer.clone();
+        let interrupt = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping after the current page...");
+                stopper.stop();
+            }
+        });
+        let started = std::time::Instant::now();
+        let terminal = std::io::stderr().is_terminal();
+        let last_line = std::sync::Mutex::new(std::time::Instant::now());
+        let progress = |run: &crate::flows::sync::Run| {
+            let line = progress_line(platform, run, started.elapsed());
+            if terminal {
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+            } else if let Ok(mut last) = last_line.lock()
+                && (last.elapsed() >= std::time::Duration::from_secs(1)
+                    || run.status != Status::Running)
+            {
+                *last = std::time::Instant::now();
+                eprintln!("{line}");
+            }
+        };
+        let result = syncer.sync(platform, full, &progress).await;
+        if terminal {
+            eprintln!();
+        }
+        interrupt.abort();
+        let _ = stop_dispatch.send(());
+        let _ = delivering.await;
+        // What is due now is delivered before exiting; what fails waits for its retry in the
+        // outbox, for the gateway (or the next sync) to deliver.
+        while dispatcher.tick().await > 0 {}
+        result.map_err(|e| e.to_string())
+    });
+    match outcome {
+        Ok(run) => {
+            println!("{}", crate::flows::sync::summary(platform, &run));
+            if run.status == Status::Done {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("the sync was interrupted; run the same command again to resume it");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,8 +1,15 @@
 //! Delivering stored events to internal targets, at least once: claim due rows with a lease,
 //! POST each with an idempotency key, mark it delivered on a 2xx, otherwise retry with backoff
 //! until the target's `max_attempts`, then dead-letter it.
+//!
+//! Targets named with a leading `@` are internal [`Consumer`]s of the gateway itself (the
+//! product sync's `@sync` fetches the products named by `product.changed` callbacks): their
+//! rows are handed to the consumer instead of being POSTed, with the same leases, retries and
+//! dead letters.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,11 +49,25 @@ impl Default for DispatchOptions {
     }
 }
 
+/// An internal consumer of events, registered with [`Dispatcher::with_consumer`].
+pub trait Consumer: Send + Sync {
+    /// Handles one event; `Err` (a reason) makes the dispatcher retry it later, then
+    /// dead-letter it, as for an HTTP target.
+    fn consume<'a>(
+        &'a self,
+        row: &'a OutboxRow,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// Deliveries in flight at once to one internal consumer.
+const CONSUMER_CONCURRENCY: usize = 4;
+
 /// The dispatcher of one gateway instance.
 pub struct Dispatcher {
     store: Store,
     targets: HashMap<String, TargetSettings>,
     caps: HashMap<String, Arc<Semaphore>>,
+    consumers: HashMap<String, Arc<dyn Consumer>>,
     client: reqwest::Client,
     owner: String,
     options: DispatchOptions,
@@ -87,6 +108,7 @@ impl Dispatcher {
                 .map(|t| (t.name.clone(), t.clone()))
                 .collect(),
             caps,
+            consumers: HashMap::new(),
             client: reqwest::Client::builder()
                 .timeout(options.timeout)
                 .build()
@@ -97,6 +119,17 @@ impl Dispatcher {
             env,
             notify: Arc::new(Notify::new()),
         }
+    }
+
+    /// The same dispatcher handing the rows of target `name` (which starts with `@`) to
+    /// `consumer`.
+    pub fn with_consumer(mut self, name: &str, consumer: Arc<dyn Consumer>) -> Self {
+        self.caps.insert(
+            name.to_string(),
+            Arc::new(Semaphore::new(CONSUMER_CONCURRENCY)),
+        );
+        self.consumers.insert(name.to_string(), consumer);
+        self
     }
 
     /// Delivers until `shutdown` resolves.
@@ -141,6 +174,7 @@ impl Dispatcher {
                 .values()
                 .map(|t| t.concurrency as usize)
                 .sum::<usize>()
+                .saturating_add(self.consumers.len() * CONSUMER_CONCURRENCY)
                 .clamp(1, 64),
         )
         .unwrap_or(64);
@@ -215,6 +249,15 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, row: OutboxRow) {
+        if let Some(consumer) = self.consumers.get(&row.target) {
+            let _permit = match self.caps.get(&row.target) {
+                Some(cap) => cap.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let outcome = consumer.consume(&row).await;
+            self.settle(&row, outcome).await;
+            return;
+        }
         let Some(target) = self.targets.get(&row.target) else {
             // The target was removed from the configuration: keep the event, dead-lettered.
             let _ = self
@@ -282,6 +325,12 @@ impl Dispatcher {
                 e.without_url()
             )),
         };
+        self.settle(&row, outcome).await;
+    }
+
+    /// Records the outcome of a delivery: delivered, due again after a backoff, or
+    /// dead-lettered after its last attempt.
+    async fn settle(&self, row: &OutboxRow, outcome: Result<(), String>) {
         let result = match outcome {
             Ok(()) => {
                 self.store

@@ -40,6 +40,8 @@ pub struct AppState {
     pub trust_forwarded_headers: bool,
     /// The order saga (absent only in tests of routes that need none).
     pub orders: Option<Arc<crate::flows::saga::Orders>>,
+    /// Product sync (absent: the sync routes answer 503).
+    pub sync: Option<Arc<crate::flows::sync::Syncer>>,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -69,6 +71,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/admin/v1/platforms/{platform}/credentials",
             axum::routing::put(admin_push_credentials),
+        )
+        .route(
+            "/admin/v1/platforms/{platform}/sync",
+            post(admin_sync_start).get(admin_sync_state),
+        )
+        .route(
+            "/admin/v1/platforms/{platform}/sync/{id}",
+            get(admin_sync_run),
         )
         .route("/admin/v1/reload", post(admin_reload))
         .route("/admin/v1/status", get(admin_status))
@@ -934,6 +944,109 @@ async fn admin_push_credentials(
             problem_response(&p)
         }
         Err(e) => store_failed(e),
+    }
+}
+
+/// Query of `POST /admin/v1/platforms/{p}/sync`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncQuery {
+    /// A full sync instead of an incremental one.
+    full: Option<bool>,
+}
+
+fn syncer_of(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Arc<crate::flows::sync::Syncer>, Box<Response>> {
+    if let Some(r) = admin_refusal(state, headers) {
+        return Err(Box::new(r));
+    }
+    state.sync.clone().ok_or_else(|| {
+        let mut p = Problem::new(
+            ProblemKind::Configuration,
+            "this server does not sync products",
+        );
+        p.status = 503;
+        Box::new(problem_response(&p))
+    })
+}
+
+/// Starts (or resumes) a sync and answers at once with its id; the sync runs on.
+async fn admin_sync_start(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(platform): Path<String>,
+    Query(q): Query<SyncQuery>,
+) -> Response {
+    let syncer = match syncer_of(&state, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let started = match syncer.start(&platform, q.full.unwrap_or(false)).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let crate::flows::sync::SyncError::Store(inner) = &e {
+                tracing::error!("{inner}");
+            }
+            return problem_response(&e.problem());
+        }
+    };
+    let run = started.run.clone();
+    tokio::spawn(async move {
+        if let Err(e) = syncer.run(started, &|_| {}).await {
+            tracing::warn!("{e}");
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "sync_id": run.id,
+            "platform": platform,
+            "mode": run.mode,
+            "resumed": run.resumed > 0,
+            "status": format!("/admin/v1/platforms/{platform}/sync/{}", run.id),
+        })),
+    )
+        .into_response()
+}
+
+/// The stored sync state of a platform: lease, current or last run, checkpoint, history.
+async fn admin_sync_state(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(platform): Path<String>,
+) -> Response {
+    let syncer = match syncer_of(&state, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match syncer.status(&platform).await {
+        Ok(s) => Json(json!({ "platform": platform, "sync": s })).into_response(),
+        Err(e) => problem_response(&e.problem()),
+    }
+}
+
+/// One run's progress.
+async fn admin_sync_run(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path((platform, id)): Path<(String, String)>,
+) -> Response {
+    let syncer = match syncer_of(&state, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match syncer.find(&platform, &id).await {
+        Ok(Some(run)) => Json(json!(run)).into_response(),
+        Ok(None) => problem_response(&Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "no sync '{id}' of '{platform}' (only the last {} are kept)",
+                crate::flows::sync::HISTORY
+            ),
+        )),
+        Err(e) => problem_response(&e.problem()),
     }
 }
 

@@ -24,7 +24,14 @@ pub struct Spu {
     pub on_sale: bool,
     /// The product's SKUs.
     pub skus: Vec<Sku>,
+    /// When it last changed (`updateTime`); the change feed of `yanxuan.item.id.batch.get`
+    /// (`updatedSince`) filters on it. Seed products: [`CATALOG_EPOCH`] (plus `i` seconds for
+    /// [`Catalog::large`]'s product `i`).
+    pub updated_at: time::OffsetDateTime,
 }
+
+/// When the seed catalog's products last changed: 2026-01-01T00:00:00Z.
+pub const CATALOG_EPOCH: time::OffsetDateTime = time::macros::datetime!(2026-01-01 00:00:00 UTC);
 
 /// A sellable variant of a product.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +119,7 @@ impl Catalog {
                     simple_desc: format!("分页测试用商品第{}号", i + 1),
                     on_sale: true,
                     skus,
+                    updated_at: CATALOG_EPOCH + time::Duration::seconds(i as i64),
                 }
             })
             .collect();
@@ -133,6 +141,7 @@ impl Spu {
             simple_desc: String::new(),
             on_sale: true,
             skus: Vec::new(),
+            updated_at: CATALOG_EPOCH,
         }
     }
 

@@ -16,7 +16,7 @@
 //!
 //! | method | fields | result |
 //! | --- | --- | --- |
-//! | `yanxuan.item.id.batch.get` | `pageNo`=1, `pageSize`=50 (1..=100) | `{"total", "pageNo", "nextPageNo" (or null), "items": [ITEM]}` |
+//! | `yanxuan.item.id.batch.get` | `pageNo`=1, `pageSize`=50 (1..=100), `updatedSince` (RFC 3339, optional: only products changed since) | `{"total", "pageNo", "nextPageNo" (or null), "items": [ITEM]}` |
 //! | `yanxuan.item.batch.get` | `itemIds` (comma-separated) | `[ITEM]`; none known → `6002` |
 //! | `yanxuan.item.inventory.get` | `skuIds` | `[{"skuId", "inventory"}]` (unknown left out) |
 //! | `yanxuan.order.paid.create` | `order` (JSON) | `{"orderId"}`; `400` / `6002` / `6001` / `6005` |
@@ -75,7 +75,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use catalog::{Catalog, Sku, Spu};
+pub use catalog::{CATALOG_EPOCH, Catalog, Sku, Spu};
 pub use money::{format_fen, parse_yuan};
 pub use notify::{Spoil, send_notification};
 pub use signing::{PLATFORM_OFFSET, format_timestamp, parse_timestamp, sign, signed_form};
@@ -315,6 +315,14 @@ impl Simulator {
     /// Sets a SKU's inventory (same as `POST /__sim/inventory`); unknown SKUs are ignored.
     pub fn set_inventory(&self, sku: &str, n: i64) {
         self.shared.lock().set_inventory(sku, n);
+    }
+
+    /// Changes a product (name, description, status, SKUs) and stamps it changed at the
+    /// simulator's clock, so the change feed lists it; `false` when the product is unknown.
+    /// The platform would then notify `yanxuan.notification.item.changed` with `itemId`
+    /// (send it with [`send_notification`]).
+    pub fn edit_product(&self, id: &str, edit: impl FnOnce(&mut Spu)) -> bool {
+        self.shared.lock().edit_product(id, edit)
     }
 
     /// A SKU's current inventory.

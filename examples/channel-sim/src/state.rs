@@ -389,6 +389,22 @@ impl State {
         })
     }
 
+    /// Changes a product with `edit` and stamps it changed now; `false` when unknown.
+    pub fn edit_product(&mut self, id: &str, edit: impl FnOnce(&mut Spu)) -> bool {
+        let now = self.now();
+        let Some(i) = self.spu_index.get(id).copied() else {
+            return false;
+        };
+        match self.catalog.spus.get_mut(i) {
+            Some(spu) => {
+                edit(spu);
+                spu.updated_at = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn item_page(&self, fields: &[(String, String)]) -> Reply {
         let page_no = match positive(field(fields, "pageNo"), 1) {
             Some(n) => n,
@@ -398,12 +414,28 @@ impl State {
             Some(n) if n <= MAX_PAGE_SIZE => n,
             _ => return Reply::err("400", "invalid pageSize: must be between 1 and 100"),
         };
-        let total = self.catalog.spus.len() as u64;
-        let start = (page_no - 1).saturating_mul(page_size);
-        let items: Vec<Value> = self
+        // The change feed: only products changed at or after `updatedSince` (RFC 3339).
+        let since = match field(fields, "updatedSince").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => {
+                match OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        return Reply::err("400", "invalid updatedSince: must be an RFC 3339 time");
+                    }
+                }
+            }
+        };
+        let listed: Vec<&Spu> = self
             .catalog
             .spus
             .iter()
+            .filter(|s| since.is_none_or(|t| s.updated_at >= t))
+            .collect();
+        let total = listed.len() as u64;
+        let start = (page_no - 1).saturating_mul(page_size);
+        let items: Vec<Value> = listed
+            .into_iter()
             .skip(usize::try_from(start).unwrap_or(usize::MAX))
             .take(usize::try_from(page_size).unwrap_or(usize::MAX))
             .map(Self::item_json)

@@ -97,6 +97,7 @@ impl State {
             "name": p.name,
             "description": p.description,
             "status": if p.active { "active" } else { "archived" },
+            "updated_at": p.updated_at,
             "variants": p.variants.iter().map(|v| json!({
                 "sku": v.sku,
                 "title": v.title,
@@ -420,11 +421,35 @@ fn list_products(state: &State, query: &str) -> Answer {
             }
         },
     };
+    // The change feed: only products changed at or after `updated_since`.
+    let since = match query_param(query, "updated_since") {
+        None => None,
+        Some(s) => match OffsetDateTime::parse(&s, &Rfc3339) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_updated_since",
+                    "updated_since must be an RFC 3339 time",
+                );
+            }
+        },
+    };
+    let listed: Vec<&Product> = state
+        .config
+        .catalog
+        .iter()
+        .filter(|p| {
+            since.is_none_or(|t| {
+                OffsetDateTime::parse(&p.updated_at, &Rfc3339).is_ok_and(|at| at >= t)
+            })
+        })
+        .collect();
     // Cursors are `c_<offset>`; an empty cursor is refused, as the real API does.
     let start = match query_param(query, "cursor") {
         None => 0,
         Some(c) => match c.strip_prefix("c_").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if n < state.config.catalog.len() => n,
+            Some(n) if n < listed.len() => n,
             _ => {
                 return error(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -434,15 +459,13 @@ fn list_products(state: &State, query: &str) -> Answer {
             }
         },
     };
-    let total = state.config.catalog.len();
+    let total = listed.len();
     let end = start.saturating_add(limit).min(total);
-    let data: Vec<Value> = state
-        .config
-        .catalog
+    let data: Vec<Value> = listed
         .get(start..end)
         .unwrap_or_default()
         .iter()
-        .map(State::product_json)
+        .map(|p| State::product_json(p))
         .collect();
     let next = (end < total).then(|| format!("c_{end}"));
     ok(json!({"data": data, "next_cursor": next, "total": total}))
@@ -722,6 +745,24 @@ pub(crate) async fn ship(
         o.insert("order_id".into(), json!(order_id));
     }
     deliver(shared, "order.shipped", data).await
+}
+
+pub(crate) async fn edit_product(
+    shared: &Shared,
+    id: &str,
+    edit: impl FnOnce(&mut Product),
+) -> Result<Option<WebhookLog>, String> {
+    {
+        let mut state = shared.lock();
+        let Some(p) = state.config.catalog.iter_mut().find(|p| p.id == id) else {
+            return Err(format!("no product {id}"));
+        };
+        edit(p);
+        p.updated_at = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+    }
+    deliver(shared, "product.updated", json!({ "id": id })).await
 }
 
 pub(crate) async fn set_stock(

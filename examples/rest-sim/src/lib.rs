@@ -11,8 +11,10 @@
 //!   `{"error": "invalid_client"}`, another grant type → 400 `{"error": "unsupported_grant_type"}`.
 //! * Every `/v2/` call needs `Authorization: Bearer <token>`; a missing, unknown or expired token
 //!   → 401 (`unauthorized` / `token_expired`), checked on every call.
-//! * `GET /v2/products?cursor=&limit=` — `{"data": [PRODUCT], "next_cursor": "…" | null,
-//!   "total"}`; `limit` 1..=100 (default 20); a `cursor` that is empty or unknown → 422.
+//! * `GET /v2/products?cursor=&limit=&updated_since=` — `{"data": [PRODUCT], "next_cursor":
+//!   "…" | null, "total"}`; `limit` 1..=100 (default 20); a `cursor` that is empty or unknown →
+//!   422; `updated_since` (RFC 3339) lists only products changed at or after it (the change
+//!   feed), an unreadable one → 422.
 //! * `GET /v2/products/{id}` — PRODUCT; 404 unknown.
 //! * `GET /v2/inventory?sku=A,B` — `{"data": [{"sku", "available"}]}` (unknown SKUs left out);
 //!   no `sku` → 422.
@@ -38,8 +40,8 @@
 //!
 //! # Webhooks (Standard Webhooks)
 //!
-//! When a webhook URL is set, shipping an order sends `order.shipped` and changing stock sends
-//! `stock.changed`: a JSON POST `{"type", "timestamp", "data"}` with the headers `webhook-id`,
+//! When a webhook URL is set, shipping an order sends `order.shipped`, changing stock sends
+//! `stock.changed` and changing a product sends `product.updated` (`{"id"}`): a JSON POST `{"type", "timestamp", "data"}` with the headers `webhook-id`,
 //! `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
 //! "id.timestamp.body" keyed with the base64-decoded secret after its `whsec_` prefix>`.
 //!
@@ -111,6 +113,54 @@ pub struct Product {
     pub active: bool,
     /// Its variants.
     pub variants: Vec<Variant>,
+    /// When it last changed (RFC 3339, UTC): the change feed (`updated_since`) filters on it.
+    /// Default: [`CATALOG_EPOCH`].
+    #[serde(default = "epoch")]
+    pub updated_at: String,
+}
+
+/// When the seed catalogs' products last changed.
+pub const CATALOG_EPOCH: &str = "2026-01-01T00:00:00Z";
+
+fn epoch() -> String {
+    CATALOG_EPOCH.to_string()
+}
+
+/// A generated catalog for paging tests: `n` active products `prd_<100001 + i>` named
+/// `Product <i + 1>`, each with two variants `SKU-<100001 + i>-A` (price `10.00 + i % 90`
+/// EUR, stock `i % 50`) and `-B` (one euro more, stock 5), changed at [`CATALOG_EPOCH`] plus
+/// `i` seconds.
+pub fn large_catalog(n: usize) -> Vec<Product> {
+    let epoch = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+    (0..n)
+        .map(|i| {
+            let id = 100_001 + i as u64;
+            let cents = 1000 + (i % 90) as i64 * 100;
+            Product {
+                id: format!("prd_{id}"),
+                name: format!("Product {}", i + 1),
+                description: format!("Generated product number {}", i + 1),
+                active: true,
+                variants: vec![
+                    Variant {
+                        sku: format!("SKU-{id}-A"),
+                        title: "Variant A".into(),
+                        price_cents: cents,
+                        stock: (i % 50) as i64,
+                    },
+                    Variant {
+                        sku: format!("SKU-{id}-B"),
+                        title: "Variant B".into(),
+                        price_cents: cents + 100,
+                        stock: 5,
+                    },
+                ],
+                updated_at: (epoch + time::Duration::seconds(i as i64))
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 /// The sample catalog: three products, five variants.
@@ -131,6 +181,7 @@ pub fn sample_catalog() -> Vec<Product> {
                 v("SHIRT-M", "Size M", 4990, 12),
                 v("SHIRT-L", "Size L", 4990, 3),
             ],
+            updated_at: epoch(),
         },
         Product {
             id: "prd_1002".into(),
@@ -138,6 +189,7 @@ pub fn sample_catalog() -> Vec<Product> {
             description: "Stoneware".into(),
             active: true,
             variants: vec![v("CUPS-2", "Set of 2", 1999, 40)],
+            updated_at: epoch(),
         },
         Product {
             id: "prd_1003".into(),
@@ -148,6 +200,7 @@ pub fn sample_catalog() -> Vec<Product> {
                 v("LAMP-BLK", "Black", 12905, 0),
                 v("LAMP-WHT", "White", 12905, 1),
             ],
+            updated_at: epoch(),
         },
     ]
 }
@@ -339,6 +392,16 @@ impl Simulator {
         tracking_number: &str,
     ) -> Result<Option<WebhookLog>, String> {
         api::ship(&self.shared, order_id, carrier, tracking_number).await
+    }
+
+    /// Changes a product with `edit`, stamps it changed now, and sends `product.updated`
+    /// (`{"id"}`) when a webhook URL is set; returns the webhook delivery, if one was sent.
+    pub async fn edit_product(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut Product),
+    ) -> Result<Option<WebhookLog>, String> {
+        api::edit_product(&self.shared, id, edit).await
     }
 
     /// Sets a SKU's stock (and sends `stock.changed` when a webhook URL is set).

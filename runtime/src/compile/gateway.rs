@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use crate::canonical;
 use crate::config::gateway::GatewayFile;
@@ -55,6 +56,8 @@ pub struct GatewaySettings {
     pub server: crate::server::ServerLimits,
     /// The order saga's deadlines, retries and lease.
     pub orders: OrderSettings,
+    /// Product sync settings.
+    pub sync: SyncSettings,
 }
 
 /// The order saga's settings, resolved (the `orders` block of the gateway file).
@@ -81,6 +84,41 @@ impl Default for OrderSettings {
             retry_max: Duration::from_secs(60),
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Product sync settings, resolved (see [`crate::flows::sync`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncSettings {
+    /// Products per `product.list` page.
+    pub page_size: u32,
+    /// How long a sync lease lasts without renewal.
+    pub lease: std::time::Duration,
+    /// Schedules: platform, incremental interval, full interval.
+    pub schedules: Vec<SyncScheduleSettings>,
+}
+
+/// One platform's sync schedule, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncScheduleSettings {
+    /// The platform.
+    pub platform: String,
+    /// Time between syncs.
+    pub every: std::time::Duration,
+    /// Time between full syncs.
+    pub full_every: Option<std::time::Duration>,
+}
+
+/// Default products per page of a sync.
+pub const DEFAULT_SYNC_PAGE_SIZE: u32 = 50;
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            page_size: DEFAULT_SYNC_PAGE_SIZE,
+            lease: std::time::Duration::from_secs(60),
+            schedules: Vec::new(),
         }
     }
 }
@@ -154,6 +192,16 @@ pub fn compile_gateway(
     let mut targets = Vec::new();
     for (name, t) in &file.targets {
         let tp = DocPath::root().key("targets").key(name.clone());
+        if name.starts_with('@') {
+            problems.push(
+                doc.at(
+                    &tp,
+                    Code::Gateway,
+                    format!("target name '{name}' starts with '@', which is kept for the gateway's own consumers"),
+                )
+                .with_hint("name the target without the leading '@'"),
+            );
+        }
         for (i, e) in t.events.iter().enumerate() {
             if !canonical::EVENTS.contains(&e.as_str()) {
                 let mut d = doc.at(
@@ -367,6 +415,7 @@ pub fn compile_gateway(
             );
         }
     }
+    let sync = sync_settings(&doc, file.sync.as_ref(), &mut problems);
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -398,7 +447,73 @@ pub fn compile_gateway(
         reload_debounce,
         server,
         orders,
+        sync,
     })
+}
+
+/// Resolves the `sync` section: page size, lease and schedules, each checked.
+fn sync_settings(
+    doc: &SourceDoc,
+    file: Option<&crate::config::gateway::SyncConfig>,
+    problems: &mut Vec<Diagnostic>,
+) -> SyncSettings {
+    let mut out = SyncSettings::default();
+    let Some(file) = file else { return out };
+    let sp = DocPath::root().key("sync");
+    let duration =
+        |text: &str, path: &DocPath, problems: &mut Vec<Diagnostic>| match super::parse_duration(
+            text,
+        ) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                problems.push(
+                    doc.at(path, Code::Duration, "this duration cannot be zero")
+                        .with_hint("give a time such as 30s, 15m or 1d"),
+                );
+                None
+            }
+            Err(e) => {
+                problems.push(
+                    doc.at(path, Code::Duration, e)
+                        .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+                );
+                None
+            }
+        };
+    match file.page_size {
+        Some(n) if (1..=500).contains(&n) => out.page_size = n,
+        Some(n) => problems.push(
+            doc.at(
+                &sp.key("page_size"),
+                Code::Gateway,
+                format!("page_size {n} is outside 1 to 500 (product.list's limits)"),
+            )
+            .with_hint("leave it out for the default of 50"),
+        ),
+        None => {}
+    }
+    if let Some(l) = &file.lease
+        && let Some(d) = duration(l, &sp.key("lease"), problems)
+    {
+        out.lease = d;
+    }
+    for (platform, schedule) in &file.platforms {
+        let pp = sp.key("platforms").key(platform.clone());
+        let every = duration(&schedule.every, &pp.key("every"), problems);
+        let full_every = schedule
+            .full_every
+            .as_ref()
+            .map(|f| duration(f, &pp.key("full_every"), problems));
+        if let (Some(every), Some(full_every)) = (every, full_every.unwrap_or(Some(Duration::ZERO)))
+        {
+            out.schedules.push(SyncScheduleSettings {
+                platform: platform.clone(),
+                every,
+                full_every: (!full_every.is_zero()).then_some(full_every),
+            });
+        }
+    }
+    out
 }
 
 /// Loads the gateway file at `path`, or the embedded default (relative to the current

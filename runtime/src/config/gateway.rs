@@ -45,6 +45,41 @@ pub struct GatewayFile {
     /// it out of git. Credentials it lacks come from `ENTREPOT_CREDENTIAL_<PLATFORM>_<NAME>`.
     #[serde(default)]
     pub credentials_file: Option<String>,
+    /// Product sync into the product center: page size, lease and schedules (see
+    /// docs/flows.md). Products go to the targets subscribed to `product.upserted`.
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
+}
+
+/// Product sync settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Products asked for per `product.list` page, 1 to 500 (the platform may cap it lower).
+    /// Default: 50.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// How long an instance holds a platform's sync lease without renewing it (it renews after
+    /// every page). Only the holder syncs that platform; when it dies, another instance can
+    /// resume the sync after this. Default: `60s`.
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// Sync schedules by platform name (its file's `platform:`).
+    #[serde(default)]
+    pub platforms: IndexMap<String, SyncSchedule>,
+}
+
+/// When a platform is synced.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSchedule {
+    /// Time between the end of one sync and the start of the next incremental one, such as
+    /// `15m`. An incremental sync asks only for products changed since the stored checkpoint;
+    /// a platform without a checkpoint yet gets a full sync.
+    pub every: String,
+    /// Time between full syncs, such as `1d`. Default: none (only the first sync is full).
+    #[serde(default)]
+    pub full_every: Option<String>,
 }
 
 /// Where state lives.

@@ -4,3 +4,4 @@
 //! payment, cancel when creation fails for good), and reconciliation.
 
 pub mod saga;
+pub mod sync;

@@ -62,6 +62,15 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX flows_due ON flows (kind, due_at) WHERE due_at IS NOT NULL",
         ],
     ),
+    (
+        // Product sync: the content hash of the last version of each product sent to the
+        // product center, so an unchanged product is not sent again.
+        5,
+        &[
+            "CREATE TABLE product_hashes (platform TEXT NOT NULL, spu_id TEXT NOT NULL, hash TEXT NOT NULL, \
+         updated_at BIGINT NOT NULL, PRIMARY KEY (platform, spu_id))",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -1022,6 +1022,75 @@ impl Store {
             .map_err(q("counting unfinished flows"))
     }
 
+    // ------------------------------------------------------------------ product sync
+
+    /// The content hashes last sent of `spu_ids` (internal ids) of `platform`; products never
+    /// sent are absent.
+    pub async fn product_hashes(
+        &self,
+        platform: &str,
+        spu_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in spu_ids.chunks(200) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT spu_id, hash FROM product_hashes WHERE platform = $1 AND spu_id IN ({})",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(platform);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("reading product hashes"))?
+            {
+                out.insert(
+                    row.try_get(0).map_err(q("reading a product hash"))?,
+                    row.try_get(1).map_err(q("reading a product hash"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records, in one transaction, the events of changed products and their new content
+    /// hashes: a product is either queued for the product center with its hash recorded, or
+    /// neither.
+    pub async fn product_upserts(
+        &self,
+        platform: &str,
+        hashes: &[(String, String)],
+        events: &[NewEvent],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("starting to record product upserts"))?;
+        for e in events {
+            insert_event(&mut tx, e, None, now).await?;
+        }
+        for (spu_id, hash) in hashes {
+            sqlx::query(
+                "INSERT INTO product_hashes (platform, spu_id, hash, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (platform, spu_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+            )
+            .bind(platform)
+            .bind(spu_id)
+            .bind(hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording a product hash"))?;
+        }
+        tx.commit().await.map_err(q("committing product upserts"))?;
+        Ok(())
+    }
+
     // ------------------------------------------------------------------ credentials
 
     /// Stores a platform's pushed credentials if `version` is newer than the stored one.

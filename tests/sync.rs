@@ -1,0 +1,558 @@
+//! Product sync (`runtime/src/flows/sync.rs`) against both sample platforms' simulators, each
+//! with a generated catalog of 1 000 products: full syncs land every product in a test product
+//! center exactly once, an interrupted sync resumes where it stopped, an incremental sync lists
+//! only what changed, and a product.changed callback refreshes just that product. Expected
+//! products come from the simulators' own catalogs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use entrepot::compile::gateway::SyncSettings;
+use entrepot::credentials::CredentialSets;
+use entrepot::dispatch::{DispatchOptions, Dispatcher};
+use entrepot::engine::Engine;
+use entrepot::flows::sync::{Mode, Status, SyncError, Syncer};
+use entrepot::server::AppState;
+use entrepot::store::Store;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::support::root;
+
+const PRODUCTS: usize = 1000;
+const APP_KEY: &str = "sync-app-key";
+const APP_SECRET: &str = "sync-app-secret";
+const CLIENT_ID: &str = "sync-client";
+const CLIENT_SECRET: &str = "sync-client-secret";
+const WEBHOOK_SECRET: &str = "whsec_cmVzdC1zaW0td2ViaG9vay1zZWNyZXQtZm9yLXRlc3Rz";
+const ADMIN: &str = "sync-admin-token";
+
+/// One delivery the product center received: its Idempotency-Key header and the event.
+type Received = (String, Value);
+
+/// The test product center: records every delivery and answers 200.
+async fn center(
+    State(seen): State<mpsc::UnboundedSender<Received>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let _ = seen.send((key, serde_json::from_str(&body).unwrap_or(Value::Null)));
+    StatusCode::OK
+}
+
+enum Sim {
+    Channel(channel_sim::Simulator),
+    Rest(rest_sim::Simulator),
+}
+
+struct Harness {
+    platform: &'static str,
+    sim: Sim,
+    store: Store,
+    engine: Arc<Engine>,
+    plan: Arc<ArcSwap<entrepot::plan::Plan>>,
+    targets: Arc<Vec<entrepot::compile::gateway::TargetSettings>>,
+    notify: Arc<tokio::sync::Notify>,
+    received: mpsc::UnboundedReceiver<Received>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn settings(lease: Duration) -> SyncSettings {
+    SyncSettings {
+        page_size: 100,
+        lease,
+        schedules: Vec::new(),
+    }
+}
+
+/// A gateway for `platform` (`yanxuan` or `acme-rest`) in front of its simulator with 1 000
+/// products, a product center subscribed to product.upserted, a dispatcher with the sync's
+/// consumer, and the HTTP server with the admin API.
+async fn start(platform: &'static str, lease: Duration) -> (Harness, Arc<Syncer>) {
+    let (sim, file, env_name) = match platform {
+        "yanxuan" => {
+            let config = channel_sim::SimConfig::new(
+                APP_KEY,
+                APP_SECRET,
+                channel_sim::Catalog::large(PRODUCTS, 2),
+            );
+            (
+                Sim::Channel(channel_sim::Simulator::start(config).await.unwrap()),
+                "platforms/yanxuan.yaml",
+                "YANXUAN_BASE_URL",
+            )
+        }
+        _ => {
+            let mut config = rest_sim::SimConfig::new(CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET);
+            config.catalog = rest_sim::large_catalog(PRODUCTS);
+            (
+                Sim::Rest(rest_sim::Simulator::start(config).await.unwrap()),
+                "platforms/acme-rest.yaml",
+                "ACME_REST_BASE_URL",
+            )
+        }
+    };
+    let base = match &sim {
+        Sim::Channel(s) => s.base_url(),
+        Sim::Rest(s) => s.base_url(),
+    };
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let doc = entrepot::config::source::parse(Path::new(file), text).unwrap();
+    let env = move |name: &str| (name == env_name).then(|| base.clone());
+    let compiled = entrepot::compile::compile_docs(vec![doc], &env);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+
+    let (tx, received) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route("/products", post(center))
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let center_url = format!("http://{}/products", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let gateway = format!(
+        "targets:\n  product_center:\n    url: {center_url}\n    events: [product.upserted]\n"
+    );
+    let gdoc = entrepot::config::source::parse(Path::new("entrepot.yaml"), gateway).unwrap();
+    let targets = entrepot::compile::gateway::compile_gateway(gdoc, Path::new("."), &|_| None)
+        .unwrap()
+        .targets;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    let mut creds = CredentialSets::new();
+    creds.insert(
+        "yanxuan".into(),
+        [
+            ("app_key".to_string(), json!(APP_KEY)),
+            ("app_secret".to_string(), json!(APP_SECRET)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    creds.insert(
+        "acme-rest".into(),
+        [
+            ("client_id".to_string(), json!(CLIENT_ID)),
+            ("client_secret".to_string(), json!(CLIENT_SECRET)),
+            ("webhook_secret".to_string(), json!(WEBHOOK_SECRET)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    let plan = Arc::new(ArcSwap::from_pointee(compiled.plan));
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        &targets,
+        DispatchOptions {
+            backoff: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            poll: Duration::from_millis(20),
+            ..Default::default()
+        },
+        CredentialSets::new(),
+        |_| None,
+    );
+    let notify = dispatcher.notify.clone();
+    let targets = Arc::new(targets);
+    let syncer = Arc::new(
+        Syncer::new(
+            plan.clone(),
+            engine.clone(),
+            targets.clone(),
+            settings(lease),
+        )
+        .with_notify(notify.clone()),
+    );
+    let dispatcher =
+        Arc::new(dispatcher.with_consumer(entrepot::flows::sync::CONSUMER, syncer.clone()));
+    tokio::spawn(dispatcher.run(std::future::pending()));
+    let mut all_targets = (*targets).clone();
+    all_targets.extend(entrepot::flows::sync::consumer_target(&targets));
+    let state = AppState {
+        plan: plan.clone(),
+        store: Some(store.clone()),
+        engine: Some(engine.clone()),
+        targets: Arc::new(all_targets),
+        admin_token: Some(entrepot::config::Secret::new(ADMIN.to_string())),
+        notify: Some(notify.clone()),
+        sync: Some(syncer.clone()),
+        ..Default::default()
+    };
+    let addr = crate::support::serve_on_loopback(state).await;
+    let h = Harness {
+        platform,
+        sim,
+        store,
+        engine,
+        plan,
+        targets,
+        notify,
+        received,
+        url: format!("http://{addr}"),
+        _dir: dir,
+    };
+    (h, syncer)
+}
+
+impl Harness {
+    /// Another instance's syncer over the same store and platforms.
+    fn other_instance(&self, lease: Duration) -> Syncer {
+        Syncer::new(
+            self.plan.clone(),
+            self.engine.clone(),
+            self.targets.clone(),
+            settings(lease),
+        )
+        .with_notify(self.notify.clone())
+    }
+
+    fn channel(&self) -> &channel_sim::Simulator {
+        match &self.sim {
+            Sim::Channel(s) => s,
+            Sim::Rest(_) => panic!("not the channel simulator"),
+        }
+    }
+
+    /// The simulator's own catalog: platform product id → name.
+    fn catalog(&self) -> HashMap<String, String> {
+        match self.platform {
+            "yanxuan" => channel_sim::Catalog::large(PRODUCTS, 2)
+                .spus
+                .into_iter()
+                .map(|s| (s.id, s.name))
+                .collect(),
+            _ => rest_sim::large_catalog(PRODUCTS)
+                .into_iter()
+                .map(|p| (p.id, p.name))
+                .collect(),
+        }
+    }
+
+    /// Internal ids of platform product ids.
+    async fn internal_ids(&self, platform_ids: &[String]) -> HashMap<String, String> {
+        self.store
+            .to_internal(self.platform, "spu", platform_ids)
+            .await
+            .unwrap()
+    }
+
+    /// The next `n` deliveries to the product center.
+    async fn receive(&mut self, n: usize) -> Vec<Received> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(30), self.received.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} deliveries within 30s", out.len()))
+                .unwrap();
+            out.push(next);
+        }
+        out
+    }
+
+    /// How many product.list calls the simulator answered.
+    fn list_calls(&self) -> usize {
+        match &self.sim {
+            Sim::Channel(s) => s
+                .requests()
+                .iter()
+                .filter(|r| r.method == "yanxuan.item.id.batch.get")
+                .count(),
+            Sim::Rest(s) => s
+                .requests()
+                .iter()
+                .filter(|r| r.method == "GET" && r.path == "/v2/products")
+                .count(),
+        }
+    }
+
+    /// Checks that `deliveries` are every catalog product exactly once, as canonical
+    /// product.upserted events with the title the simulator holds.
+    async fn assert_whole_catalog(&self, deliveries: &[Received]) {
+        let catalog = self.catalog();
+        let ids: Vec<String> = catalog.keys().cloned().collect();
+        let internal = self.internal_ids(&ids).await;
+        assert_eq!(internal.len(), PRODUCTS, "every product got an internal id");
+        let by_internal: HashMap<&String, &String> = internal.iter().map(|(p, i)| (i, p)).collect();
+        let mut seen = HashSet::new();
+        let mut keys = HashSet::new();
+        for (n, (key, event)) in deliveries.iter().enumerate() {
+            assert_eq!(event["type"], "product.upserted", "{event}");
+            assert_eq!(event["platform"], self.platform);
+            assert_eq!(&event["idempotency_key"], key);
+            let spu = event["data"]["spu_id"].as_str().unwrap().to_string();
+            let platform_id = by_internal
+                .get(&spu)
+                .unwrap_or_else(|| panic!("{spu} is not a catalog product"));
+            assert_eq!(
+                event["data"]["product"]["title"].as_str(),
+                Some(catalog[*platform_id].as_str())
+            );
+            assert!(
+                key.starts_with(&format!("{}:{spu}:", self.platform)),
+                "{key}"
+            );
+            if n < 5 {
+                let problems = crate::support::canonical_problems("events/envelope.json", event);
+                assert!(problems.is_empty(), "{problems:?} in {event}");
+                let problems = crate::support::canonical_problems(
+                    "events/product.upserted.json",
+                    &event["data"],
+                );
+                assert!(problems.is_empty(), "{problems:?} in {event}");
+            }
+            assert!(seen.insert(spu.clone()), "{spu} delivered twice");
+            keys.insert(key.clone());
+        }
+        assert_eq!(seen.len(), PRODUCTS);
+        assert_eq!(keys.len(), PRODUCTS);
+    }
+}
+
+async fn full_sync_lands_every_product_once(platform: &'static str) {
+    let (mut h, syncer) = start(platform, Duration::from_secs(60)).await;
+    let run = syncer.sync(platform, true, &|_| {}).await.unwrap();
+    assert_eq!(run.status, Status::Done);
+    assert_eq!(run.mode, Mode::Full);
+    assert_eq!(run.pages, 10, "{run:?}");
+    assert_eq!((run.items, run.sent, run.unchanged), (1000, 1000, 0));
+    assert_eq!(run.total, Some(1000));
+    assert_eq!(h.list_calls(), 10);
+    let deliveries = h.receive(PRODUCTS).await;
+    h.assert_whole_catalog(&deliveries).await;
+
+    // The same products again: nothing is resent.
+    let again = syncer.sync(platform, true, &|_| {}).await.unwrap();
+    assert_eq!((again.items, again.sent, again.unchanged), (1000, 0, 1000));
+    assert_ne!(again.id, run.id);
+    assert!(
+        h.received.try_recv().is_err(),
+        "an unchanged product was resent"
+    );
+}
+
+#[tokio::test]
+async fn yanxuan_full_sync_lands_every_product_once() {
+    full_sync_lands_every_product_once("yanxuan").await;
+}
+
+#[tokio::test]
+async fn acme_rest_full_sync_lands_every_product_once() {
+    full_sync_lands_every_product_once("acme-rest").await;
+}
+
+#[tokio::test]
+async fn an_interrupted_sync_resumes_where_it_stopped() {
+    // A lease of 1ms: the crashed instance's lease has run out when the next one starts.
+    let (mut h, syncer) = start("yanxuan", Duration::from_millis(1)).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let signal = reached.clone();
+    let crashing = tokio::spawn(async move {
+        let _ = syncer
+            .sync("yanxuan", true, &move |run| {
+                if run.pages == 4 {
+                    signal.notify_one();
+                }
+            })
+            .await;
+    });
+    reached.notified().await;
+    // The instance dies in the middle of the sync.
+    crashing.abort();
+    let _ = crashing.await;
+    let before = h.list_calls();
+    assert!(
+        (4..10).contains(&before),
+        "{before} pages read before the crash"
+    );
+
+    let other = h.other_instance(Duration::from_secs(60));
+    let run = other.sync("yanxuan", false, &|_| {}).await.unwrap();
+    assert_eq!(run.status, Status::Done);
+    assert_eq!(run.mode, Mode::Full, "the unfinished full sync is resumed");
+    assert_eq!(run.resumed, 1);
+    assert_eq!(run.pages, 10, "{run:?}");
+    // Only the page in flight at the crash, if any, is read twice.
+    let after = h.list_calls();
+    assert!(
+        after <= 11,
+        "{after} list calls: the resumed sync started over"
+    );
+    let deliveries = h.receive(PRODUCTS).await;
+    h.assert_whole_catalog(&deliveries).await;
+    assert_eq!(run.sent + run.unchanged, run.items);
+}
+
+#[tokio::test]
+async fn one_sync_of_a_platform_at_a_time() {
+    let (h, syncer) = start("acme-rest", Duration::from_secs(60)).await;
+    let started = syncer.start("acme-rest", true).await.unwrap();
+    // Another instance is refused while the lease holds.
+    let other = h.other_instance(Duration::from_secs(60));
+    match other.start("acme-rest", true).await {
+        Err(SyncError::Busy { seconds, .. }) => assert!(seconds > 0),
+        other => panic!("{other:?}"),
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{}/admin/v1/platforms/acme-rest/sync", h.url);
+    let resp = http.post(&url).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    // Progress of the running sync.
+    let id = started.run.id.clone();
+    let resp = http
+        .get(format!("{url}/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let run: Value = resp.json().await.unwrap();
+    assert_eq!(run["status"], "running");
+    let done = syncer.run(started, &|_| {}).await.unwrap();
+    assert_eq!(done.status, Status::Done);
+    let run: Value = http
+        .get(format!("{url}/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (run["status"].as_str(), run["items"].as_u64()),
+        (Some("done"), Some(1000))
+    );
+    // Free again: the API starts one and answers at once with its id.
+    let resp = http.post(&url).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["mode"], "incremental");
+    assert!(body["sync_id"].as_str().unwrap().starts_with("sync_"));
+    // Unknown platform, no token.
+    let resp = http
+        .post(format!("{}/admin/v1/platforms/nope/sync", h.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = http.post(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn an_incremental_sync_lists_only_what_changed() {
+    let (mut h, syncer) = start("acme-rest", Duration::from_secs(60)).await;
+    let full = syncer.sync("acme-rest", false, &|_| {}).await.unwrap();
+    assert_eq!(
+        full.mode,
+        Mode::Full,
+        "no checkpoint yet: the first sync is full"
+    );
+    h.receive(PRODUCTS).await;
+    let Sim::Rest(sim) = &h.sim else {
+        unreachable!()
+    };
+    for id in ["prd_100011", "prd_100500"] {
+        sim.edit_product(id, |p| p.name = format!("{} (new)", p.name))
+            .await
+            .unwrap();
+    }
+    let run = syncer.sync("acme-rest", false, &|_| {}).await.unwrap();
+    assert_eq!(run.mode, Mode::Incremental);
+    assert!(run.updated_since.is_some());
+    assert_eq!((run.pages, run.items, run.sent), (1, 2, 2), "{run:?}");
+    let last = sim
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == "/v2/products")
+        .unwrap();
+    assert!(last.query.contains("updated_since="), "{}", last.query);
+    let deliveries = h.receive(2).await;
+    let internal = h
+        .internal_ids(&["prd_100011".into(), "prd_100500".into()])
+        .await;
+    let mut titles: Vec<(String, String)> = deliveries
+        .iter()
+        .map(|(_, e)| {
+            (
+                e["data"]["spu_id"].as_str().unwrap().to_string(),
+                e["data"]["product"]["title"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    titles.sort();
+    let mut expected = vec![
+        (
+            internal["prd_100011"].clone(),
+            "Product 11 (new)".to_string(),
+        ),
+        (
+            internal["prd_100500"].clone(),
+            "Product 500 (new)".to_string(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(titles, expected);
+}
+
+#[tokio::test]
+async fn a_product_changed_callback_updates_just_that_product() {
+    let (mut h, syncer) = start("yanxuan", Duration::from_secs(60)).await;
+    syncer.sync("yanxuan", true, &|_| {}).await.unwrap();
+    h.receive(PRODUCTS).await;
+    let sim = h.channel();
+    assert!(sim.edit_product("1000042", |s| s.name = "改名商品".into()));
+    sim.reset();
+    let url = format!("{}/callbacks/yanxuan/notify", h.url);
+    let (status, body) = channel_sim::send_notification(
+        &url,
+        APP_KEY,
+        APP_SECRET,
+        "yanxuan.notification.item.changed",
+        &[("itemId", "1000042"), ("notifyId", "n-42")],
+        channel_sim::Spoil::None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"code":"200"}"#));
+    let delivered = h.receive(1).await;
+    let (_, event) = &delivered[0];
+    let internal = h.internal_ids(&["1000042".into()]).await;
+    assert_eq!(
+        event["data"]["spu_id"].as_str(),
+        Some(internal["1000042"].as_str())
+    );
+    assert_eq!(event["data"]["product"]["title"], "改名商品");
+    assert_eq!(event["data"]["sync_id"], "callback");
+    // Just that product was fetched, with product.get; nothing was listed.
+    let methods: Vec<String> = h
+        .channel()
+        .requests()
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, ["yanxuan.item.batch.get"]);
+    // The next full sync finds nothing new to send.
+    let run = syncer.sync("yanxuan", true, &|_| {}).await.unwrap();
+    assert_eq!((run.sent, run.unchanged), (0, 1000));
+    assert!(h.received.try_recv().is_err());
+}
