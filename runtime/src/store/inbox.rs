@@ -1,6 +1,8 @@
-//! Recording deliveries with group commit: one writer task per store takes the deliveries
-//! that are waiting, records them all in one transaction and answers each caller with its own
-//! outcome once `COMMIT` has returned.
+//! Recording deliveries with group commit: a writer task takes the deliveries that are
+//! waiting, records them all in one transaction and answers each caller with its own outcome
+//! once `COMMIT` has returned. A SQLite store has one writer; a PostgreSQL store a few, whose
+//! groups are written side by side (a resend in another writer's group waits for that group's
+//! commit on the unique key, then is its duplicate, as with separate instances).
 //!
 //! Nothing waits for company: the writer takes what is queued when it is free (at most
 //! [`BATCH_MAX`]); a lone delivery is written at once, in its own transaction. Each delivery is
@@ -10,14 +12,21 @@
 //! that delivery gets its error and the others their outcome; when the transaction cannot be
 //! begun or committed every caller of the group gets the error, and none is acknowledged.
 
-use sqlx::{AnyPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
-use super::{InboxOutcome, KEPT_BODY_BYTES, NewDelivery, NewEvent, StoreError, insert_event, q};
+use sqlx::{AnyPool, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{
+    Backend, InboxOutcome, KEPT_BODY_BYTES, NewDelivery, NewEvent, StoreError, insert_event, q,
+};
 use super::{describe, kept_headers};
 
 /// Most deliveries recorded in one transaction.
 pub const BATCH_MAX: usize = 256;
+
+/// Writers of a PostgreSQL store, each recording its own group at a time.
+pub const POSTGRES_WRITERS: usize = 4;
 
 /// Most deliveries waiting for the writer; further callers wait for room (backpressure).
 pub const QUEUE_MAX: usize = 1024;
@@ -46,11 +55,20 @@ impl std::fmt::Debug for Pending {
 }
 
 impl InboxWriter {
-    /// Starts the writer task on the current Tokio runtime. It ends when the last handle is
-    /// dropped.
-    pub(super) fn spawn(pool: AnyPool) -> InboxWriter {
+    /// Starts the writer tasks on the current Tokio runtime: one for SQLite (which writes one
+    /// transaction at a time anyway), [`POSTGRES_WRITERS`] for PostgreSQL (whose transactions
+    /// run side by side, each waiting for its own round trips). They end when the last handle
+    /// is dropped.
+    pub(super) fn spawn(pool: AnyPool, backend: Backend) -> InboxWriter {
         let (queue, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(pool, rx));
+        let rx = Arc::new(Mutex::new(rx));
+        let writers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        };
+        for _ in 0..writers {
+            tokio::spawn(run(pool.clone(), rx.clone()));
+        }
         InboxWriter { queue }
     }
 
@@ -78,10 +96,10 @@ impl InboxWriter {
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Pending>) {
+async fn run(pool: AnyPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
-    // `recv_many` waits for one delivery, then takes those already queued behind it.
-    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+    // A free writer waits for one delivery, then takes those already queued behind it.
+    while rx.lock().await.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let size = batch.len();
         let outcomes = write(&pool, &batch).await;
         tracing::debug!(deliveries = size, "deliveries recorded in one transaction");

@@ -24,7 +24,10 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::config::Secret;
 pub use crypto::CredentialCipher;
-pub use inbox::{BATCH_MAX as INBOX_BATCH_MAX, QUEUE_MAX as INBOX_QUEUE_MAX};
+pub use inbox::{
+    BATCH_MAX as INBOX_BATCH_MAX, POSTGRES_WRITERS as INBOX_POSTGRES_WRITERS,
+    QUEUE_MAX as INBOX_QUEUE_MAX,
+};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,7 +303,7 @@ impl Store {
             .await
             .map_err(|e| open_err(describe(&e), backend_hint))?;
         let store = Store {
-            inbox: inbox::InboxWriter::spawn(pool.clone()),
+            inbox: inbox::InboxWriter::spawn(pool.clone(), backend),
             pool,
             backend,
             cipher,
@@ -609,8 +612,9 @@ impl Store {
     /// duplicates keep at most the first [`KEPT_BODY_BYTES`] of their body and
     /// [`KEPT_HEADER_BYTES`] of headers ([`kept_headers`]).
     ///
-    /// Concurrent calls share transactions (group commit): the store's writer records the
-    /// deliveries waiting at that moment (at most [`INBOX_BATCH_MAX`]) one after the other in
+    /// Concurrent calls share transactions (group commit): a free writer of the store (one for
+    /// SQLite, [`INBOX_POSTGRES_WRITERS`] for PostgreSQL) records the deliveries waiting at
+    /// that moment (at most [`INBOX_BATCH_MAX`]) one after the other in
     /// one transaction, each with the outcome it would have alone. At most
     /// [`INBOX_QUEUE_MAX`] deliveries wait; further callers wait for room.
     pub async fn inbox_record(
