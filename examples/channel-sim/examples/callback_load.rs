@@ -4,7 +4,8 @@
 //! per second and the latency percentiles. Figures are in BENCHMARKS.md.
 //!
 //! ```sh
-//! cargo build --release --bin entrepot --example callback_load
+//! cargo build --release --bin entrepot
+//! cargo build --release -p channel-sim --example callback_load
 //! target/release/examples/callback_load target/release/entrepot [--senders 32] [--seconds 10] [--subscribe] [--store URL]
 //! ```
 //!
@@ -46,9 +47,9 @@ async fn main() {
     let seconds: u64 = value("--seconds").map_or(10, |v| v.parse().unwrap());
     let subscribe = args.iter().any(|a| a == "--subscribe");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+        .join("../..")
+        .canonicalize()
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let store =
