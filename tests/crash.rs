@@ -162,3 +162,125 @@ async fn kill_9_loses_no_acknowledged_callback() {
         .collect();
     assert_eq!(keys, expected);
 }
+
+/// 32 senders post signed callbacks as fast as the gateway answers; once 300 are acknowledged
+/// the gateway is killed with SIGKILL while requests are in flight. Every delivery answered
+/// with 2xx is in the store afterwards, with its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_loses_no_acknowledged_callback() {
+    // A target that is down: events stay in the outbox, where they can be counted.
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route("/events", post(receive))
+        .with_state(Target {
+            up: Arc::new(AtomicBool::new(false)),
+            seen: tx,
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("credentials.yaml"),
+        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: {}\ncredentials_file: credentials.yaml\n\
+             targets:\n  center: {{ url: \"{target}\", events: [inventory.changed], max_attempts: 1000 }}\n",
+            dir.path().display(),
+            root().join("platforms").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, addr) = spawn_gateway(&config);
+
+    let http = reqwest::Client::new();
+    let (acked_tx, mut acked_rx) = mpsc::unbounded_channel::<String>();
+    let mut senders = Vec::new();
+    for s in 0..32 {
+        let (http, acked, addr) = (http.clone(), acked_tx.clone(), addr.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("burst-{s}-{i}");
+                let body = channel_sim::signed_form(
+                    KEY,
+                    SECRET,
+                    "yanxuan.notification.inventory.count.changed",
+                    time::OffsetDateTime::now_utc(),
+                    &[("notifyId", &id), ("skuId", "100101"), ("inventory", "3")],
+                );
+                let answer = http
+                    .post(format!("http://{addr}/callbacks/yanxuan/notify"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = acked.send(id);
+                    }
+                    Ok(r) => panic!("delivery {id} answered {}", r.status()),
+                    // The gateway is gone: this one was not acknowledged.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        let id = tokio::time::timeout(Duration::from_secs(60), acked_rx.recv())
+            .await
+            .expect("300 acknowledgements within a minute")
+            .unwrap();
+        acked.push(id);
+    }
+    // SIGKILL in the middle of the burst: 32 senders still have requests in flight.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Acknowledgements that arrived between the count and the kill count too.
+    while let Some(id) = acked_rx.recv().await {
+        acked.push(id);
+    }
+
+    let store = entrepot::store::Store::open(&entrepot::store::StoreOptions {
+        url: format!("sqlite://{}/gw.db", dir.path().display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stored: std::collections::HashMap<String, i64> = store
+        .inbox_recent(Some("yanxuan"), 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.verified && d.duplicate_of.is_none())
+        .map(|d| (d.dedupe_key.unwrap(), d.id))
+        .collect();
+    let with_event: std::collections::HashSet<i64> = store
+        .outbox_claim("check", i64::MAX / 4, 1, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.inbox_id)
+        .collect();
+    for id in &acked {
+        let Some(row) = stored.get(id) else {
+            panic!("delivery {id} was acknowledged but is not in the store")
+        };
+        assert!(
+            with_event.contains(row),
+            "delivery {id} was acknowledged but its event is missing"
+        );
+    }
+    assert!(acked.len() >= 300);
+    store.close().await;
+}

@@ -759,3 +759,212 @@ async fn three_instances_start_together_on_a_fresh_postgres_schema() {
     drop_schema(&url, &schema).await;
     drop_schema(&url, &reference).await;
 }
+
+// ---------------------------------------------------------------- concurrent deliveries
+
+#[tokio::test]
+async fn concurrent_deliveries_sqlite() {
+    let (store, _dir) = sqlite().await;
+    concurrent_deliveries(&store).await;
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_postgres() {
+    let Some(url) = postgres_url(false) else {
+        return;
+    };
+    let schema = fresh_schema();
+    let store = postgres(&url, &schema).await;
+    concurrent_deliveries(&store).await;
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+/// 200 deliveries at once (on the test's single-threaded runtime they are all queued before
+/// the store's writer runs, so they share transactions): 120 dedupe keys, each sent once
+/// more by 80 of them; 10 refused deliveries carrying taken keys; two new deliveries reusing
+/// one replay key. Every delivery gets the answer it would get alone.
+async fn concurrent_deliveries(s: &Store) {
+    let keyed = |i: usize| NewDelivery {
+        received_at: 100,
+        ..delivery(Some(&format!("c-{}", i % 120)), true)
+    };
+    let mut calls: Vec<(NewDelivery, Vec<NewEvent>)> = (0..200)
+        .map(|i| (keyed(i), vec![event(&format!("ev-c-{i}"), "center")]))
+        .collect();
+    for i in 0..10 {
+        calls.push((delivery(Some(&format!("c-{i}")), false), vec![]));
+    }
+    for key in ["r-1", "r-2"] {
+        let guarded = NewDelivery {
+            replay: Some(("p:shared-nonce".into(), 10_000)),
+            ..delivery(Some(key), true)
+        };
+        calls.push((guarded, vec![event(&format!("ev-{key}"), "center")]));
+    }
+    let outcomes = futures::future::join_all(
+        calls
+            .iter()
+            .map(|(d, events)| s.inbox_record(d, events, 100)),
+    )
+    .await;
+    let outcomes: Vec<InboxOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
+
+    // Per key: one stored delivery, the others its duplicates.
+    let mut stored_of_key = std::collections::HashMap::new();
+    for (i, o) in outcomes.iter().take(200).enumerate() {
+        if let InboxOutcome::Stored { id } = o {
+            assert!(
+                stored_of_key.insert(i % 120, *id).is_none(),
+                "key c-{} stored twice",
+                i % 120
+            );
+        }
+    }
+    assert_eq!(stored_of_key.len(), 120);
+    for (i, o) in outcomes.iter().take(200).enumerate() {
+        let first = stored_of_key[&(i % 120)];
+        assert!(
+            *o == InboxOutcome::Stored { id: first } || *o == InboxOutcome::Duplicate { id: first },
+            "delivery {i}: {o:?}, the key's stored delivery is {first}"
+        );
+    }
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, InboxOutcome::Duplicate { .. }))
+        .count();
+    assert_eq!(duplicates, 80);
+    // Refused ones are recorded, never duplicates.
+    assert!(
+        outcomes[200..210]
+            .iter()
+            .all(|o| matches!(o, InboxOutcome::Stored { .. }))
+    );
+    // One replay key, two new deliveries: one stored, one a replay.
+    let replay_pair = &outcomes[210..212];
+    assert_eq!(
+        replay_pair
+            .iter()
+            .filter(|o| **o == InboxOutcome::Replayed)
+            .count(),
+        1,
+        "{replay_pair:?}"
+    );
+
+    // The rows: 120 + 80 duplicates + 10 refused + 1 of the replay pair.
+    let rows = s.inbox_recent(Some("p"), 1_000).await.unwrap();
+    assert_eq!(rows.len(), 211);
+    assert_eq!(rows.iter().filter(|r| r.duplicate_of.is_some()).count(), 80);
+    assert_eq!(rows.iter().filter(|r| !r.verified).count(), 10);
+    for r in rows.iter().filter(|r| r.duplicate_of.is_some()) {
+        let key: usize = r.dedupe_key.as_deref().unwrap()[2..].parse().unwrap();
+        assert_eq!(r.duplicate_of, Some(stored_of_key[&key]), "{r:?}");
+    }
+    // One event per stored verified delivery, tied to it: 120 + 1.
+    let events = s.outbox_claim("check", 1_000, 1_000, 1_000).await.unwrap();
+    assert_eq!(events.len(), 121);
+    let mut stored_ids: HashSet<i64> = stored_of_key.values().copied().collect();
+    for o in &outcomes[210..212] {
+        if let InboxOutcome::Stored { id } = o {
+            stored_ids.insert(*id);
+        }
+    }
+    let event_owners: HashSet<i64> = events.iter().map(|e| e.inbox_id.unwrap()).collect();
+    assert_eq!(event_owners, stored_ids);
+}
+
+#[tokio::test]
+async fn one_failing_delivery_spares_the_others_sqlite() {
+    let (store, dir) = sqlite().await;
+    let file = format!("sqlite://{}/nested/entrepot.db", dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&file).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON inbox WHEN NEW.route = '/poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned delivery'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    one_failing_delivery_spares_the_others(&store).await;
+}
+
+#[tokio::test]
+async fn one_failing_delivery_spares_the_others_postgres() {
+    let Some(url) = postgres_url(false) else {
+        return;
+    };
+    let schema = fresh_schema();
+    let store = postgres(&url, &schema).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in [
+        format!(
+            "CREATE FUNCTION \"{schema}\".poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.route = '/poison' THEN RAISE EXCEPTION 'poisoned delivery'; END IF; RETURN NEW; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON \"{schema}\".inbox FOR EACH ROW EXECUTE FUNCTION \"{schema}\".poison()"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    one_failing_delivery_spares_the_others(&store).await;
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
+
+/// 50 deliveries at once, 3 of which the database refuses (a trigger): those 3 get an error,
+/// the 47 others are stored with their events.
+async fn one_failing_delivery_spares_the_others(s: &Store) {
+    let calls: Vec<(NewDelivery, Vec<NewEvent>)> = (0..50)
+        .map(|i| {
+            let d = NewDelivery {
+                route: if [7, 20, 41].contains(&i) {
+                    "/poison".into()
+                } else {
+                    "/p/notify".into()
+                },
+                ..delivery(Some(&format!("f-{i}")), true)
+            };
+            (d, vec![event(&format!("ev-f-{i}"), "center")])
+        })
+        .collect();
+    let outcomes = futures::future::join_all(
+        calls
+            .iter()
+            .map(|(d, events)| s.inbox_record(d, events, 100)),
+    )
+    .await;
+    for (i, o) in outcomes.iter().enumerate() {
+        if [7, 20, 41].contains(&i) {
+            let e = o.as_ref().unwrap_err().to_string();
+            assert!(e.contains("poisoned delivery"), "delivery {i}: {e}");
+        } else {
+            assert!(
+                matches!(o, Ok(InboxOutcome::Stored { .. })),
+                "delivery {i}: {o:?}"
+            );
+        }
+    }
+    assert_eq!(s.inbox_recent(Some("p"), 1_000).await.unwrap().len(), 47);
+    assert_eq!(
+        s.outbox_claim("check", 1_000, 1_000, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        47
+    );
+    // The same deliveries alone: the refused one fails, the next one is stored.
+    let poisoned = NewDelivery {
+        route: "/poison".into(),
+        ..delivery(Some("f-alone"), true)
+    };
+    assert!(s.inbox_record(&poisoned, &[], 100).await.is_err());
+    assert!(matches!(
+        s.inbox_record(&delivery(Some("f-alone"), true), &[], 100)
+            .await
+            .unwrap(),
+        InboxOutcome::Stored { .. }
+    ));
+}

@@ -598,7 +598,8 @@ pub async fn ingest(
                 });
             }
             if events.is_empty() {
-                tracing::info!(platform = %platform.name, "no target subscribes to {event_type}; the delivery is stored without events");
+                // Per delivery, so not at INFO: under load it would be most of the log.
+                tracing::debug!(platform = %platform.name, "no target subscribes to {event_type}; the delivery is stored without events");
             }
         }
     }

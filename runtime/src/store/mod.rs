@@ -6,11 +6,13 @@
 //! gateway instances sharing work). SQL is written once with `$n` parameters in ascending
 //! order, which both accept; where the dialects differ (column types, claiming rows) each
 //! backend has its own statement. Every method that acknowledges something to the outside
-//! returns only after its transaction is committed.
+//! returns only after its transaction is committed. Deliveries are recorded by one writer task
+//! per store that groups concurrent ones into shared transactions (`inbox`).
 //!
 //! Times are Unix milliseconds passed in by the caller, so tests control the clock.
 
 mod crypto;
+mod inbox;
 mod migrate;
 
 use std::collections::HashMap;
@@ -22,6 +24,10 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::config::Secret;
 pub use crypto::CredentialCipher;
+pub use inbox::{
+    BATCH_MAX as INBOX_BATCH_MAX, POSTGRES_WRITERS as INBOX_POSTGRES_WRITERS,
+    QUEUE_MAX as INBOX_QUEUE_MAX,
+};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,18 @@ pub enum StoreError {
         /// Which ids collide.
         message: String,
     },
+    /// A statement failed for a group of deliveries recorded in one transaction: each caller
+    /// of the group gets this error, none of them is acknowledged.
+    #[error("the store failed while {what}: {reason}")]
+    Group {
+        /// What the store was doing.
+        what: &'static str,
+        /// The database's error, in words.
+        reason: String,
+    },
+    /// The store's writer has stopped (the store is shutting down): nothing was recorded.
+    #[error("the store is shutting down and records nothing more; send the delivery again later")]
+    Stopped,
     /// Stored credentials cannot be decrypted or decoded.
     #[error("stored credentials of '{platform}' cannot be read: {reason}")]
     Credentials {
@@ -107,6 +125,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     cipher: Option<CredentialCipher>,
+    inbox: inbox::InboxWriter,
 }
 
 /// A URL with its password replaced by `***`, for messages.
@@ -284,6 +303,7 @@ impl Store {
             .await
             .map_err(|e| open_err(describe(&e), backend_hint))?;
         let store = Store {
+            inbox: inbox::InboxWriter::spawn(pool.clone(), backend),
             pool,
             backend,
             cipher,
@@ -585,104 +605,25 @@ impl Store {
 
     // ------------------------------------------------------------------ inbox and outbox
 
-    /// Records a delivery and the events it produced in one transaction. A verified delivery
-    /// whose dedupe key was already recorded for the platform produces nothing new: it is
-    /// recorded as a duplicate of the earlier one (so resends are visible), before and
-    /// regardless of its replay key. Refused deliveries and duplicates keep at most the first
-    /// [`KEPT_BODY_BYTES`] of their body and [`KEPT_HEADER_BYTES`] of headers ([`kept_headers`]).
+    /// Records a delivery and the events it produced in one transaction, and returns once that
+    /// transaction is committed. A verified delivery whose dedupe key was already recorded for
+    /// the platform produces nothing new: it is recorded as a duplicate of the earlier one (so
+    /// resends are visible), before and regardless of its replay key. Refused deliveries and
+    /// duplicates keep at most the first [`KEPT_BODY_BYTES`] of their body and
+    /// [`KEPT_HEADER_BYTES`] of headers ([`kept_headers`]).
+    ///
+    /// Concurrent calls share transactions (group commit): a free writer of the store (one for
+    /// SQLite, [`INBOX_POSTGRES_WRITERS`] for PostgreSQL) records the deliveries waiting at
+    /// that moment (at most [`INBOX_BATCH_MAX`]) one after the other in
+    /// one transaction, each with the outcome it would have alone. At most
+    /// [`INBOX_QUEUE_MAX`] deliveries wait; further callers wait for room.
     pub async fn inbox_record(
         &self,
         d: &NewDelivery,
         events: &[NewEvent],
         now: i64,
     ) -> Result<InboxOutcome, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("starting to record a delivery"))?;
-        let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
-        let (body, headers) = if d.verified {
-            (d.body.clone(), d.headers.clone())
-        } else {
-            (kept(&d.body), kept_headers(&d.headers))
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at, body_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING id",
-        )
-        .bind(&d.platform)
-        .bind(&d.route)
-        .bind(if d.verified { d.dedupe_key.clone() } else { None })
-        .bind(d.dedupe_key.clone())
-        .bind(headers)
-        .bind(body)
-        .bind(i64::from(d.verified))
-        .bind(d.rejection.clone())
-        .bind(d.event_type.clone())
-        .bind(d.received_at)
-        .bind(d.body_bytes)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(q("recording a delivery"))?;
-        let Some(row) = inserted else {
-            let id: i64 =
-                sqlx::query("SELECT id FROM inbox WHERE platform = $1 AND dedupe_key = $2")
-                    .bind(&d.platform)
-                    .bind(d.dedupe_key.clone())
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(q("finding the earlier delivery"))?
-                    .try_get(0)
-                    .map_err(q("reading the earlier delivery"))?;
-            sqlx::query(
-                "INSERT INTO inbox (platform, route, dedupe_key, claimed_key, headers, body, verified, rejection, event_type, received_at, body_bytes, duplicate_of) \
-                 VALUES ($1, $2, NULL, $3, $4, $5, 1, NULL, $6, $7, $8, $9)",
-            )
-            .bind(&d.platform)
-            .bind(&d.route)
-            .bind(d.dedupe_key.clone())
-            .bind(kept_headers(&d.headers))
-            .bind(kept(&d.body))
-            .bind(d.event_type.clone())
-            .bind(d.received_at)
-            .bind(d.body_bytes)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("recording a duplicate delivery"))?;
-            tx.commit()
-                .await
-                .map_err(q("committing a duplicate delivery"))?;
-            return Ok(InboxOutcome::Duplicate { id });
-        };
-        let id: i64 = row.try_get(0).map_err(q("reading the new delivery's id"))?;
-        // A new delivery (a resend of a stored one was a duplicate above) whose replay key
-        // is still recorded is a replay: nothing of it is kept.
-        if let (true, Some((key, expires))) = (d.verified, &d.replay) {
-            let fresh = sqlx::query(
-                "INSERT INTO replay_keys (key, expires_at) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE replay_keys.expires_at <= $3",
-            )
-            .bind(key)
-            .bind(*expires)
-            .bind(d.received_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("checking a replay key"))?
-            .rows_affected();
-            if fresh == 0 {
-                tx.rollback()
-                    .await
-                    .map_err(q("rolling back a replayed delivery"))?;
-                return Ok(InboxOutcome::Replayed);
-            }
-        }
-        for e in events {
-            insert_event(&mut tx, e, Some(id), now).await?;
-        }
-        tx.commit().await.map_err(q("committing a delivery"))?;
-        Ok(InboxOutcome::Stored { id })
+        self.inbox.record(d, events, now).await
     }
 
     /// The latest deliveries, newest first, optionally of one platform.
