@@ -62,6 +62,16 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX flows_due ON flows (kind, due_at) WHERE due_at IS NOT NULL",
         ],
     ),
+    (
+        // When a flow was recorded, so reconciliation reads the orders of a time window; rows
+        // from before take their last update.
+        5,
+        &[
+            "ALTER TABLE flows ADD COLUMN created_at BIGINT",
+            "UPDATE flows SET created_at = updated_at WHERE created_at IS NULL",
+            "CREATE INDEX flows_by_created ON flows (kind, created_at)",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {
