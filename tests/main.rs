@@ -28,6 +28,7 @@ mod layout;
 mod pollers;
 mod recipe_properties;
 mod recipe_transforms;
+mod reconcile;
 mod reload;
 mod request_body;
 mod rest_platform;

@@ -24,22 +24,23 @@ use tokio::sync::mpsc;
 
 use crate::support::root;
 
-const APP_KEY: &str = "saga-app-key";
-const APP_SECRET: &str = "saga-app-secret";
-const CLIENT_ID: &str = "saga-client";
-const CLIENT_SECRET: &str = "saga-client-secret";
+pub(crate) const APP_KEY: &str = "saga-app-key";
+pub(crate) const APP_SECRET: &str = "saga-app-secret";
+pub(crate) const CLIENT_ID: &str = "saga-client";
+pub(crate) const CLIENT_SECRET: &str = "saga-client-secret";
 const WEBHOOK_SECRET: &str = "whsec_cmVzdC1zaW0td2ViaG9vay1zZWNyZXQtZm9yLXRlc3Rz";
 
 /// The saga's settings in these tests: a 3 s creation deadline, quick retries.
 const DEADLINE: Duration = Duration::from_secs(3);
 
-struct Gateway {
-    url: String,
-    yx: channel_sim::Simulator,
-    acme: rest_sim::Simulator,
+pub(crate) struct Gateway {
+    pub(crate) url: String,
+    pub(crate) yx: channel_sim::Simulator,
+    pub(crate) acme: rest_sim::Simulator,
     http: reqwest::Client,
     events: mpsc::UnboundedReceiver<Value>,
-    _dir: tempfile::TempDir,
+    /// Holds the store (`gw.db`).
+    pub(crate) dir: tempfile::TempDir,
 }
 
 async fn receive(State(seen): State<mpsc::UnboundedSender<Value>>, body: String) -> StatusCode {
@@ -49,7 +50,7 @@ async fn receive(State(seen): State<mpsc::UnboundedSender<Value>>, body: String)
 
 /// A platform file with its whole-call timeout shortened to 1 s, so that a held-back answer
 /// times out in the test.
-fn platform_text(file: &str) -> String {
+pub(crate) fn platform_text(file: &str) -> String {
     let text = std::fs::read_to_string(root().join("platforms").join(file)).unwrap();
     let text = text
         .replace("  timeout: 5s\n", "  timeout: 1s\n")
@@ -66,7 +67,7 @@ fn platform(file: &str) -> entrepot::config::source::SourceDoc {
         .unwrap()
 }
 
-async fn start() -> Gateway {
+pub(crate) async fn start() -> Gateway {
     let yx = channel_sim::Simulator::start(channel_sim::SimConfig::new(
         APP_KEY,
         APP_SECRET,
@@ -178,12 +179,12 @@ async fn start() -> Gateway {
         acme,
         http: reqwest::Client::new(),
         events,
-        _dir: dir,
+        dir,
     }
 }
 
 impl Gateway {
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -195,7 +196,7 @@ impl Gateway {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
             .get(format!("{}{path}", self.url))
@@ -208,7 +209,7 @@ impl Gateway {
 
     /// Lists a platform's products through the gateway, so its SKUs get internal ids; returns
     /// the internal id of the platform's SKU `sku`.
-    async fn sku(&self, platform: &str, sku: &str) -> String {
+    pub(crate) async fn sku(&self, platform: &str, sku: &str) -> String {
         let (status, body) = self
             .post(
                 &format!("/v1/platforms/{platform}/operations/product.list"),
@@ -224,7 +225,7 @@ impl Gateway {
     }
 
     /// Polls the saga until `done` says so (at most `within`).
-    async fn saga_until(
+    pub(crate) async fn saga_until(
         &self,
         order: &str,
         within: Duration,
@@ -258,7 +259,7 @@ fn address() -> Value {
 }
 
 /// An order of `lines` (`(internal sku, quantity, unit price)`) in `currency`, freight 0.
-fn order(id: &str, lines: &[(&str, i64, i64)], currency: &str) -> Value {
+pub(crate) fn order(id: &str, lines: &[(&str, i64, i64)], currency: &str) -> Value {
     let total: i64 = lines.iter().map(|(_, q, p)| q * p).sum();
     json!({
         "order_id": id,

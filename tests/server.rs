@@ -34,7 +34,7 @@ async fn health_and_platform_listing() {
     let (_, body) = http_get(addr, "/v1/platforms").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let first = &v["platforms"][0];
-    assert_eq!(first["operations"].as_array().unwrap().len(), 7, "{v}");
+    assert_eq!(first["operations"].as_array().unwrap().len(), 8, "{v}");
     let (_, body) = http_get(addr, "/v1/openapi.json").await;
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");

@@ -8,6 +8,7 @@ pub const OPERATIONS: &[&str] = &[
     "inventory.get",
     "order.create",
     "order.get",
+    "order.list",
     "order.cancel",
     "logistics.get",
 ];
@@ -54,6 +55,10 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (
         "order.get.json",
         include_str!("../../schemas/canonical/order.get.json"),
+    ),
+    (
+        "order.list.json",
+        include_str!("../../schemas/canonical/order.list.json"),
     ),
     (
         "order.cancel.json",
@@ -119,7 +124,7 @@ pub enum Owner {
 }
 
 /// How `POST /v1/operations/{operation}` finds the platform(s) of a call; `None` for
-/// operations that need an explicit platform (`product.list`).
+/// operations that need an explicit platform (`product.list`, `order.list`).
 pub fn owner_of(operation: &str) -> Option<Owner> {
     Some(match operation {
         "product.get" => Owner::Field("spu_id", "spu"),

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `schema`, `call`, `sign`, `sync`.
+//! The command line: `serve`, `validate`, `schema`, `call`, `sign`, `sync`, `reconcile`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -116,6 +116,30 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Compare the orders the gateway recorded in a time window with what a platform reports.
+    ///
+    /// Uses `entrepot.yaml` (platforms, store, credentials file) like `serve`. Reads the order
+    /// sagas paid within [--from, --to), asks the platform for each (its `order.list`, else
+    /// `order.get`) and lists every mismatch: missing on either side, status, amount or line
+    /// differs. Prints the report (JSON, or CSV rows with the summary on standard error);
+    /// exits 0 when the report was made, whatever it holds, 1 when it could not be.
+    Reconcile {
+        /// The platform, as named in its file's `platform:`.
+        platform: String,
+        /// Window start: an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01,
+        /// midnight UTC).
+        #[arg(long)]
+        from: String,
+        /// Window end, excluded; at most 31 days after --from.
+        #[arg(long)]
+        to: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+        /// The gateway file. Default: `entrepot.yaml` in the current directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the exact request an operation would send, fully built and signed, without
     /// sending it.
     ///
@@ -156,6 +180,15 @@ pub enum PreviewFormat {
     Text,
     /// A JSON document for tools and tests.
     Json,
+}
+
+/// Output format of `reconcile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// The whole report as JSON: summary, mismatches, unchecked orders.
+    Json,
+    /// One CSV row per mismatch (with a header); the summary goes to standard error.
+    Csv,
 }
 
 /// Format of the gateway's log.
@@ -234,6 +267,31 @@ pub fn main(cli: Cli) -> ExitCode {
             full,
             config,
         } => sync(&platform, full, config),
+        Command::Reconcile {
+            platform,
+            from,
+            to,
+            format,
+            config,
+        } => match reconcile(&platform, &from, &to, config) {
+            Ok(report) => {
+                match format {
+                    ReportFormat::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    ),
+                    ReportFormat::Csv => {
+                        print!("{}", report.to_csv());
+                        eprintln!("{}", report.summary_line());
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Sign {
             platform,
             operation,
@@ -771,15 +829,17 @@ fn read_input(input: Option<&Path>) -> Result<serde_json::Value, String> {
     }
 }
 
-/// Runs (or dry-runs) one operation with the gateway's configuration.
-fn call(
+/// The gateway file, its platforms and one of them by name.
+fn gateway_and_platform(
     platform: &str,
-    operation: &str,
-    input: Option<&Path>,
-    dry_run: bool,
     config: Option<PathBuf>,
-    format: PreviewFormat,
-) -> Result<String, String> {
+) -> Result<
+    (
+        crate::compile::gateway::GatewaySettings,
+        Arc<crate::plan::PlatformPlan>,
+    ),
+    String,
+> {
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from("entrepot.yaml"));
     let gateway = load_gateway(&path, explicit, &process_env).map_err(|d| {
@@ -809,6 +869,54 @@ fn call(
                 }
             )
         })?;
+    Ok((gateway, plan))
+}
+
+/// Reconciles one platform's orders of a window with the gateway's configuration.
+fn reconcile(
+    platform: &str,
+    from: &str,
+    to: &str,
+    config: Option<PathBuf>,
+) -> Result<crate::flows::reconcile::Report, String> {
+    let window = crate::flows::reconcile::window(Some(from), Some(to)).map_err(|p| p.detail)?;
+    let (gateway, plan) = gateway_and_platform(platform, config)?;
+    let sets = match &gateway.credentials_file {
+        Some(p) => crate::credentials::read_file(p)?,
+        None => Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let store = crate::store::Store::open(&crate::store::StoreOptions {
+            url: gateway.store_url.clone(),
+            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
+                .filter(|k| !k.is_empty())
+                .map(crate::config::Secret::new),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let engine = crate::engine::Engine::new(store, sets, process_env);
+        engine.load_pushed().await.map_err(|e| e.to_string())?;
+        crate::flows::reconcile::reconcile(&engine, &plan, &window)
+            .await
+            .map_err(|p| p.detail)
+    })
+}
+
+/// Runs (or dry-runs) one operation with the gateway's configuration.
+fn call(
+    platform: &str,
+    operation: &str,
+    input: Option<&Path>,
+    dry_run: bool,
+    config: Option<PathBuf>,
+    format: PreviewFormat,
+) -> Result<String, String> {
+    let (gateway, plan) = gateway_and_platform(platform, config)?;
     let input = read_input(input)?;
     let sets = match &gateway.credentials_file {
         Some(p) => crate::credentials::read_file(p)?,

@@ -225,6 +225,25 @@ fn build() -> Value {
             }
         }}),
     );
+    let query = |name: &str, what: &str| json!({ "name": name, "in": "query", "required": true, "description": what, "schema": { "type": "string" } });
+    paths.insert(
+        "/v1/reconciliation".into(),
+        json!({ "get": {
+            "operationId": "reconcile",
+            "summary": "Compares the orders recorded (order sagas paid within [from, to)) with what one platform reports (its order.list, else order.get per order) and lists each mismatch: missing_on_platform, missing_in_entrepot, status, amount, line; with a summary (orders recorded, compared, in flight, listed, unchecked; mismatches by kind). Without order.list, orders missing on entrepot's side are not looked for and a note says so.",
+            "parameters": [
+                query("platform", "The platform, as named in its file's `platform:`."),
+                query("from", "Window start: an RFC 3339 time or a date (midnight UTC)."),
+                query("to", "Window end, excluded; at most 31 days after from."),
+            ],
+            "responses": {
+                "200": { "description": "The report: platform, from, to, missing_in_entrepot_checked, notes, summary, mismatches (kind, order_id, platform_order_id, field, entrepot, platform, detail), unchecked (order_id, platform_order_id, error)." },
+                "400": { "description": "No platform, a bad or too long window, or more orders in it than one report reads (2000 recorded, 5000 listed): the detail says what to fix.", "content": problem_content() },
+                "404": { "description": "No such platform is loaded.", "content": problem_content() },
+                "503": { "description": "The gateway's store is unavailable.", "content": problem_content() }
+            }
+        }}),
+    );
     for (p, what) in [
         ("/healthz", "The process is alive."),
         ("/readyz", "The store answers."),

@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/operations/{operation}", post(route_operation))
         .route("/v1/mappings/{platform}/{kind}", get(mapping))
         .route("/v1/orders/{order_id}", get(order_get))
+        .route("/v1/reconciliation", get(reconciliation))
         .route("/v1/orders/{order_id}/check", post(order_check))
         .route("/v1/orders/{order_id}/paid", post(order_paid))
         .route("/callbacks/{*route}", axum::routing::any(callback))
@@ -442,6 +443,51 @@ async fn mapping(
             tracing::error!("{e}");
             problem_response(&Problem::new(ProblemKind::StoreUnavailable, "the gateway's store failed; see the gateway's log"))
         }
+    }
+}
+
+/// The query of `GET /v1/reconciliation`.
+#[derive(Debug, serde::Deserialize)]
+struct ReconcileQuery {
+    platform: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn reconciliation(
+    State(state): State<AppState>,
+    Query(q): Query<ReconcileQuery>,
+) -> Response {
+    let Some(engine) = &state.engine else {
+        return problem_response(&Problem::new(
+            ProblemKind::StoreUnavailable,
+            "this server has no engine and store",
+        ));
+    };
+    let Some(name) = q.platform.as_deref().filter(|p| !p.is_empty()) else {
+        return problem_response(&Problem::new(
+            ProblemKind::InvalidInput,
+            "give the platform: /v1/reconciliation?platform=NAME&from=...&to=...",
+        ));
+    };
+    let window = match crate::flows::reconcile::window(q.from.as_deref(), q.to.as_deref()) {
+        Ok(w) => w,
+        Err(p) => return problem_response(&p),
+    };
+    let plan = state.plan.load_full();
+    let Some(platform) = plan.platforms.get(name) else {
+        let known: Vec<&str> = plan.platforms.keys().map(String::as_str).collect();
+        return problem_response(&Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "no platform '{name}' is loaded (loaded: {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    match crate::flows::reconcile::reconcile(engine, platform, &window).await {
+        Ok(report) => Json(report).into_response(),
+        Err(p) => problem_response(&p),
     }
 }
 

@@ -26,6 +26,7 @@ pub const HELPERS: &[&str] = &[
     "upper",
     "lower",
     "now",
+    "format_time",
     "uuid",
     "fen_to_yuan",
     "yuan_to_fen",
@@ -67,6 +68,7 @@ static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     r.register_helper("upper", Box::new(upper));
     r.register_helper("lower", Box::new(lower));
     r.register_helper("now", Box::new(now));
+    r.register_helper("format_time", Box::new(format_time));
     r.register_helper("uuid", Box::new(uuid));
     r.register_helper("fen_to_yuan", Box::new(fen_to_yuan));
     r.register_helper("yuan_to_fen", Box::new(yuan_to_fen));
@@ -843,6 +845,35 @@ fn now(
     Ok(())
 }
 
+/// `{{format_time input.from 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}`: an RFC 3339 time of the
+/// input written in a platform's format (default `unix_seconds`), at the offset `tz` (default
+/// UTC). A value that is not an RFC 3339 time is an error.
+fn format_time(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let v = param_value(h, 0).cloned().unwrap_or(Value::Null);
+    let at = v
+        .as_str()
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .ok_or_else(|| fail("format_time", format!("{v} is not an RFC 3339 time")))?;
+    let format = param_value(h, 1)
+        .and_then(Value::as_str)
+        .unwrap_or("unix_seconds");
+    let format = cached_format(format).map_err(|e| fail("format_time", e))?;
+    let offset = match h.hash_get("tz").map(|v| v.value()) {
+        Some(Value::String(tz)) => parse_offset(tz).map_err(|e| fail("format_time", e))?,
+        _ => time::UtcOffset::UTC,
+    };
+    out.write(&format.format(at, offset))?;
+    Ok(())
+}
+
 fn uuid(
     _: &Helper,
     _: &Handlebars,
@@ -1225,6 +1256,13 @@ mod tests {
         assert_eq!(
             render("{{now 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}", data.clone()),
             "2016-01-01 12:00:00"
+        );
+        assert_eq!(
+            render(
+                "{{format_time t 'yyyy-MM-dd HH:mm:ss' tz='+08:00'}}",
+                json!({"t": "2024-05-01T00:00:00Z"})
+            ),
+            "2024-05-01 08:00:00"
         );
         assert_eq!(render("{{uuid}}", data.clone()), "n-1");
         assert_eq!(render("{{fen_to_yuan 1250}}", data.clone()), "12.50");

@@ -21,6 +21,7 @@
 //! | `yanxuan.item.inventory.get` | `skuIds` | `[{"skuId", "inventory"}]` (unknown left out) |
 //! | `yanxuan.order.paid.create` | `order` (JSON) | `{"orderId"}`; `400` / `6002` / `6001` / `6005` |
 //! | `yanxuan.order.paid.get` | `orderId` | `{"orderId", "orderStatus", "receiverName", "receiverMobile", "receiverProvinceName", "receiverCityName", "receiverDistrictName", "receiverAddressDetail", "orderSkus", "realPrice", "expFee"}`; `6003` |
+//! | `yanxuan.order.paid.list` | `startTime`, `endTime` (`yyyy-MM-dd HH:mm:ss`, UTC+8; created at or after start, before end), `pageNo`=1, `pageSize`=50 (1..=100) | `{"total", "pageNo", "nextPageNo" (or null), "orders": [the `paid.get` result with `createTime`]}` |
 //! | `yanxuan.order.paid.cancel` | `orderId` | `{"orderId", "cancelStatus": 1 \| 2}`; `6003` |
 //! | `yanxuan.order.express.get` | `orderId` | `{"orderId", "packages": [{"expressCompany", "expressNo", "shipTime"}]}`; `6003` |
 //!
@@ -36,6 +37,8 @@
 //! * `POST /__sim/ship` `{"orderId", "expressCompany", "expressNo"}` — adds a package, sets
 //!   `SHIPPED`, answers the stored order; 404 unknown order, 409 cancelled order.
 //! * `GET /__sim/orders` — every stored order (see [`Simulator::order`]).
+//! * `POST /__sim/drift` — a [`Drift`]: changes the order book behind the gateway's back, for
+//!   reconciliation tests; answers the order as stored afterwards; 404 unknown order or line.
 //! * `POST /__sim/reset` — clears faults and the request log; answers `{"ok": true}`.
 //!
 //! Control errors are `{"error": "<message>"}` with a 4xx status.
@@ -249,6 +252,60 @@ pub struct RequestLog {
     pub outcome: String,
 }
 
+/// A change of the order book made behind the gateway's back (what reconciliation must find).
+/// JSON form (the body of `POST /__sim/drift`): `{"kind": "status", "orderId": "M1",
+/// "orderStatus": "SHIPPED"}`, fields in camelCase.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum Drift {
+    /// Sets an order's `orderStatus` (`PAID`, `SHIPPED` or `CANCELLED`).
+    Status {
+        /// The order.
+        order_id: String,
+        /// The new status.
+        order_status: String,
+    },
+    /// Sets an order's `realPrice`, in fen.
+    Amount {
+        /// The order.
+        order_id: String,
+        /// The new total, in fen.
+        real_price_fen: i64,
+    },
+    /// Sets one line's count and unit price (fen).
+    Line {
+        /// The order.
+        order_id: String,
+        /// The line's SKU.
+        sku_id: String,
+        /// The new count.
+        sale_count: i64,
+        /// The new unit price, in fen.
+        origin_price_fen: i64,
+    },
+    /// Deletes an order.
+    Delete {
+        /// The order.
+        order_id: String,
+    },
+    /// Creates a `PAID` order of one line (total = count × price) that the gateway never made.
+    Create {
+        /// The new order's id.
+        order_id: String,
+        /// The line's SKU.
+        sku_id: String,
+        /// The count.
+        sale_count: i64,
+        /// The unit price, in fen.
+        origin_price_fen: i64,
+    },
+}
+
 /// A running simulator. Stop it with [`Simulator::stop`]; dropping it also asks the server to
 /// stop (without waiting).
 pub struct Simulator {
@@ -348,6 +405,12 @@ impl Simulator {
     /// Every stored order, in creation order.
     pub fn orders(&self) -> Vec<serde_json::Value> {
         self.shared.lock().orders()
+    }
+
+    /// Changes the order book behind the gateway's back (same as `POST /__sim/drift`); returns
+    /// the order as stored afterwards (the deleted one for [`Drift::Delete`]).
+    pub fn drift(&self, drift: Drift) -> Result<serde_json::Value, String> {
+        self.shared.lock().drift(drift)
     }
 
     /// Moves the simulator's clock: `Some(t)` freezes it at `t`, `None` follows the system

@@ -63,6 +63,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/__sim/inventory", post(post_inventory))
         .route("/__sim/ship", post(post_ship))
         .route("/__sim/orders", get(get_orders))
+        .route("/__sim/drift", post(post_drift))
         .route("/__sim/reset", post(post_reset))
         .with_state(shared)
 }
@@ -310,6 +311,19 @@ async fn post_ship(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Respon
 async fn get_orders(AxState(shared): AxState<Arc<Shared>>) -> Response {
     let orders = shared.lock().orders();
     json_response(StatusCode::OK, &Value::Array(orders))
+}
+
+/// `POST /__sim/drift` [`crate::Drift`] → the order as stored afterwards; 404 when it names an
+/// unknown order or line, 400 for a body that is not a drift.
+async fn post_drift(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let drift: crate::Drift = match parse_json(&body) {
+        Ok(b) => b,
+        Err(msg) => return control_error(StatusCode::BAD_REQUEST, msg),
+    };
+    match shared.lock().drift(drift) {
+        Ok(order) => json_response(StatusCode::OK, &order),
+        Err(msg) => control_error(StatusCode::NOT_FOUND, msg),
+    }
 }
 
 /// `POST /__sim/reset` → `{"ok": true}`; clears faults and the request log.

@@ -65,6 +65,15 @@ enum OrderStatus {
 }
 
 impl OrderStatus {
+    fn parse(text: &str) -> Option<OrderStatus> {
+        match text {
+            "PAID" => Some(OrderStatus::Paid),
+            "SHIPPED" => Some(OrderStatus::Shipped),
+            "CANCELLED" => Some(OrderStatus::Cancelled),
+            _ => None,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Paid => "PAID",
@@ -368,6 +377,7 @@ impl State {
             "yanxuan.item.inventory.get" => self.inventory_get(fields),
             "yanxuan.order.paid.create" => self.order_create(fields),
             "yanxuan.order.paid.get" => self.order_get(fields),
+            "yanxuan.order.paid.list" => self.order_list(fields),
             "yanxuan.order.paid.cancel" => self.order_cancel(fields),
             "yanxuan.order.express.get" => self.express_get(fields),
             other => Reply::err("404", format!("unknown method: {other}")),
@@ -556,6 +566,164 @@ impl State {
         match self.order_ref(id) {
             Some(order) => Reply::ok(order.paid_get_json()),
             None => Reply::err("6003", "order not found"),
+        }
+    }
+
+    fn order_list(&self, fields: &[(String, String)]) -> Reply {
+        let mut window = Vec::new();
+        for name in ["startTime", "endTime"] {
+            let Some(raw) = field(fields, name) else {
+                return Reply::err("400", format!("missing required parameter: {name}"));
+            };
+            let Some(t) = parse_timestamp(raw) else {
+                return Reply::err(
+                    "400",
+                    format!("invalid {name}, expected yyyy-MM-dd HH:mm:ss (UTC+8)"),
+                );
+            };
+            window.push(t);
+        }
+        let (Some(start), Some(end)) = (window.first().copied(), window.get(1).copied()) else {
+            return Reply::err("400", "missing startTime or endTime");
+        };
+        let page_no = match positive(field(fields, "pageNo"), 1) {
+            Some(n) => n,
+            None => return Reply::err("400", "invalid pageNo: must be a positive integer"),
+        };
+        let page_size = match positive(field(fields, "pageSize"), DEFAULT_PAGE_SIZE) {
+            Some(n) if n <= MAX_PAGE_SIZE => n,
+            _ => return Reply::err("400", "invalid pageSize: must be between 1 and 100"),
+        };
+        let inside: Vec<&Order> = self
+            .orders
+            .iter()
+            .filter(|o| parse_timestamp(&o.created_at).is_some_and(|t| t >= start && t < end))
+            .collect();
+        let total = inside.len() as u64;
+        let start_at = (page_no - 1).saturating_mul(page_size);
+        let orders: Vec<Value> = inside
+            .iter()
+            .skip(usize::try_from(start_at).unwrap_or(usize::MAX))
+            .take(usize::try_from(page_size).unwrap_or(usize::MAX))
+            .map(|o| {
+                let mut v = o.paid_get_json();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("createTime".into(), json!(o.created_at));
+                }
+                v
+            })
+            .collect();
+        let next = if start_at.saturating_add(page_size) < total {
+            json!(page_no.saturating_add(1))
+        } else {
+            Value::Null
+        };
+        Reply::ok(json!({
+            "total": total,
+            "pageNo": page_no,
+            "nextPageNo": next,
+            "orders": orders,
+        }))
+    }
+
+    /// Changes the order book behind the gateway's back (see [`crate::Drift`]); answers the
+    /// order as stored afterwards (the deleted order for `delete`).
+    pub fn drift(&mut self, drift: crate::Drift) -> Result<Value, String> {
+        use crate::Drift;
+        let unknown = |id: &str| format!("unknown order: {id}");
+        match drift {
+            Drift::Status {
+                order_id,
+                order_status,
+            } => {
+                let status = OrderStatus::parse(&order_status).ok_or_else(|| {
+                    format!("unknown orderStatus '{order_status}' (PAID, SHIPPED or CANCELLED)")
+                })?;
+                let order = self
+                    .order_mut(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                order.status = status;
+                Ok(order.full_json())
+            }
+            Drift::Amount {
+                order_id,
+                real_price_fen,
+            } => {
+                let order = self
+                    .order_mut(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                order.real_price_fen = real_price_fen;
+                Ok(order.full_json())
+            }
+            Drift::Line {
+                order_id,
+                sku_id,
+                sale_count,
+                origin_price_fen,
+            } => {
+                let order = self
+                    .order_mut(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                let line = order
+                    .lines
+                    .iter_mut()
+                    .find(|l| l.sku_id == sku_id)
+                    .ok_or_else(|| format!("order {order_id} has no line of sku {sku_id}"))?;
+                line.sale_count = sale_count;
+                line.origin_price_fen = origin_price_fen;
+                Ok(order.full_json())
+            }
+            Drift::Delete { order_id } => {
+                let i = *self
+                    .order_index
+                    .get(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                if i >= self.orders.len() {
+                    return Err(unknown(&order_id));
+                }
+                let order = self.orders.remove(i);
+                self.order_index = self
+                    .orders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (o.order_id.clone(), i))
+                    .collect();
+                Ok(order.full_json())
+            }
+            Drift::Create {
+                order_id,
+                sku_id,
+                sale_count,
+                origin_price_fen,
+            } => {
+                if self.order_index.contains_key(&order_id) {
+                    return Err(format!("order {order_id} exists"));
+                }
+                let created_at = format_timestamp(self.now());
+                let order = Order {
+                    order_id: order_id.clone(),
+                    status: OrderStatus::Paid,
+                    receiver_name: "Walk-in".into(),
+                    receiver_mobile: "13900000000".into(),
+                    receiver_province_name: "Zhejiang".into(),
+                    receiver_city_name: "Hangzhou".into(),
+                    receiver_district_name: None,
+                    receiver_address_detail: "1 Side Street".into(),
+                    real_price_fen: origin_price_fen.saturating_mul(sale_count),
+                    exp_fee_fen: 0,
+                    lines: vec![OrderLine {
+                        sku_id,
+                        sale_count,
+                        origin_price_fen,
+                    }],
+                    packages: Vec::new(),
+                    created_at,
+                };
+                let json = order.full_json();
+                self.order_index.insert(order_id, self.orders.len());
+                self.orders.push(order);
+                Ok(json)
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::money::{format_cents, parse_cents};
-use crate::{Fault, FaultKind, Product, RequestLog, Shared, SimConfig, WebhookLog};
+use crate::{Drift, Fault, FaultKind, Product, RequestLog, Shared, SimConfig, WebhookLog};
 
 struct Order {
     id: String,
@@ -55,6 +55,8 @@ pub(crate) struct State {
     pub(crate) faults: Vec<Fault>,
     pub(crate) requests: Vec<RequestLog>,
     orders: Vec<Order>,
+    /// Orders ever created (ids stay unique when orders are deleted).
+    created: usize,
     /// Idempotency-Key → (request body, order index)
     idempotency: HashMap<String, (Value, usize)>,
     pub(crate) webhook_url: Option<String>,
@@ -72,6 +74,7 @@ impl State {
             faults: Vec::new(),
             requests: Vec::new(),
             orders: Vec::new(),
+            created: 0,
             idempotency: HashMap::new(),
             webhook_url: None,
             webhooks: Vec::new(),
@@ -117,6 +120,110 @@ impl State {
 
     fn order_index(&self, id: &str) -> Option<usize> {
         self.orders.iter().position(|o| o.id == id)
+    }
+
+    fn next_order_id(&mut self) -> String {
+        self.created += 1;
+        format!("ord_{}", 5000 + self.created)
+    }
+
+    /// Changes the order book behind the gateway's back; answers the order as stored
+    /// afterwards (the deleted one for `delete`).
+    pub(crate) fn drift(&mut self, drift: Drift) -> Result<Value, String> {
+        let unknown = |id: &str| format!("no order {id}");
+        match drift {
+            Drift::Status { order_id, status } => {
+                let status = match status.as_str() {
+                    "confirmed" => "confirmed",
+                    "shipped" => "shipped",
+                    "cancelled" => "cancelled",
+                    other => {
+                        return Err(format!(
+                            "unknown status '{other}' (confirmed, shipped or cancelled)"
+                        ));
+                    }
+                };
+                let i = self
+                    .order_index(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                let order = self.orders.get_mut(i).ok_or_else(|| unknown(&order_id))?;
+                order.status = status;
+                Ok(order.json())
+            }
+            Drift::Amount {
+                order_id,
+                total_cents,
+            } => {
+                let i = self
+                    .order_index(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                let order = self.orders.get_mut(i).ok_or_else(|| unknown(&order_id))?;
+                order.total = total_cents;
+                Ok(order.json())
+            }
+            Drift::Line {
+                order_id,
+                sku,
+                quantity,
+                unit_price_cents,
+            } => {
+                let i = self
+                    .order_index(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                let order = self.orders.get_mut(i).ok_or_else(|| unknown(&order_id))?;
+                let line = order
+                    .lines
+                    .iter_mut()
+                    .find(|(s, _, _)| *s == sku)
+                    .ok_or_else(|| format!("order {order_id} has no line of {sku}"))?;
+                line.1 = quantity;
+                line.2 = unit_price_cents;
+                Ok(order.json())
+            }
+            Drift::Delete { order_id } => {
+                let i = self
+                    .order_index(&order_id)
+                    .ok_or_else(|| unknown(&order_id))?;
+                if i >= self.orders.len() {
+                    return Err(unknown(&order_id));
+                }
+                let order = self.orders.remove(i);
+                // Idempotency records point at order positions: drop the deleted order's and
+                // move the later ones down.
+                self.idempotency.retain(|_, (_, at)| *at != i);
+                for (_, at) in self.idempotency.values_mut() {
+                    if *at > i {
+                        *at -= 1;
+                    }
+                }
+                Ok(order.json())
+            }
+            Drift::Create {
+                reference,
+                sku,
+                quantity,
+                unit_price_cents,
+            } => {
+                let id = self.next_order_id();
+                let order = Order {
+                    id,
+                    reference,
+                    status: "confirmed",
+                    lines: vec![(sku, quantity, unit_price_cents)],
+                    shipping_fee: 0,
+                    total: quantity.saturating_mul(unit_price_cents),
+                    address: json!({"name": "Walk-in", "phone": "", "line1": "1 Side Street",
+                                    "city": "Lyon", "region": "", "postal_code": "69001"}),
+                    created_at: OffsetDateTime::now_utc()
+                        .format(&Rfc3339)
+                        .unwrap_or_default(),
+                    shipments: Vec::new(),
+                };
+                let json = order.json();
+                self.orders.push(order);
+                Ok(json)
+            }
+        }
     }
 }
 
@@ -391,6 +498,7 @@ fn api_call(
             .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such product")),
         ("GET", ["v2", "inventory"]) => inventory(state, query),
         ("POST", ["v2", "orders"]) => create_order(state, headers, raw, body),
+        ("GET", ["v2", "orders"]) => list_orders(state, query),
         ("GET", ["v2", "orders", id]) => match state.order_index(id) {
             Some(i) => ok(state.orders.get(i).map(Order::json).unwrap_or_default()),
             None => error(StatusCode::NOT_FOUND, "not_found", "no such order"),
@@ -469,6 +577,60 @@ fn list_products(state: &State, query: &str) -> Answer {
         .collect();
     let next = (end < total).then(|| format!("c_{end}"));
     ok(json!({"data": data, "next_cursor": next, "total": total}))
+}
+
+fn list_orders(state: &State, query: &str) -> Answer {
+    let invalid =
+        |code: &str, message: &str| error(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    let time = |name: &str| -> Result<OffsetDateTime, Answer> {
+        let Some(text) = query_param(query, name) else {
+            return Err(invalid(
+                "missing_window",
+                "give created_from and created_to",
+            ));
+        };
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+            invalid(
+                "invalid_time",
+                "created_from and created_to are RFC 3339 times",
+            )
+        })
+    };
+    let (from, to) = match (time("created_from"), time("created_to")) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(a), _) | (_, Err(a)) => return a,
+    };
+    let limit = match query_param(query, "limit") {
+        None => 20,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return invalid("invalid_limit", "limit must be an integer from 1 to 100"),
+        },
+    };
+    let inside: Vec<&Order> = state
+        .orders
+        .iter()
+        .filter(|o| {
+            OffsetDateTime::parse(&o.created_at, &Rfc3339).is_ok_and(|t| t >= from && t < to)
+        })
+        .collect();
+    // Cursors are `o_<offset>` into the window's orders.
+    let start = match query_param(query, "cursor") {
+        None => 0,
+        Some(c) => match c.strip_prefix("o_").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n < inside.len() => n,
+            _ => return invalid("invalid_cursor", "cursor is not one this API returned"),
+        },
+    };
+    let end = start.saturating_add(limit).min(inside.len());
+    let data: Vec<Value> = inside
+        .get(start..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|o| o.json())
+        .collect();
+    let next = (end < inside.len()).then(|| format!("o_{end}"));
+    ok(json!({"data": data, "next_cursor": next}))
 }
 
 fn inventory(state: &State, query: &str) -> Answer {
@@ -631,7 +793,7 @@ fn create_order(
         }
     }
     let order = Order {
-        id: format!("ord_{}", 5000 + state.orders.len() + 1),
+        id: state.next_order_id(),
         reference,
         status: "confirmed",
         lines,
@@ -837,6 +999,13 @@ async fn control_api(shared: &Shared, method: &Method, path: &str, body: &[u8]) 
             }
         }
         ("GET", "orders") => ok(Value::Array(shared.lock().orders_json())),
+        ("POST", "drift") => match serde_json::from_value::<Drift>(body.clone()) {
+            Ok(d) => match shared.lock().drift(d) {
+                Ok(order) => ok(order),
+                Err(e) => sim_error(StatusCode::NOT_FOUND, e),
+            },
+            Err(e) => sim_error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
         ("GET", "webhooks") => {
             ok(serde_json::to_value(&shared.lock().webhooks).unwrap_or_default())
         }

@@ -25,6 +25,9 @@
 //!   `Idempotent-Replayed: true`); the same key with another body → 409
 //!   `idempotency_key_reused`; no key → 400. Unknown SKU, wrong price, too little stock, a total
 //!   that is not the sum → 422 `validation_failed` with `details`.
+//! * `GET /v2/orders?created_from=&created_to=&cursor=&limit=` — the orders created within
+//!   `[created_from, created_to)` (RFC 3339, both required), `{"data": [ORDER], "next_cursor":
+//!   "…" | null}`; `limit` 1..=100 (default 20); a bad time, limit or cursor → 422.
 //! * `GET /v2/orders/{id}` — ORDER; 404 unknown.
 //! * `POST /v2/orders/{id}/cancel` — ORDER with `status: cancelled`; a shipped order → 409
 //!   `order_already_shipped`.
@@ -58,6 +61,9 @@
 //! * `POST /__sim/ship` `{"order_id", "carrier", "tracking_number"}` — ships an order.
 //! * `POST /__sim/stock` `{"sku", "available"}` — sets a SKU's stock.
 //! * `GET /__sim/orders`, `GET /__sim/webhooks` — stored orders, webhook deliveries.
+//! * `POST /__sim/drift` — a [`Drift`] (`{"kind": "status", "order_id", "status"}`...):
+//!   changes the order book behind the gateway's back, for reconciliation tests; answers the
+//!   order as stored afterwards; 404 unknown order or line.
 
 #![warn(missing_docs)]
 
@@ -269,6 +275,54 @@ fn one() -> u64 {
     1
 }
 
+/// A change of the order book made behind the gateway's back (what reconciliation must find).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Drift {
+    /// Sets an order's status (`confirmed`, `shipped` or `cancelled`).
+    Status {
+        /// The API's order id (`ord_…`).
+        order_id: String,
+        /// The new status.
+        status: String,
+    },
+    /// Sets an order's total, in cents.
+    Amount {
+        /// The API's order id.
+        order_id: String,
+        /// The new total.
+        total_cents: i64,
+    },
+    /// Sets one line's quantity and unit price (cents).
+    Line {
+        /// The API's order id.
+        order_id: String,
+        /// The line's SKU.
+        sku: String,
+        /// The new quantity.
+        quantity: i64,
+        /// The new unit price, in cents.
+        unit_price_cents: i64,
+    },
+    /// Deletes an order.
+    Delete {
+        /// The API's order id.
+        order_id: String,
+    },
+    /// Creates a `confirmed` order of one line (total = quantity × price) that no client
+    /// asked for; its id is the next `ord_…`.
+    Create {
+        /// The order's `reference`.
+        reference: String,
+        /// The line's SKU.
+        sku: String,
+        /// The quantity.
+        quantity: i64,
+        /// The unit price, in cents.
+        unit_price_cents: i64,
+    },
+}
+
 /// One API call as received.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RequestLog {
@@ -376,6 +430,12 @@ impl Simulator {
     /// Every stored order, as the API shows it.
     pub fn orders(&self) -> Vec<Value> {
         self.shared.lock().orders_json()
+    }
+
+    /// Changes the order book behind the gateway's back (same as `POST /__sim/drift`);
+    /// returns the order as stored afterwards (the deleted one for [`Drift::Delete`]).
+    pub fn drift(&self, drift: Drift) -> Result<Value, String> {
+        self.shared.lock().drift(drift)
     }
 
     /// Webhook deliveries so far.

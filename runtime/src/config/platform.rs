@@ -45,7 +45,7 @@ pub struct PlatformFile {
     pub response: ResponseSpec,
     /// The canonical operations this platform supports, keyed by canonical name
     /// (`product.list`, `product.get`, `inventory.get`, `order.create`, `order.get`,
-    /// `order.cancel`, `logistics.get`).
+    /// `order.list`, `order.cancel`, `logistics.get`). Every one is optional.
     #[serde(default)]
     pub operations: IndexMap<String, Operation>,
     /// Routes on which this platform pushes notifications, mounted under `/callbacks/`.

@@ -3,5 +3,6 @@
 //! another started: product sync into the product center, the order saga (check, create after
 //! payment, cancel when creation fails for good), and reconciliation.
 
+pub mod reconcile;
 pub mod saga;
 pub mod sync;

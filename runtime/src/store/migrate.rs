@@ -71,6 +71,16 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
          updated_at BIGINT NOT NULL, PRIMARY KEY (platform, spu_id))",
         ],
     ),
+    (
+        // When a flow was recorded, so reconciliation reads the orders of a time window; rows
+        // from before take their last update.
+        6,
+        &[
+            "ALTER TABLE flows ADD COLUMN created_at BIGINT",
+            "UPDATE flows SET created_at = updated_at WHERE created_at IS NULL",
+            "CREATE INDEX flows_by_created ON flows (kind, created_at)",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

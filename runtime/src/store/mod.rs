@@ -821,7 +821,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let text = state.to_string();
         let n = match expected {
-            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at) VALUES ($1, $2, $3, 1, $4) ON CONFLICT DO NOTHING")
+            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, created_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(kind)
                 .bind(&text)
@@ -862,7 +862,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let text = state.to_string();
         let n = match expected {
-            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT DO NOTHING")
+            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at, created_at) VALUES ($1, $2, $3, 1, $4, $5, $4) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(kind)
                 .bind(&text)
@@ -950,6 +950,42 @@ impl Store {
         .map_err(q("finding due flows"))?;
         rows.iter()
             .map(|r| r.try_get(0).map_err(q("reading a due flow")))
+            .collect()
+    }
+
+    /// Up to `limit` flows of `kind` recorded within `[from, to)` (Unix ms), oldest first, as
+    /// `(id, state)`.
+    pub async fn flows_created(
+        &self,
+        kind: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, FlowState)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, state, version, updated_at FROM flows WHERE kind = $1 \
+             AND created_at >= $2 AND created_at < $3 ORDER BY created_at, id LIMIT $4",
+        )
+        .bind(kind)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing flows"))?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(2).map_err(q("reading a flow"))?;
+                Ok((
+                    r.try_get(0).map_err(q("reading a flow"))?,
+                    FlowState {
+                        kind: r.try_get(1).map_err(q("reading a flow"))?,
+                        state: serde_json::from_str(&state).unwrap_or(Value::Null),
+                        version: r.try_get(3).map_err(q("reading a flow"))?,
+                        updated_at: r.try_get(4).map_err(q("reading a flow"))?,
+                    },
+                ))
+            })
             .collect()
     }
 
