@@ -83,7 +83,7 @@ fn hash(text: &str) -> String {
 /// A platform file's compiled plan with the hash of its text, or its problems.
 type FileResult = Result<(Arc<PlatformPlan>, String), Vec<Diagnostic>>;
 
-/// Reads every file, and compiles those whose content changed since they last compiled
+/// Reads every file, and parses and compiles those whose content changed since they last compiled
 /// without problems (in parallel, off the async threads); unchanged files keep the plan that
 /// serves. Returns the results in file order, and how many files were compiled.
 async fn prepare(
@@ -95,10 +95,12 @@ async fn prepare(
     let mut results: Vec<(PathBuf, Option<FileResult>)> = Vec::with_capacity(files.len());
     let mut to_compile = Vec::new();
     for file in files {
-        match config::source::read(&file) {
+        // Only the text is read here: parsing (most of the cost of an unchanged file) is left
+        // to the files that changed.
+        match config::source::read_text(&file) {
             Err(d) => results.push((file, Some(Err(vec![d])))),
-            Ok(doc) => {
-                let text_hash = hash(&doc.text);
+            Ok(text) => {
+                let text_hash = hash(&text);
                 let serving = previous
                     .get(&file)
                     .filter(|b| b.errors.is_empty() && b.version.as_deref() == Some(&text_hash))
@@ -107,7 +109,7 @@ async fn prepare(
                 match serving {
                     Some(plan) => results.push((file, Some(Ok((plan.clone(), text_hash))))),
                     None => {
-                        to_compile.push((results.len(), doc, text_hash));
+                        to_compile.push((results.len(), file.clone(), text, text_hash));
                         results.push((file, None));
                     }
                 }
@@ -147,15 +149,18 @@ async fn prepare(
 
 /// Compiles documents on as many threads as the machine has cores.
 fn compile_all(
-    docs: Vec<(usize, config::source::SourceDoc, String)>,
+    docs: Vec<(usize, PathBuf, String, String)>,
     env: fn(&str) -> Option<String>,
 ) -> Vec<(usize, FileResult)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(docs.len().max(1));
-    let one = |(i, doc, text_hash): (usize, config::source::SourceDoc, String)| {
+    let one = |(i, file, text, text_hash): (usize, PathBuf, String, String)| {
         let env: EnvLookup<'_> = &env;
-        let r = compile::compile_platform(doc, env).map(|(p, _)| (Arc::new(p), text_hash));
+        let r = config::source::parse(&file, text)
+            .map_err(|d| vec![d])
+            .and_then(|doc| compile::compile_platform(doc, env))
+            .map(|(p, _)| (Arc::new(p), text_hash));
         (i, r)
     };
     if threads <= 1 {

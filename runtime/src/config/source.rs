@@ -169,7 +169,12 @@ impl SourceDoc {
 
 /// Reads and parses a YAML file.
 pub fn read(file: &Path) -> Result<SourceDoc, Diagnostic> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    parse(file, read_text(file)?)
+}
+
+/// Reads a file's text, without parsing it.
+pub fn read_text(file: &Path) -> Result<String, Diagnostic> {
+    std::fs::read_to_string(file).map_err(|e| {
         Diagnostic::error(
             Code::Io,
             file,
@@ -177,8 +182,7 @@ pub fn read(file: &Path) -> Result<SourceDoc, Diagnostic> {
             String::new(),
             format!("cannot read the file: {e}"),
         )
-    })?;
-    parse(file, text)
+    })
 }
 
 /// Parses YAML text that came from `file`.
