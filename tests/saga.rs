@@ -106,32 +106,13 @@ pub(crate) async fn start() -> Gateway {
     let gateway = format!(
         "targets:\n  order-center:\n    url: {target_url}\n    events: [order.cancelled, order.shipped]\n"
     );
-    let gdoc = entrepot::config::source::parse(Path::new("entrepot.yaml"), gateway).unwrap();
-    let targets = entrepot::compile::gateway::compile_gateway(gdoc, Path::new("."), &|_| None)
-        .unwrap()
-        .targets;
+    let targets = crate::support::gateway_targets(gateway);
 
     let dir = tempfile::tempdir().unwrap();
     let store = crate::support::sqlite_store(&dir).await;
-    let mut creds = CredentialSets::new();
-    creds.insert(
-        "yanxuan".into(),
-        [
-            ("app_key".to_string(), json!(APP_KEY)),
-            ("app_secret".to_string(), json!(APP_SECRET)),
-        ]
-        .into_iter()
-        .collect(),
-    );
-    creds.insert(
-        "acme-rest".into(),
-        [
-            ("client_id".to_string(), json!(CLIENT_ID)),
-            ("client_secret".to_string(), json!(CLIENT_SECRET)),
-            ("webhook_secret".to_string(), json!(WEBHOOK_SECRET)),
-        ]
-        .into_iter()
-        .collect(),
+    let creds = crate::support::sample_credentials(
+        (APP_KEY, APP_SECRET),
+        (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
     );
     let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
     let dispatcher = Arc::new(Dispatcher::new(

@@ -101,3 +101,39 @@ pub fn canonical_problems(reference: &str, value: &serde_json::Value) -> Vec<Str
 pub fn output_problems(op: &str, value: &serde_json::Value) -> Vec<String> {
     canonical_problems(&format!("{op}.json#/properties/output"), value)
 }
+
+/// Credentials of both sample platforms: yanxuan's `(app_key, app_secret)` and acme-rest's
+/// `(client_id, client_secret, webhook_secret)`.
+pub fn sample_credentials(
+    yanxuan: (&str, &str),
+    acme: (&str, &str, &str),
+) -> entrepot::credentials::CredentialSets {
+    let set = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    };
+    let mut creds = entrepot::credentials::CredentialSets::new();
+    creds.insert(
+        "yanxuan".into(),
+        set(&[("app_key", yanxuan.0), ("app_secret", yanxuan.1)]),
+    );
+    creds.insert(
+        "acme-rest".into(),
+        set(&[
+            ("client_id", acme.0),
+            ("client_secret", acme.1),
+            ("webhook_secret", acme.2),
+        ]),
+    );
+    creds
+}
+
+/// The targets of a gateway file's text.
+pub fn gateway_targets(yaml: String) -> Vec<entrepot::compile::gateway::TargetSettings> {
+    let doc = entrepot::config::source::parse(std::path::Path::new("entrepot.yaml"), yaml).unwrap();
+    entrepot::compile::gateway::compile_gateway(doc, std::path::Path::new("."), &|_| None)
+        .unwrap()
+        .targets
+}

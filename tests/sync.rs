@@ -20,7 +20,7 @@ use entrepot::engine::Engine;
 use entrepot::flows::sync::{Mode, Status, SyncError, Syncer};
 use entrepot::server::AppState;
 use entrepot::store::Store;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::support::root;
@@ -128,32 +128,13 @@ async fn start(platform: &'static str, lease: Duration) -> (Harness, Arc<Syncer>
     let gateway = format!(
         "targets:\n  product_center:\n    url: {center_url}\n    events: [product.upserted]\n"
     );
-    let gdoc = entrepot::config::source::parse(Path::new("entrepot.yaml"), gateway).unwrap();
-    let targets = entrepot::compile::gateway::compile_gateway(gdoc, Path::new("."), &|_| None)
-        .unwrap()
-        .targets;
+    let targets = crate::support::gateway_targets(gateway);
 
     let dir = tempfile::tempdir().unwrap();
     let store = crate::support::sqlite_store(&dir).await;
-    let mut creds = CredentialSets::new();
-    creds.insert(
-        "yanxuan".into(),
-        [
-            ("app_key".to_string(), json!(APP_KEY)),
-            ("app_secret".to_string(), json!(APP_SECRET)),
-        ]
-        .into_iter()
-        .collect(),
-    );
-    creds.insert(
-        "acme-rest".into(),
-        [
-            ("client_id".to_string(), json!(CLIENT_ID)),
-            ("client_secret".to_string(), json!(CLIENT_SECRET)),
-            ("webhook_secret".to_string(), json!(WEBHOOK_SECRET)),
-        ]
-        .into_iter()
-        .collect(),
+    let creds = crate::support::sample_credentials(
+        (APP_KEY, APP_SECRET),
+        (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
     );
     let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
     let plan = Arc::new(ArcSwap::from_pointee(compiled.plan));
