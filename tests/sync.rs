@@ -81,6 +81,15 @@ fn settings(lease: Duration) -> SyncSettings {
 /// products, a product center subscribed to product.upserted, a dispatcher with the sync's
 /// consumer, and the HTTP server with the admin API.
 async fn start(platform: &'static str, lease: Duration) -> (Harness, Arc<Syncer>) {
+    start_on(platform, lease, None).await
+}
+
+/// The harness on `store` (default: a fresh SQLite store).
+async fn start_on(
+    platform: &'static str,
+    lease: Duration,
+    store: Option<Store>,
+) -> (Harness, Arc<Syncer>) {
     let (sim, file, env_name) = match platform {
         "yanxuan" => {
             let config = channel_sim::SimConfig::new(
@@ -131,7 +140,10 @@ async fn start(platform: &'static str, lease: Duration) -> (Harness, Arc<Syncer>
     let targets = crate::support::gateway_targets(gateway);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::support::sqlite_store(&dir).await;
+    let store = match store {
+        Some(s) => s,
+        None => crate::support::sqlite_store(&dir).await,
+    };
     let creds = crate::support::sample_credentials(
         (APP_KEY, APP_SECRET),
         (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
@@ -306,8 +318,8 @@ impl Harness {
     }
 }
 
-async fn full_sync_lands_every_product_once(platform: &'static str) {
-    let (mut h, syncer) = start(platform, Duration::from_secs(60)).await;
+async fn full_sync_lands_every_product_once(platform: &'static str, store: Option<Store>) {
+    let (mut h, syncer) = start_on(platform, Duration::from_secs(60), store).await;
     let run = syncer.sync(platform, true, &|_| {}).await.unwrap();
     assert_eq!(run.status, Status::Done);
     assert_eq!(run.mode, Mode::Full);
@@ -330,12 +342,25 @@ async fn full_sync_lands_every_product_once(platform: &'static str) {
 
 #[tokio::test]
 async fn yanxuan_full_sync_lands_every_product_once() {
-    full_sync_lands_every_product_once("yanxuan").await;
+    full_sync_lands_every_product_once("yanxuan", None).await;
 }
 
 #[tokio::test]
 async fn acme_rest_full_sync_lands_every_product_once() {
-    full_sync_lands_every_product_once("acme-rest").await;
+    full_sync_lands_every_product_once("acme-rest", None).await;
+}
+
+/// The same on PostgreSQL (its flows row, product hashes and outbox), when it is configured.
+#[tokio::test]
+async fn full_sync_on_postgresql() {
+    let Some(url) = crate::store::postgres_url(false) else {
+        return;
+    };
+    let schema = crate::store::fresh_schema();
+    let store = crate::store::postgres(&url, &schema).await;
+    full_sync_lands_every_product_once("yanxuan", Some(store.clone())).await;
+    store.close().await;
+    crate::store::drop_schema(&url, &schema).await;
 }
 
 #[tokio::test]
