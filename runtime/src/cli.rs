@@ -608,13 +608,7 @@ fn serve(
         }
     };
     // The gateway never runs without its store: what it acknowledges must be durable.
-    let store_options = crate::store::StoreOptions {
-        url: gateway.store_url.clone(),
-        credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
-            .filter(|k| !k.is_empty())
-            .map(crate::config::Secret::new),
-        ..Default::default()
-    };
+    let store_options = store_options(&gateway);
     let store = match runtime.block_on(crate::store::Store::open(&store_options)) {
         Ok(s) => s,
         Err(e) => {
@@ -829,6 +823,18 @@ fn read_input(input: Option<&Path>) -> Result<serde_json::Value, String> {
     }
 }
 
+/// How to open the gateway's store: its URL, and the key of stored credentials from
+/// `ENTREPOT_CREDENTIALS_KEY`.
+fn store_options(gateway: &crate::compile::gateway::GatewaySettings) -> crate::store::StoreOptions {
+    crate::store::StoreOptions {
+        url: gateway.store_url.clone(),
+        credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
+            .filter(|k| !k.is_empty())
+            .map(crate::config::Secret::new),
+        ..Default::default()
+    }
+}
+
 /// The gateway file, its platforms and one of them by name.
 fn gateway_and_platform(
     platform: &str,
@@ -890,15 +896,9 @@ fn reconcile(
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let store = crate::store::Store::open(&crate::store::StoreOptions {
-            url: gateway.store_url.clone(),
-            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
-                .filter(|k| !k.is_empty())
-                .map(crate::config::Secret::new),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open(&store_options(&gateway))
+            .await
+            .map_err(|e| e.to_string())?;
         let engine = crate::engine::Engine::new(store, sets, process_env);
         engine.load_pushed().await.map_err(|e| e.to_string())?;
         crate::flows::reconcile::reconcile(&engine, &plan, &window)
@@ -927,15 +927,9 @@ fn call(
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let store = crate::store::Store::open(&crate::store::StoreOptions {
-            url: gateway.store_url.clone(),
-            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
-                .filter(|k| !k.is_empty())
-                .map(crate::config::Secret::new),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open(&store_options(&gateway))
+            .await
+            .map_err(|e| e.to_string())?;
         let engine = crate::engine::Engine::new(store, sets.clone(), process_env);
         engine.load_pushed().await.map_err(|e| e.to_string())?;
         let creds = engine.credentials_for(&plan);
@@ -993,15 +987,9 @@ fn sync(platform: &str, full: bool, config: Option<PathBuf>) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        let store = crate::store::Store::open(&crate::store::StoreOptions {
-            url: gateway.store_url.clone(),
-            credentials_key: process_env("ENTREPOT_CREDENTIALS_KEY")
-                .filter(|k| !k.is_empty())
-                .map(crate::config::Secret::new),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open(&store_options(&gateway))
+            .await
+            .map_err(|e| e.to_string())?;
         let engine = Arc::new(
             crate::engine::Engine::new(store.clone(), sets.clone(), process_env)
                 .with_id_cache(gateway.id_cache),

@@ -819,34 +819,7 @@ impl Store {
         expected: Option<i64>,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let text = state.to_string();
-        let n = match expected {
-            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, created_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .bind(kind)
-                .bind(&text)
-                .bind(now)
-                .execute(&self.pool)
-                .await,
-            Some(v) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4")
-                .bind(&text)
-                .bind(now)
-                .bind(id)
-                .bind(v)
-                .execute(&self.pool)
-                .await,
-        }
-        .map_err(q("saving a flow"))?
-        .rows_affected();
-        if n == 1 {
-            return Ok(expected.unwrap_or(0) + 1);
-        }
-        let found = self.flow_get(id).await?.map(|f| f.version);
-        Err(StoreError::Conflict {
-            id: id.into(),
-            expected,
-            found,
-        })
+        self.flow_write(id, kind, state, expected, now, None).await
     }
 
     /// Saves a flow's state like [`Store::flow_save`] and sets when it is next due: `Some(t)`
@@ -860,17 +833,39 @@ impl Store {
         now: i64,
         due_at: Option<i64>,
     ) -> Result<i64, StoreError> {
+        self.flow_write(id, kind, state, expected, now, Some(due_at))
+            .await
+    }
+
+    /// The compare-and-set write of a flow; `due`: `None` leaves the due time as it is (a new
+    /// flow has none), `Some(d)` sets it to `d`.
+    async fn flow_write(
+        &self,
+        id: &str,
+        kind: &str,
+        state: &Value,
+        expected: Option<i64>,
+        now: i64,
+        due: Option<Option<i64>>,
+    ) -> Result<i64, StoreError> {
         let text = state.to_string();
-        let n = match expected {
-            None => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at, created_at) VALUES ($1, $2, $3, 1, $4, $5, $4) ON CONFLICT DO NOTHING")
+        let n = match (expected, due) {
+            (None, due) => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at, created_at) VALUES ($1, $2, $3, 1, $4, $5, $4) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(kind)
                 .bind(&text)
                 .bind(now)
-                .bind(due_at)
+                .bind(due.flatten())
                 .execute(&self.pool)
                 .await,
-            Some(v) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2, due_at = $3 WHERE id = $4 AND version = $5")
+            (Some(v), None) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4")
+                .bind(&text)
+                .bind(now)
+                .bind(id)
+                .bind(v)
+                .execute(&self.pool)
+                .await,
+            (Some(v), Some(due_at)) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2, due_at = $3 WHERE id = $4 AND version = $5")
                 .bind(&text)
                 .bind(now)
                 .bind(due_at)
