@@ -13,6 +13,7 @@ use crate::config::platform::BodyFormat;
 use crate::credentials::Credentials;
 use crate::engine::decode;
 use crate::ids::Ids;
+use crate::observe::{CallbackOutcome, CallbackSeen, Observer, Refusal};
 use crate::plan::{AckPlan, CallbackPlan, DiscriminatorPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
 use crate::store::{InboxOutcome, NewDelivery, NewEvent};
@@ -51,14 +52,22 @@ pub struct Reply {
     pub content_type: String,
     /// Body.
     pub body: Vec<u8>,
+    /// How the delivery ended, as reported to the observer.
+    pub outcome: CallbackOutcome,
 }
 
 impl Reply {
+    /// The gateway could not handle the delivery: the sender should try again later.
     fn error(status: u16, message: &str) -> Reply {
+        Reply::refusal(status, message, CallbackOutcome::Error)
+    }
+
+    fn refusal(status: u16, message: &str, outcome: CallbackOutcome) -> Reply {
         Reply {
             status,
             content_type: "application/json".into(),
             body: json!({ "error": message }).to_string().into_bytes(),
+            outcome,
         }
     }
 }
@@ -76,6 +85,7 @@ async fn refused(
     store: &crate::store::Store,
     mut d: NewDelivery,
     status: u16,
+    why: Refusal,
     reason: String,
 ) -> Reply {
     tracing::warn!(platform = %d.platform, route = %d.route, "delivery refused: {reason}");
@@ -85,7 +95,7 @@ async fn refused(
     if let Err(e) = store.inbox_record(&d, &[], d.received_at).await {
         tracing::error!("cannot record a refused delivery: {e}");
     }
-    Reply::error(status, &reason)
+    Reply::refusal(status, &reason, CallbackOutcome::Refused(why))
 }
 
 fn millis(t: OffsetDateTime) -> i64 {
@@ -209,6 +219,8 @@ pub struct Services<'a> {
     pub credentials: &'a Credentials,
     /// The id translation room.
     pub ids: &'a Ids,
+    /// Where the outcome of each delivery is reported.
+    pub observer: &'a Observer,
 }
 
 /// Handles one delivery. `notify` is called when new events were stored.
@@ -216,6 +228,9 @@ pub struct Services<'a> {
 /// The order keeps a hostile delivery cheap: the route's limits are checked on the raw bytes,
 /// then the signature is verified (on the raw body, or on the form fields of a form route),
 /// and only a verified delivery is decoded, mapped and stored in full.
+///
+/// How it ended is reported to the services' observer (a delivery to a route that does not
+/// exist is not: its path is the sender's, not the configuration's).
 pub async fn receive(
     plan: &Plan,
     services: impl Into<Services<'_>>,
@@ -225,9 +240,31 @@ pub async fn receive(
     notify: &(dyn Fn() + Send + Sync),
 ) -> Reply {
     let Some((platform, cb)) = find(plan, &inbound.route) else {
-        return Reply::error(404, "no callback route here");
+        return Reply::refusal(
+            404,
+            "no callback route here",
+            CallbackOutcome::Refused(Refusal::Malformed),
+        );
     };
     let services: Services<'_> = services.into();
+    let reply = receive_at(platform, cb, services, targets, inbound, now, notify).await;
+    services.observer.callback(&CallbackSeen {
+        platform: &platform.name,
+        route: &cb.path,
+        outcome: reply.outcome,
+    });
+    reply
+}
+
+async fn receive_at(
+    platform: &PlatformPlan,
+    cb: &CallbackPlan,
+    services: Services<'_>,
+    targets: &[TargetSettings],
+    inbound: Inbound,
+    now: OffsetDateTime,
+    notify: &(dyn Fn() + Send + Sync),
+) -> Reply {
     let store = services.ids.store();
     let headers_json = {
         let m: Map<String, Value> = inbound
@@ -254,17 +291,24 @@ pub async fn receive(
         replay: None,
     };
     let reject_status = cb.verify.as_ref().map(|v| v.reject_status);
-    let refuse = |mut d: NewDelivery, body: &[u8], status: u16, reason: String| {
+    let refuse = |mut d: NewDelivery, body: &[u8], status: u16, why: Refusal, reason: String| {
         d.body = body
             .get(..crate::store::KEPT_BODY_BYTES)
             .unwrap_or(body)
             .to_vec();
-        refused(store, d, status, reason)
+        refused(store, d, status, why, reason)
     };
 
     if let Err(over) = check_limits(cb, &inbound) {
         let status = reject_status.unwrap_or(over.fallback);
-        return refuse(delivery, &inbound.body, status, over.reason).await;
+        return refuse(
+            delivery,
+            &inbound.body,
+            status,
+            Refusal::Limits,
+            over.reason,
+        )
+        .await;
     }
     let start = inbound
         .body
@@ -275,7 +319,7 @@ pub async fn receive(
         Ok(p) => p,
         Err(e) => {
             let status = reject_status.unwrap_or(400);
-            return refuse(delivery, &start, status, e.to_string()).await;
+            return refuse(delivery, &start, status, Refusal::Malformed, e.to_string()).await;
         }
     };
     if let Some(verify) = &cb.verify {
@@ -310,6 +354,7 @@ pub async fn receive(
                     delivery,
                     &parts.body,
                     503,
+                    Refusal::Signature,
                     format!("the recipe could not run: {e}"),
                 )
                 .await;
@@ -318,7 +363,19 @@ pub async fn receive(
                     "this delivery cannot be verified right now; try again later",
                 );
             }
-            return refuse(delivery, &parts.body, verify.reject_status, r.to_string()).await;
+            let why = match r {
+                Rejection::BadTimestamp(_) | Rejection::Stale { .. } => Refusal::Timestamp,
+                Rejection::Replayed => Refusal::Replay,
+                _ => Refusal::Signature,
+            };
+            return refuse(
+                delivery,
+                &parts.body,
+                verify.reject_status,
+                why,
+                r.to_string(),
+            )
+            .await;
         }
         // The durable replay guard: a key seen before (and not expired) is a replay.
         if let Some((_, ttl)) = &verify.replay {
@@ -329,6 +386,7 @@ pub async fn receive(
                         delivery,
                         &parts.body,
                         verify.reject_status,
+                        Refusal::Replay,
                         "the delivery has no replay key".into(),
                     )
                     .await;
@@ -344,7 +402,16 @@ pub async fn receive(
     // Decoded only now that it is verified.
     let doc = match document_of(cb, &parts) {
         Ok(d) => d,
-        Err(e) => return refuse(delivery, &parts.body, 400, e.to_string()).await,
+        Err(e) => {
+            return refuse(
+                delivery,
+                &parts.body,
+                400,
+                Refusal::Malformed,
+                e.to_string(),
+            )
+            .await;
+        }
     };
     delivery.verified = true;
     let mut ctx = delivery_context(platform, &doc, &parts.headers, &parts.query);
@@ -360,7 +427,7 @@ pub async fn receive(
             }
             Err(e) => {
                 let reason = format!("the handshake's answer cannot be written: {e}");
-                refuse(delivery, &parts.body, 400, reason).await
+                refuse(delivery, &parts.body, 400, Refusal::Malformed, reason).await
             }
         };
     }
@@ -373,7 +440,7 @@ pub async fn receive(
         Ok(r) => r,
         Err(e) => {
             let reason = format!("the acknowledgement cannot be written: {e}");
-            return refuse(delivery, &parts.body, 400, reason).await;
+            return refuse(delivery, &parts.body, 400, Refusal::Malformed, reason).await;
         }
     };
     let spec = Ingest {
@@ -390,14 +457,14 @@ pub async fn receive(
         ..
     } = parts;
     delivery.body = body;
-    if let Err(reply) = ingest(
+    match ingest(
         platform, &spec, services, targets, delivery, &doc, &headers, &query, now, notify,
     )
     .await
     {
-        return reply;
+        Ok(outcome) => Reply { outcome, ..reply },
+        Err(refusal) => refusal,
     }
-    reply
 }
 
 /// An acknowledgement rendered over a delivery.
@@ -409,6 +476,7 @@ fn answer(ack: &AckPlan, ctx: &Value) -> Result<Reply, String> {
         status,
         content_type: ack.content_type.clone(),
         body: ack.body.render(ctx)?.into_bytes(),
+        outcome: CallbackOutcome::Accepted,
     })
 }
 
@@ -477,9 +545,11 @@ pub async fn ingest(
     query: &[(String, String)],
     now: OffsetDateTime,
     notify: &(dyn Fn() + Send + Sync),
-) -> Result<(), Reply> {
+) -> Result<CallbackOutcome, Reply> {
     let store = services.ids.store();
-    let refuse = |d: NewDelivery, status: u16, reason: String| refused(store, d, status, reason);
+    let refuse = |d: NewDelivery, status: u16, reason: String| {
+        refused(store, d, status, Refusal::Malformed, reason)
+    };
 
     let ctx = Value::Object(delivery_context(platform, doc, headers, query));
     delivery.dedupe_key = match &spec.dedupe_key {
@@ -619,10 +689,12 @@ pub async fn ingest(
         }
         Ok(InboxOutcome::Replayed) => {
             let status = spec.replay_status;
-            return Err(refuse(delivery, status, Rejection::Replayed.to_string()).await);
+            let reason = Rejection::Replayed.to_string();
+            return Err(refused(store, delivery, status, Refusal::Replay, reason).await);
         }
         Ok(InboxOutcome::Duplicate { id }) => {
             tracing::info!(platform = %platform.name, earlier = id, "duplicate callback acknowledged without a new event");
+            return Ok(CallbackOutcome::Duplicate);
         }
         Err(e) => {
             // Not stored, so not acknowledged: the platform will send it again.
@@ -633,5 +705,5 @@ pub async fn ingest(
             ));
         }
     }
-    Ok(())
+    Ok(CallbackOutcome::Accepted)
 }

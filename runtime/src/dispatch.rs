@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
 use crate::compile::gateway::TargetSettings;
 use crate::engine::transport::backoff;
+use crate::observe::{DeliveryOutcome, DeliverySeen, Observer};
 use crate::store::{OutboxRow, Store};
 
 /// Delivery settings.
@@ -73,6 +74,7 @@ pub struct Dispatcher {
     options: DispatchOptions,
     credentials: crate::credentials::CredentialSets,
     env: fn(&str) -> Option<String>,
+    observer: Observer,
     /// Wakes the dispatcher when events were stored.
     pub notify: Arc<Notify>,
 }
@@ -117,8 +119,15 @@ impl Dispatcher {
             options,
             credentials,
             env,
+            observer: Observer::default(),
             notify: Arc::new(Notify::new()),
         }
+    }
+
+    /// The same dispatcher reporting each delivery attempt to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The same dispatcher handing the rows of target `name` (which starts with `@`) to
@@ -254,8 +263,9 @@ impl Dispatcher {
                 Some(cap) => cap.clone().acquire_owned().await.ok(),
                 None => None,
             };
+            let started = Instant::now();
             let outcome = consumer.consume(&row).await;
-            self.settle(&row, outcome).await;
+            self.settle(&row, outcome, started).await;
             return;
         }
         let Some(target) = self.targets.get(&row.target) else {
@@ -275,6 +285,7 @@ impl Dispatcher {
             Some(cap) => cap.clone().acquire_owned().await.ok(),
             None => None,
         };
+        let started = Instant::now();
         let mut headers: Vec<(String, String)> = vec![
             ("Content-Type".into(), "application/json".into()),
             ("Idempotency-Key".into(), row.idempotency_key.clone()),
@@ -303,6 +314,12 @@ impl Dispatcher {
                 Err(e) => {
                     // A recipe that cannot run is a configuration problem: keep the event.
                     let _ = self.store.outbox_fail(row.id, &self.owner, &e, None).await;
+                    self.observer.delivery(&DeliverySeen {
+                        target: &row.target,
+                        event_type: &row.event_type,
+                        outcome: DeliveryOutcome::DeadLettered,
+                        elapsed: started.elapsed(),
+                    });
                     return;
                 }
             }
@@ -325,14 +342,22 @@ impl Dispatcher {
                 e.without_url()
             )),
         };
-        self.settle(&row, outcome).await;
+        self.settle(&row, outcome, started).await;
     }
 
     /// Records the outcome of a delivery: delivered, due again after a backoff, or
     /// dead-lettered after its last attempt.
-    async fn settle(&self, row: &OutboxRow, outcome: Result<(), String>) {
+    async fn settle(&self, row: &OutboxRow, outcome: Result<(), String>, started: Instant) {
+        let elapsed = started.elapsed();
+        let seen = |outcome| DeliverySeen {
+            target: &row.target,
+            event_type: &row.event_type,
+            outcome,
+            elapsed,
+        };
         let result = match outcome {
             Ok(()) => {
+                self.observer.delivery(&seen(DeliveryOutcome::Delivered));
                 self.store
                     .outbox_complete(row.id, &self.owner, now_ms())
                     .await
@@ -345,8 +370,10 @@ impl Dispatcher {
                 });
                 if retry_at.is_none() {
                     tracing::error!(event = %row.event_id, "dead-lettered after {} attempts: {error}", row.attempts);
+                    self.observer.delivery(&seen(DeliveryOutcome::DeadLettered));
                 } else {
                     tracing::warn!(event = %row.event_id, attempt = row.attempts, "{error}");
+                    self.observer.delivery(&seen(DeliveryOutcome::Retry));
                 }
                 self.store
                     .outbox_fail(row.id, &self.owner, &error, retry_at)

@@ -36,6 +36,7 @@ pub mod engine;
 pub mod fdlimit;
 pub mod flows;
 pub mod ids;
+pub mod observe;
 pub mod openapi;
 pub mod plan;
 pub mod poller;

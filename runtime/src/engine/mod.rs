@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::credentials::{CredentialSets, Credentials, Token};
 use crate::ids::{Ids, store_problem};
+use crate::observe::{CallSeen, Observer, Outcome};
 use crate::plan::{AuthPlan, OperationPlan, PlatformPlan, TransportPlan};
 use crate::store::Store;
 use crate::template::text_of;
@@ -48,6 +49,7 @@ pub struct Engine {
     transport: Transport,
     credentials: Arc<Credentials>,
     ids: Arc<Ids>,
+    observer: Observer,
 }
 
 impl<'a> From<&'a Engine> for crate::callbacks::Services<'a> {
@@ -55,6 +57,7 @@ impl<'a> From<&'a Engine> for crate::callbacks::Services<'a> {
         crate::callbacks::Services {
             credentials: &e.credentials,
             ids: &e.ids,
+            observer: &e.observer,
         }
     }
 }
@@ -88,8 +91,20 @@ impl Engine {
             credentials: Arc::new(Credentials::new(store.clone(), credentials, env)),
             ids: Arc::new(Ids::new(store.clone(), crate::ids::DEFAULT_CACHE)),
             transport: Transport::default(),
+            observer: Observer::default(),
             store,
         }
+    }
+
+    /// The same engine reporting its calls to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Where the engine reports its calls (see [`crate::observe`]).
+    pub fn observer(&self) -> &Observer {
+        &self.observer
     }
 
     /// The same engine keeping up to `capacity` id mappings per direction in memory (0: none).
@@ -160,8 +175,34 @@ impl Engine {
             .map_err(|e| Problem::new(ProblemKind::Configuration, e))
     }
 
-    /// Runs canonical operation `op_name` on `platform` with `input`.
+    /// Runs canonical operation `op_name` on `platform` with `input`, and reports how it ended
+    /// to the observer (not for a dry run, nor for an operation the platform does not offer:
+    /// its name is the caller's, not the configuration's).
     pub async fn call(
+        &self,
+        platform: &PlatformPlan,
+        op_name: &str,
+        input: &Value,
+        dry_run: bool,
+    ) -> Result<CallOutcome, Problem> {
+        let started = Instant::now();
+        let result = self.call_once(platform, op_name, input, dry_run).await;
+        if let (false, Some((operation, _))) = (dry_run, platform.operations.get_key_value(op_name))
+        {
+            self.observer.call(&CallSeen {
+                platform: &platform.name,
+                operation,
+                outcome: match &result {
+                    Ok(_) => Outcome::Ok,
+                    Err(p) => p.kind.map_or(Outcome::Error, Outcome::of),
+                },
+                elapsed: started.elapsed(),
+            });
+        }
+        result
+    }
+
+    async fn call_once(
         &self,
         platform: &PlatformPlan,
         op_name: &str,
@@ -309,21 +350,25 @@ impl Engine {
                     return Err(p);
                 }
             };
-            if let Some(p) = &pacer
-                && let Err(wait) = p.wait(deadline).await
-            {
-                let mut p = Problem::new(
-                    ProblemKind::PlatformUnavailable,
-                    format!(
-                        "the rate limit of '{}' ({} calls/s) has no turn free within the call's deadline of {:?}; try again in {}s",
-                        platform.name,
-                        t.qps.unwrap_or_default(),
-                        t.timeout,
-                        ceil_secs(wait)
-                    ),
-                );
-                p.retry_after = Some(ceil_secs(wait));
-                return Err(p);
+            if let Some(p) = &pacer {
+                let queued_at = Instant::now();
+                let turn = p.wait(deadline).await;
+                self.observer
+                    .rate_limit_wait(&platform.name, queued_at.elapsed());
+                if let Err(wait) = turn {
+                    let mut p = Problem::new(
+                        ProblemKind::PlatformUnavailable,
+                        format!(
+                            "the rate limit of '{}' ({} calls/s) has no turn free within the call's deadline of {:?}; try again in {}s",
+                            platform.name,
+                            t.qps.unwrap_or_default(),
+                            t.timeout,
+                            ceil_secs(wait)
+                        ),
+                    );
+                    p.retry_after = Some(ceil_secs(wait));
+                    return Err(p);
+                }
             }
             if built_at.elapsed() > Duration::from_millis(1) {
                 // Waited for a slot: sign with the clock of the moment it is sent.
@@ -537,6 +582,7 @@ impl Engine {
             renew_at,
         });
         tracing::info!(platform = %platform.name, ttl_secs = ttl.as_secs(), "access token obtained");
+        self.observer.token_renewed(&platform.name);
         Ok(value.to_string())
     }
 
