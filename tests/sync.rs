@@ -23,6 +23,8 @@ use entrepot::store::Store;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use time::format_description::well_known::Rfc3339;
+
 use crate::support::root;
 
 const PRODUCTS: usize = 1000;
@@ -90,6 +92,22 @@ async fn start_on(
     lease: Duration,
     store: Option<Store>,
 ) -> (Harness, Arc<Syncer>) {
+    start_with(platform, lease, store, false).await
+}
+
+/// The widest window of the windowed REST simulator, and where its catalog starts.
+const WINDOW_DAYS: u64 = 30;
+const CATALOG_START: &str = "2026-01-01T00:00:00Z";
+
+/// The harness; `windowed`: the REST simulator lists products only over windows of at most
+/// [`WINDOW_DAYS`], its products changed 6 hours apart from [`CATALOG_START`] on, and the
+/// platform file declares those windows on its product.list.
+async fn start_with(
+    platform: &'static str,
+    lease: Duration,
+    store: Option<Store>,
+    windowed: bool,
+) -> (Harness, Arc<Syncer>) {
     let (sim, file, env_name) = match platform {
         "yanxuan" => {
             let config = channel_sim::SimConfig::new(
@@ -106,6 +124,14 @@ async fn start_on(
         _ => {
             let mut config = rest_sim::SimConfig::new(CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET);
             config.catalog = rest_sim::large_catalog(PRODUCTS);
+            if windowed {
+                let start = time::OffsetDateTime::parse(CATALOG_START, &Rfc3339).unwrap();
+                for (i, p) in config.catalog.iter_mut().enumerate() {
+                    let at = start + time::Duration::hours(6 * i as i64);
+                    p.updated_at = at.format(&Rfc3339).unwrap();
+                }
+                config.product_window = Some(Duration::from_secs(WINDOW_DAYS * 86_400));
+            }
             (
                 Sim::Rest(rest_sim::Simulator::start(config).await.unwrap()),
                 "platforms/acme-rest.yaml",
@@ -117,7 +143,15 @@ async fn start_on(
         Sim::Channel(s) => s.base_url(),
         Sim::Rest(s) => s.base_url(),
     };
-    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let mut text = std::fs::read_to_string(root().join(file)).unwrap();
+    if windowed {
+        let at = "  product.list:\n";
+        assert!(text.contains(at));
+        text = text.replace(
+            at,
+            &format!("{at}    windows: {{ max: {WINDOW_DAYS}d, start: \"{CATALOG_START}\" }}\n"),
+        );
+    }
     let doc = entrepot::config::source::parse(Path::new(file), text).unwrap();
     let env = move |name: &str| (name == env_name).then(|| base.clone());
     let compiled = entrepot::compile::compile_docs(vec![doc], &env);
@@ -561,4 +595,87 @@ async fn a_product_changed_callback_updates_just_that_product() {
     let run = syncer.sync("yanxuan", true, &|_| {}).await.unwrap();
     assert_eq!((run.sent, run.unchanged), (0, 1000));
     assert!(h.received.try_recv().is_err());
+}
+
+/// A platform that lists products only over bounded windows of time: the sync walks the
+/// windows its file declares from their start to the moment it started, pages through each,
+/// lands every product exactly once, and resumes in the middle of a window after a crash.
+#[tokio::test]
+async fn a_windowed_listing_is_walked_window_by_window_and_resumes() {
+    let began = time::OffsetDateTime::now_utc();
+    let (mut h, syncer) = start_with("acme-rest", Duration::from_millis(1), None, true).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let signal = reached.clone();
+    let crashing = tokio::spawn(async move {
+        let _ = syncer
+            .sync("acme-rest", true, &move |run| {
+                if run.pages == 5 {
+                    signal.notify_one();
+                }
+            })
+            .await;
+    });
+    reached.notified().await;
+    crashing.abort();
+    let _ = crashing.await;
+    let before = h.list_calls();
+
+    let other = h.other_instance(Duration::from_secs(60));
+    let run = other.sync("acme-rest", false, &|_| {}).await.unwrap();
+    assert_eq!(run.status, Status::Done, "{run:?}");
+    assert_eq!((run.mode, run.resumed), (Mode::Full, 1));
+    assert_eq!(run.items, PRODUCTS as u64, "{run:?}");
+    assert_eq!(run.total, None, "a window's total is not the catalog's");
+    let deliveries = h.receive(PRODUCTS).await;
+    h.assert_whole_catalog(&deliveries).await;
+
+    // What the simulator was asked: the first page of every window, in order.
+    let Sim::Rest(sim) = &h.sim else {
+        unreachable!()
+    };
+    let param = |query: &str, name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(|v| v.replace("%3A", ":"))
+    };
+    let lists: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/v2/products")
+        .collect();
+    assert!(before >= 5, "{before} pages read before the crash");
+    let mut windows: Vec<(time::OffsetDateTime, time::OffsetDateTime)> = Vec::new();
+    for r in &lists {
+        let since = param(&r.query, "updated_since").expect("every request is windowed");
+        let until = param(&r.query, "updated_before").expect("every request is windowed");
+        let since = time::OffsetDateTime::parse(&since, &Rfc3339).unwrap();
+        let until = time::OffsetDateTime::parse(&until, &Rfc3339).unwrap();
+        assert!(until - since <= time::Duration::days(WINDOW_DAYS as i64));
+        if param(&r.query, "cursor").is_none() && windows.last() != Some(&(since, until)) {
+            windows.push((since, until));
+        }
+    }
+    let start = time::OffsetDateTime::parse(CATALOG_START, &Rfc3339).unwrap();
+    assert_eq!(windows.first().map(|w| w.0), Some(start));
+    for pair in windows.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "windows follow each other: {pair:?}");
+        assert_eq!(
+            pair[0].1 - pair[0].0,
+            time::Duration::days(WINDOW_DAYS as i64)
+        );
+    }
+    // The last window ends when the run started: after this test began, before now.
+    let end = windows.last().unwrap().1;
+    assert!(end >= began - time::Duration::seconds(1) && end <= time::OffsetDateTime::now_utc());
+    let expected = ((end - start).whole_seconds() as u64).div_ceil(WINDOW_DAYS * 86_400);
+    assert_eq!(windows.len() as u64, expected);
+    // Only the page in flight at the crash, if any, was read twice.
+    let pages: HashSet<&str> = lists.iter().map(|r| r.query.as_str()).collect();
+    assert!(
+        lists.len() <= pages.len() + 1,
+        "{} calls for {} pages",
+        lists.len(),
+        pages.len()
+    );
 }

@@ -13,6 +13,21 @@ pub const OPERATIONS: &[&str] = &[
     "logistics.get",
 ];
 
+/// Listings bounded in time, which may declare `windows`: operation, the input field of the
+/// window's start (included) and of its end (excluded).
+pub const WINDOWED: &[(&str, &str, &str)] = &[
+    ("product.list", "updated_since", "updated_before"),
+    ("order.list", "from", "to"),
+];
+
+/// The input fields bounding a listing in time, when `op` is one.
+pub fn window_fields(op: &str) -> Option<(&'static str, &'static str)> {
+    WINDOWED
+        .iter()
+        .find(|(o, _, _)| *o == op)
+        .map(|&(_, from, to)| (from, to))
+}
+
 /// Canonical events, in documentation order. `product.upserted` is the product sync's own
 /// event (see [`crate::flows::sync`]); the others come from platform callbacks.
 pub const EVENTS: &[&str] = &[

@@ -134,6 +134,47 @@ pub struct OperationPlan {
     pub record: Vec<RecordPlan>,
     /// How calls are sent.
     pub transport: TransportPlan,
+    /// Time windows of a listing bounded in time (see [`WindowsPlan`]).
+    pub windows: Option<WindowsPlan>,
+}
+
+/// How a listing bounded in time is split: consecutive windows `[from, to)` no wider than
+/// `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowsPlan {
+    /// The widest window.
+    pub max: std::time::Duration,
+    /// Where a full listing starts.
+    pub start: Option<time::OffsetDateTime>,
+}
+
+impl WindowsPlan {
+    /// The window starting at `from` and ending at `until` at the latest; `None` when `from`
+    /// is not before `until`.
+    pub fn window_from(
+        &self,
+        from: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
+        if from >= until {
+            return None;
+        }
+        let to = from
+            .checked_add(time::Duration::try_from(self.max).unwrap_or(time::Duration::MAX))
+            .map_or(until, |t| t.min(until));
+        Some((from, to))
+    }
+
+    /// Every window covering `[from, until)`, in order.
+    pub fn windows(
+        &self,
+        from: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> impl Iterator<Item = (time::OffsetDateTime, time::OffsetDateTime)> + '_ {
+        std::iter::successors(self.window_from(from, until), move |&(_, to)| {
+            self.window_from(to, until)
+        })
+    }
 }
 
 /// A path into the canonical input: fields, and `[*]` for every element of an array.
@@ -695,6 +736,25 @@ fn one_line(report: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn windows_cover_the_span_back_to_back() {
+        let w = WindowsPlan {
+            max: std::time::Duration::from_secs(3600),
+            start: None,
+        };
+        let t = |h: i64, m: i64| {
+            time::macros::datetime!(2026-03-01 00:00 UTC) + time::Duration::minutes(h * 60 + m)
+        };
+        // 2h30 in windows of 1h: two whole ones and the half left.
+        let got: Vec<_> = w.windows(t(0, 0), t(2, 30)).collect();
+        assert_eq!(
+            got,
+            vec![(t(0, 0), t(1, 0)), (t(1, 0), t(2, 0)), (t(2, 0), t(2, 30))]
+        );
+        assert_eq!(w.window_from(t(2, 0), t(2, 0)), None);
+        assert_eq!(w.windows(t(3, 0), t(2, 0)).count(), 0);
+    }
 
     #[test]
     fn simple_paths_agree_with_the_general_engine() {

@@ -529,28 +529,53 @@ fn list_products(state: &State, query: &str) -> Answer {
             }
         },
     };
-    // The change feed: only products changed at or after `updated_since`.
-    let since = match query_param(query, "updated_since") {
-        None => None,
-        Some(s) => match OffsetDateTime::parse(&s, &Rfc3339) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_updated_since",
-                    "updated_since must be an RFC 3339 time",
-                );
-            }
-        },
+    // The change feed: only products changed at or after `updated_since` (and before
+    // `updated_before`).
+    let bound = |name: &str| match query_param(query, name) {
+        None => Ok(None),
+        Some(s) => OffsetDateTime::parse(&s, &Rfc3339).map(Some).map_err(|_| {
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("invalid_{name}"),
+                &format!("{name} must be an RFC 3339 time"),
+            )
+        }),
     };
+    let since = match bound("updated_since") {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    let before = match bound("updated_before") {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    if let Some(widest) = state.config.product_window {
+        let (Some(from), Some(to)) = (since, before) else {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "window_required",
+                "give updated_since and updated_before",
+            );
+        };
+        if to - from > widest || to < from {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "window_too_wide",
+                &format!(
+                    "updated_since and updated_before are at most {}s apart",
+                    widest.as_secs()
+                ),
+            );
+        }
+    }
     let listed: Vec<&Product> = state
         .config
         .catalog
         .iter()
         .filter(|p| {
-            since.is_none_or(|t| {
-                OffsetDateTime::parse(&p.updated_at, &Rfc3339).is_ok_and(|at| at >= t)
-            })
+            let at = OffsetDateTime::parse(&p.updated_at, &Rfc3339).ok();
+            since.is_none_or(|t| at.is_some_and(|at| at >= t))
+                && before.is_none_or(|t| at.is_some_and(|at| at < t))
         })
         .collect();
     // Cursors are `c_<offset>`; an empty cursor is refused, as the real API does.

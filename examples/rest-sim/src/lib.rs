@@ -11,10 +11,12 @@
 //!   `{"error": "invalid_client"}`, another grant type → 400 `{"error": "unsupported_grant_type"}`.
 //! * Every `/v2/` call needs `Authorization: Bearer <token>`; a missing, unknown or expired token
 //!   → 401 (`unauthorized` / `token_expired`), checked on every call.
-//! * `GET /v2/products?cursor=&limit=&updated_since=` — `{"data": [PRODUCT], "next_cursor":
-//!   "…" | null, "total"}`; `limit` 1..=100 (default 20); a `cursor` that is empty or unknown →
-//!   422; `updated_since` (RFC 3339) lists only products changed at or after it (the change
-//!   feed), an unreadable one → 422.
+//! * `GET /v2/products?cursor=&limit=&updated_since=&updated_before=` — `{"data": [PRODUCT],
+//!   "next_cursor": "…" | null, "total"}`; `limit` 1..=100 (default 20); a `cursor` that is
+//!   empty or unknown → 422; `updated_since` (RFC 3339) lists only products changed at or
+//!   after it (the change feed), `updated_before` only those changed before it; an unreadable
+//!   one → 422. With [`SimConfig::product_window`] set, both are required and at most that far
+//!   apart.
 //! * `GET /v2/products/{id}` — PRODUCT; 404 unknown.
 //! * `GET /v2/inventory?sku=A,B` — `{"data": [{"sku", "available"}]}` (unknown SKUs left out);
 //!   no `sku` → 422.
@@ -224,6 +226,10 @@ pub struct SimConfig {
     pub token_ttl: Duration,
     /// Products and stock.
     pub catalog: Vec<Product>,
+    /// When set, the product listing answers only bounded windows of time, as some platforms
+    /// do: `updated_since` and `updated_before` are both required and at most this far apart
+    /// (else 422 `window_required` / `window_too_wide`).
+    pub product_window: Option<Duration>,
 }
 
 impl SimConfig {
@@ -235,6 +241,7 @@ impl SimConfig {
             webhook_secret: webhook_secret.into(),
             token_ttl: Duration::from_secs(3600),
             catalog: sample_catalog(),
+            product_window: None,
         }
     }
 }

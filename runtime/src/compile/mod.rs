@@ -654,6 +654,10 @@ impl Cx<'_> {
         }
         self.input_op = None;
         let transport = self.transport(name, &op.transport, path);
+        let windows = op
+            .windows
+            .as_ref()
+            .and_then(|w| self.windows(name, w, &path.key("windows")));
         let request = request?;
         (self.problems.len() == before).then(|| OperationPlan {
             name: name.to_string(),
@@ -663,7 +667,76 @@ impl Cx<'_> {
             input_ids,
             record,
             transport,
+            windows,
         })
+    }
+
+    /// Compiles an operation's `windows`: only listings bounded in time take them.
+    fn windows(
+        &mut self,
+        op: &str,
+        w: &crate::config::platform::WindowsSpec,
+        path: &DocPath,
+    ) -> Option<crate::plan::WindowsPlan> {
+        let Some((lower, upper)) = crate::canonical::window_fields(op) else {
+            let bounded: Vec<String> = crate::canonical::WINDOWED
+                .iter()
+                .map(|(o, _, _)| o.to_string())
+                .collect();
+            self.error_key(
+                path,
+                Code::InvalidValue,
+                format!(
+                    "{op} is not a listing bounded in time: only {} take `windows`",
+                    bounded.join(" and ")
+                ),
+            )
+            .hint = Some("remove `windows:` from this operation".into());
+            return None;
+        };
+        let max = self.duration(&w.max, &path.key("max"));
+        if max.is_some_and(|m| m.is_zero()) {
+            self.error(
+                &path.key("max"),
+                Code::InvalidValue,
+                "a window of 0 lists nothing",
+            )
+            .hint = Some(format!(
+                "write the widest span the platform accepts between {lower} and {upper}, such as 30d"
+            ));
+        }
+        let max = max.filter(|m| !m.is_zero());
+        let start = match &w.start {
+            Some(text) => match time::OffsetDateTime::parse(
+                text,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.error(
+                        &path.key("start"),
+                        Code::InvalidValue,
+                        format!("'{text}' is not an RFC 3339 time: {e}"),
+                    )
+                    .hint = Some("write it like 2020-01-01T00:00:00Z".into());
+                    return None;
+                }
+            },
+            None if op == "product.list" => {
+                self.error(
+                    path,
+                    Code::MissingKey,
+                    "windows of product.list need `start`: a full product sync walks the windows from there",
+                )
+                .hint = Some(
+                    "add `start:` with the time of the oldest change the platform keeps, such as 2020-01-01T00:00:00Z"
+                        .into(),
+                );
+                return None;
+            }
+            None => None,
+        };
+        Some(crate::plan::WindowsPlan { max: max?, start })
     }
 
     /// Checks the characters of an id kind; true when it is well formed.
@@ -1460,6 +1533,7 @@ impl Cx<'_> {
                         input_ids: Vec::new(),
                         record: Vec::new(),
                         transport,
+                        windows: None,
                     },
                     items,
                     event_type,

@@ -579,16 +579,59 @@ async fn recorded_elsewhere(
     }))
 }
 
-/// Every order the platform lists in the window, page by page, within [`MAX_LISTED`].
+/// Every order the platform lists in the window, page by page, within [`MAX_LISTED`]; split
+/// into the narrower windows the platform's `order.list` declares, if it does.
 async fn list(
     engine: &Engine,
     platform: &PlatformPlan,
     window: &Window,
 ) -> Result<Vec<Value>, Problem> {
+    let windows = platform
+        .operations
+        .get("order.list")
+        .and_then(|o| o.windows);
+    let bounds = |t: &str| {
+        OffsetDateTime::parse(t, &Rfc3339).map_err(|e| {
+            Problem::new(
+                ProblemKind::InvalidInput,
+                format!("'{t}' is not an RFC 3339 time: {e}"),
+            )
+        })
+    };
+    let spans: Vec<(String, String)> = match windows {
+        None => vec![(window.from.clone(), window.to.clone())],
+        Some(w) => w
+            .windows(bounds(&window.from)?, bounds(&window.to)?)
+            .map(|(from, to)| (rfc3339(from), rfc3339(to)))
+            .collect(),
+    };
     let mut items = Vec::new();
+    let mut pages = 0;
+    for (from, to) in &spans {
+        list_window(engine, platform, window, from, to, &mut items, &mut pages).await?;
+    }
+    Ok(items)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The orders the platform lists from `from` to `to`, added to `items`; `pages` counts the
+/// pages of the whole report against [`MAX_PAGES`].
+async fn list_window(
+    engine: &Engine,
+    platform: &PlatformPlan,
+    window: &Window,
+    from: &str,
+    to: &str,
+    items: &mut Vec<Value>,
+    pages: &mut usize,
+) -> Result<(), Problem> {
     let mut cursor: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let mut input = json!({ "from": window.from, "to": window.to });
+    while *pages < MAX_PAGES {
+        *pages += 1;
+        let mut input = json!({ "from": from, "to": to });
         if let (Some(c), Some(obj)) = (&cursor, input.as_object_mut()) {
             obj.insert("cursor".into(), Value::String(c.clone()));
         }
@@ -614,7 +657,7 @@ async fn list(
             Some(next) if !next.is_empty() && cursor.as_deref() != Some(next) => {
                 cursor = Some(next.to_string());
             }
-            _ => return Ok(items),
+            _ => return Ok(()),
         }
     }
     Err(Problem::new(

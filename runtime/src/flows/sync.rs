@@ -93,6 +93,12 @@ pub struct Run {
     pub cursor: Option<String>,
     /// Only products changed since this time (incremental runs).
     pub updated_since: Option<String>,
+    /// The start of the current time window (RFC 3339), when the platform lists products
+    /// only over bounded windows (`windows` on its `product.list`). Windows follow each
+    /// other from the platform's `start` (full) or `updated_since` (incremental) up to the
+    /// moment the run started.
+    #[serde(default)]
+    pub window: Option<String>,
     /// Pages read.
     pub pages: u64,
     /// Products read.
@@ -463,6 +469,7 @@ impl Syncer {
                         status: Status::Running,
                         cursor: None,
                         updated_since,
+                        window: None,
                         pages: 0,
                         items: 0,
                         sent: 0,
@@ -585,7 +592,15 @@ impl Syncer {
                 });
             }
             let page = match self.page(&mut s).await {
-                Ok(p) => p,
+                // Every window of a windowed listing was read.
+                Ok(None) => {
+                    s.run.cursor = None;
+                    self.end(&mut s, Status::Done, None).await?;
+                    tracing::info!(platform = %s.platform, sync = %s.run.id, pages = s.run.pages, items = s.run.items, sent = s.run.sent, "product sync done");
+                    progress(&s.run);
+                    return Ok(s.run);
+                }
+                Ok(Some(p)) => p,
                 Err(reason) => {
                     tracing::warn!(platform = %s.platform, sync = %s.run.id, "product sync failed: {reason}");
                     self.end(&mut s, Status::Failed, Some(reason.clone()))
@@ -617,7 +632,10 @@ impl Syncer {
                 });
             }
             s.run.cursor = page.next;
-            if s.run.cursor.is_none() {
+            if let (None, Some(end)) = (&s.run.cursor, page.window_end) {
+                // This window is done: the next one starts where it ended.
+                s.run.window = Some(rfc3339(end));
+            } else if s.run.cursor.is_none() {
                 self.end(&mut s, Status::Done, None).await?;
                 tracing::info!(platform = %s.platform, sync = %s.run.id, pages = s.run.pages, items = s.run.items, sent = s.run.sent, "product sync done");
                 progress(&s.run);
@@ -639,9 +657,29 @@ impl Syncer {
         self.run(started, progress).await
     }
 
+    /// The current time window of a run on a platform whose `product.list` declares
+    /// `windows`; `Ok(None)` once the windows reach the moment the run started.
+    fn window(
+        s: &mut Started,
+        w: &crate::plan::WindowsPlan,
+    ) -> Result<Option<(OffsetDateTime, OffsetDateTime)>, String> {
+        let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).map_err(|e| e.to_string());
+        let from = match (&s.run.window, s.run.mode, &s.run.updated_since) {
+            (Some(w), _, _) => parse(w)?,
+            (None, Mode::Incremental, Some(since)) => parse(since)?,
+            (None, _, _) => w.start.ok_or(
+                "product.list declares `windows` without `start`: a full sync does not know where to begin",
+            )?,
+        };
+        s.run.window = Some(rfc3339(from));
+        // A run never lists beyond its own start: what changes later is the next run's.
+        let until = parse(&s.run.started_at)?;
+        Ok(w.window_from(from, until))
+    }
+
     /// Reads the run's next page, trying again after platform failures; `Err` is the reason
-    /// the sync stops.
-    async fn page(&self, s: &mut Started) -> Result<Page, String> {
+    /// the sync stops, `Ok(None)` that a windowed listing has no window left.
+    async fn page(&self, s: &mut Started) -> Result<Option<Page>, String> {
         let mut input = serde_json::Map::new();
         input.insert("page_size".into(), json!(self.settings.page_size));
         if let Some(c) = &s.run.cursor {
@@ -649,6 +687,21 @@ impl Syncer {
         }
         if let Some(u) = &s.run.updated_since {
             input.insert("updated_since".into(), json!(u));
+        }
+        let windows = self
+            .platform(&s.platform, "product.list")
+            .map_err(|e| e.to_string())?
+            .operations
+            .get("product.list")
+            .and_then(|o| o.windows);
+        let mut window_end = None;
+        if let Some(w) = windows {
+            let Some((from, to)) = Self::window(s, &w)? else {
+                return Ok(None);
+            };
+            input.insert("updated_since".into(), json!(rfc3339(from)));
+            input.insert("updated_before".into(), json!(rfc3339(to)));
+            window_end = Some(to);
         }
         let input = Value::Object(input);
         let mut attempt = 0;
@@ -663,7 +716,16 @@ impl Syncer {
                 .call(&platform, "product.list", &input, false)
                 .await
             {
-                Ok(CallOutcome::Output(out)) => return Page::of(out),
+                Ok(CallOutcome::Output(out)) => {
+                    return Page::of(out).map(|p| {
+                        Some(Page {
+                            window_end,
+                            // A window's total is not the whole catalog's.
+                            total: p.total.filter(|_| window_end.is_none()),
+                            ..p
+                        })
+                    });
+                }
                 Ok(CallOutcome::DryRun(_)) => return Err("a dry run answered".into()),
                 Err(p) => p,
             };
@@ -983,6 +1045,8 @@ struct Page {
     items: Vec<Value>,
     next: Option<String>,
     total: Option<u64>,
+    /// The end of the time window this page belongs to, on a windowed listing.
+    window_end: Option<OffsetDateTime>,
 }
 
 impl Page {
@@ -1009,7 +1073,12 @@ impl Page {
             return Err("product.list answered a next_cursor longer than 4096 characters".into());
         }
         let total = out.get("total").and_then(Value::as_u64);
-        Ok(Page { items, next, total })
+        Ok(Page {
+            items,
+            next,
+            total,
+            window_end: None,
+        })
     }
 }
 
