@@ -68,6 +68,11 @@ fn platform(file: &str) -> entrepot::config::source::SourceDoc {
 }
 
 pub(crate) async fn start() -> Gateway {
+    start_on(None).await
+}
+
+/// The gateway on `store` (default: a fresh SQLite store).
+pub(crate) async fn start_on(store: Option<entrepot::store::Store>) -> Gateway {
     let yx = channel_sim::Simulator::start(channel_sim::SimConfig::new(
         APP_KEY,
         APP_SECRET,
@@ -109,7 +114,10 @@ pub(crate) async fn start() -> Gateway {
     let targets = crate::support::gateway_targets(gateway);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::support::sqlite_store(&dir).await;
+    let store = match store {
+        Some(s) => s,
+        None => crate::support::sqlite_store(&dir).await,
+    };
     let creds = crate::support::sample_credentials(
         (APP_KEY, APP_SECRET),
         (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
@@ -306,7 +314,30 @@ async fn check_answers_per_line_from_each_platforms_stock() {
 
 #[tokio::test]
 async fn a_timed_out_creation_on_a_platform_without_idempotency_creates_one_order() {
-    let gw = start().await;
+    timed_out_creation_without_idempotency(start().await).await;
+}
+
+/// The same two sagas on PostgreSQL (flows rows, leases and due times, id mappings and the
+/// outbox), when it is configured.
+#[tokio::test]
+async fn sagas_on_postgresql() {
+    let Some(url) = crate::store::postgres_url(false) else {
+        return;
+    };
+    for run in 0..2 {
+        let schema = crate::store::fresh_schema();
+        let store = crate::store::postgres(&url, &schema).await;
+        let gw = start_on(Some(store.clone())).await;
+        match run {
+            0 => timed_out_creation_without_idempotency(gw).await,
+            _ => refused_part_cancels_the_created_one(gw).await,
+        }
+        store.close().await;
+        crate::store::drop_schema(&url, &schema).await;
+    }
+}
+
+async fn timed_out_creation_without_idempotency(gw: Gateway) {
     let sofa = gw.sku("yanxuan", "100101").await;
     // The first creation is carried out by the platform, but its answer comes after the
     // gateway's 1 s deadline.
@@ -472,7 +503,10 @@ async fn a_timed_out_creation_on_an_idempotent_platform_creates_one_order() {
 
 #[tokio::test]
 async fn a_refused_part_cancels_the_created_one_and_tells_the_order_center() {
-    let mut gw = start().await;
+    refused_part_cancels_the_created_one(start().await).await;
+}
+
+async fn refused_part_cancels_the_created_one(mut gw: Gateway) {
     let sofa = gw.sku("yanxuan", "100101").await;
     let shirt = gw.sku("acme-rest", "SHIRT-L").await; // 3 in stock: 5 is refused
     // The first two cancels fail: the saga keeps trying, and shows it.

@@ -499,7 +499,29 @@ async fn one_sync_of_a_platform_at_a_time() {
 
 #[tokio::test]
 async fn an_incremental_sync_lists_only_what_changed() {
-    let (mut h, syncer) = start("acme-rest", Duration::from_secs(60)).await;
+    incremental_sync_lists_only_what_changed(None).await;
+}
+
+/// The incremental and the callback-driven syncs on PostgreSQL, when it is configured.
+#[tokio::test]
+async fn incremental_and_callback_syncs_on_postgresql() {
+    let Some(url) = crate::store::postgres_url(false) else {
+        return;
+    };
+    for run in 0..2 {
+        let schema = crate::store::fresh_schema();
+        let store = crate::store::postgres(&url, &schema).await;
+        match run {
+            0 => incremental_sync_lists_only_what_changed(Some(store.clone())).await,
+            _ => product_changed_callback_updates_just_that_product(Some(store.clone())).await,
+        }
+        store.close().await;
+        crate::store::drop_schema(&url, &schema).await;
+    }
+}
+
+async fn incremental_sync_lists_only_what_changed(store: Option<Store>) {
+    let (mut h, syncer) = start_on("acme-rest", Duration::from_secs(60), store).await;
     let full = syncer.sync("acme-rest", false, &|_| {}).await.unwrap();
     assert_eq!(
         full.mode,
@@ -556,7 +578,11 @@ async fn an_incremental_sync_lists_only_what_changed() {
 
 #[tokio::test]
 async fn a_product_changed_callback_updates_just_that_product() {
-    let (mut h, syncer) = start("yanxuan", Duration::from_secs(60)).await;
+    product_changed_callback_updates_just_that_product(None).await;
+}
+
+async fn product_changed_callback_updates_just_that_product(store: Option<Store>) {
+    let (mut h, syncer) = start_on("yanxuan", Duration::from_secs(60), store).await;
     syncer.sync("yanxuan", true, &|_| {}).await.unwrap();
     h.receive(PRODUCTS).await;
     let sim = h.channel();
