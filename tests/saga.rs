@@ -458,6 +458,60 @@ async fn timed_out_creation_without_idempotency(gw: Gateway) {
     );
 }
 
+/// The platform cancels a created order on its own: its callback cancels the part and the
+/// saga (no part stands), with the platform's reason, and flows on to the order center.
+#[tokio::test]
+async fn a_cancel_by_the_platform_cancels_the_saga() {
+    let mut gw = start().await;
+    let sofa = gw.sku("yanxuan", "100101").await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders/M-YX-C/paid",
+            &order("M-YX-C", &[(&sofa, 1, 29900)], "CNY"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    gw.saga_until("M-YX-C", Duration::from_secs(20), |s| {
+        s["state"] == "created"
+    })
+    .await;
+    let body = channel_sim::signed_form(
+        APP_KEY,
+        APP_SECRET,
+        "yanxuan.notification.order.cancel",
+        time::OffsetDateTime::now_utc(),
+        &[
+            ("notifyId", "cancel-M-YX-C"),
+            ("orderId", "M-YX-C"),
+            ("reason", "out of stock at the warehouse"),
+        ],
+    );
+    let r = gw
+        .http
+        .post(format!("{}/callbacks/yanxuan/notify", gw.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let event = gw.next_event(Duration::from_secs(10)).await;
+    assert_eq!(event["type"], "order.cancelled");
+    assert_eq!(event["data"]["order_id"], "M-YX-C");
+    let saga = gw
+        .saga_until("M-YX-C", Duration::from_secs(5), |s| {
+            s["state"] == "cancelled"
+        })
+        .await;
+    assert_eq!(saga["parts"][0]["state"], "cancelled", "{saga}");
+    assert_eq!(
+        saga["reason"], "cancelled by yanxuan: out of stock at the warehouse",
+        "{saga}"
+    );
+    // The gateway sent no cancel of its own: the platform had already cancelled.
+    assert_eq!(yx_calls(&gw, "yanxuan.order.paid.cancel"), 0);
+}
+
 #[tokio::test]
 async fn a_timed_out_creation_on_an_idempotent_platform_creates_one_order() {
     let gw = start().await;
@@ -653,8 +707,11 @@ async fn paid_refuses_what_it_cannot_record() {
     let long = "x".repeat(129);
     let (status, _) = gw.get(&format!("/v1/orders/{long}")).await;
     assert_eq!(status, 400);
-    let (status, _) = gw.get("/v1/orders/M-NEVER").await;
+    let (status, p) = gw.get("/v1/orders/M-NEVER").await;
     assert_eq!(status, 404);
+    // The problem speaks of the order, not of platforms or operations.
+    assert_eq!(p["title"], "Not found", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("M-NEVER"), "{p}");
     let (status, _) = gw.get("/v1/orders/M-BAD").await;
     assert_eq!(status, 404, "nothing was recorded");
     assert!(gw.yx.orders().is_empty());

@@ -50,7 +50,7 @@ fn problem_responses() -> Value {
     let problem = problem_content();
     json!({
         "400": { "description": "The input is not valid (each problem named in `errors`).", "content": problem },
-        "404": { "description": "No such platform or operation.", "content": problem },
+        "404": { "description": "No such platform or operation (the problem's detail says which).", "content": problem },
         "422": { "description": "An id is not known on the platform.", "content": problem },
         "408": { "description": "The request body did not arrive within the server's `body_timeout`; the connection is closed.", "content": problem },
         "413": { "description": "The request body is larger than the gateway accepts (2 MiB)." },

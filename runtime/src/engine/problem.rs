@@ -10,7 +10,7 @@ use serde::Serialize;
 pub enum ProblemKind {
     /// The canonical input is not valid.
     InvalidInput,
-    /// No such platform or operation.
+    /// No such platform, operation, order, sync or mapping: the detail says which.
     NotFound,
     /// An internal id has no mapping on the platform.
     UnknownId,
@@ -70,7 +70,7 @@ impl ProblemKind {
     fn title(self) -> &'static str {
         match self {
             ProblemKind::InvalidInput => "The input is not valid",
-            ProblemKind::NotFound => "No such platform or operation",
+            ProblemKind::NotFound => "Not found",
             ProblemKind::UnknownId => "An id is not known on the platform",
             ProblemKind::PlatformError => "The platform refused the call",
             ProblemKind::PlatformFailed => "The platform failed",

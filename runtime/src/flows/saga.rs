@@ -1313,6 +1313,27 @@ pub async fn observe(
         {
             part.platform_order_id = Some(pid.to_string());
         }
+        // The platform cancelled a created part on its own: the part is cancelled, and so is
+        // the saga once no part stands (the event itself tells the order center).
+        let cancelled_here = event_type == "order.cancelled" && part.state == PartState::Created;
+        if cancelled_here {
+            part.state = PartState::Cancelled;
+        }
+        let none_stands = saga.parts.iter().all(|p| {
+            matches!(
+                p.state,
+                PartState::Cancelled | PartState::NotCreated | PartState::Failed
+            )
+        });
+        if cancelled_here && saga.state == SagaState::Created && none_stands {
+            saga.state = SagaState::Cancelled;
+            if saga.reason.is_none() {
+                saga.reason = Some(match data.get("reason").and_then(Value::as_str) {
+                    Some(r) if !r.is_empty() => format!("cancelled by {platform}: {r}"),
+                    _ => format!("cancelled by {platform}"),
+                });
+            }
+        }
         let at = millis(now);
         saga.step(
             at,
