@@ -67,6 +67,7 @@ struct Harness {
     targets: Arc<Vec<entrepot::compile::gateway::TargetSettings>>,
     notify: Arc<tokio::sync::Notify>,
     received: mpsc::UnboundedReceiver<Received>,
+    mirrored: mpsc::UnboundedReceiver<Received>,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -92,7 +93,7 @@ async fn start_on(
     lease: Duration,
     store: Option<Store>,
 ) -> (Harness, Arc<Syncer>) {
-    start_with(platform, lease, store, false).await
+    start_with(platform, lease, store, false, false).await
 }
 
 /// The widest window of the windowed REST simulator, and where its catalog starts.
@@ -101,12 +102,14 @@ const CATALOG_START: &str = "2026-01-01T00:00:00Z";
 
 /// The harness; `windowed`: the REST simulator lists products only over windows of at most
 /// [`WINDOW_DAYS`], its products changed 6 hours apart from [`CATALOG_START`] on, and the
-/// platform file declares those windows on its product.list.
+/// platform file declares those windows on its product.list. `mirror`: a second product
+/// center, `mirror`, subscribes too (its deliveries in `Harness::mirrored`).
 async fn start_with(
     platform: &'static str,
     lease: Duration,
     store: Option<Store>,
     windowed: bool,
+    mirror: bool,
 ) -> (Harness, Arc<Syncer>) {
     let (sim, file, env_name) = match platform {
         "yanxuan" => {
@@ -162,15 +165,27 @@ async fn start_with(
     );
 
     let (tx, received) = mpsc::unbounded_channel();
+    let (mirror_tx, mirrored) = mpsc::unbounded_channel();
     let app = axum::Router::new()
         .route("/products", post(center))
-        .with_state(tx);
+        .with_state(tx)
+        .merge(
+            axum::Router::new()
+                .route("/mirror", post(center))
+                .with_state(mirror_tx),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let center_url = format!("http://{}/products", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let gateway = format!(
+    let mut gateway = format!(
         "targets:\n  product_center:\n    url: {center_url}\n    events: [product.upserted]\n"
     );
+    if mirror {
+        let url = center_url.replace("/products", "/mirror");
+        gateway.push_str(&format!(
+            "  mirror:\n    url: {url}\n    events: [product.upserted]\n"
+        ));
+    }
     let targets = crate::support::gateway_targets(gateway);
 
     let dir = tempfile::tempdir().unwrap();
@@ -232,6 +247,7 @@ async fn start_with(
         targets,
         notify,
         received,
+        mirrored,
         url: format!("http://{addr}"),
         _dir: dir,
     };
@@ -629,7 +645,8 @@ async fn product_changed_callback_updates_just_that_product(store: Option<Store>
 #[tokio::test]
 async fn a_windowed_listing_is_walked_window_by_window_and_resumes() {
     let began = time::OffsetDateTime::now_utc();
-    let (mut h, syncer) = start_with("acme-rest", Duration::from_millis(1), None, true).await;
+    let (mut h, syncer) =
+        start_with("acme-rest", Duration::from_millis(1), None, true, false).await;
     let reached = Arc::new(tokio::sync::Notify::new());
     let signal = reached.clone();
     let crashing = tokio::spawn(async move {
@@ -703,5 +720,62 @@ async fn a_windowed_listing_is_walked_window_by_window_and_resumes() {
         "{} calls for {} pages",
         lists.len(),
         pages.len()
+    );
+}
+
+/// Hashes are kept per target: a product center that subscribes later gets every product
+/// once, while the one that had them gets nothing again.
+#[tokio::test]
+async fn a_target_added_later_gets_every_product_once() {
+    let (mut h, syncer) = start_with("acme-rest", Duration::from_secs(60), None, false, true).await;
+    // Before the mirror subscribed: a syncer that knows only the first product center.
+    let first: Vec<_> = h
+        .targets
+        .iter()
+        .filter(|t| t.name == "product_center")
+        .cloned()
+        .collect();
+    let before = Syncer::new(
+        h.plan.clone(),
+        h.engine.clone(),
+        Arc::new(first),
+        settings(Duration::from_secs(60)),
+    )
+    .with_notify(h.notify.clone());
+    let run = before.sync("acme-rest", true, &|_| {}).await.unwrap();
+    assert_eq!((run.sent, run.unchanged), (1000, 0));
+    let deliveries = h.receive(PRODUCTS).await;
+    h.assert_whole_catalog(&deliveries).await;
+
+    // Now both subscribe: only the mirror is sent the products, each once.
+    let run = syncer.sync("acme-rest", true, &|_| {}).await.unwrap();
+    assert_eq!(
+        (run.items, run.sent, run.unchanged),
+        (1000, 1000, 0),
+        "{run:?}"
+    );
+    let mut mirrored = Vec::new();
+    while mirrored.len() < PRODUCTS {
+        let next = tokio::time::timeout(Duration::from_secs(30), h.mirrored.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} mirrored within 30s", mirrored.len()))
+            .unwrap();
+        mirrored.push(next);
+    }
+    h.assert_whole_catalog(&mirrored).await;
+    // The same Idempotency-Keys as the first center got: same products, same versions.
+    let first_keys: HashSet<&String> = deliveries.iter().map(|(k, _)| k).collect();
+    assert!(mirrored.iter().all(|(k, _)| first_keys.contains(k)));
+
+    // A third sync sends nothing to either.
+    let run = syncer.sync("acme-rest", true, &|_| {}).await.unwrap();
+    assert_eq!((run.sent, run.unchanged), (0, 1000));
+    assert!(
+        h.received.try_recv().is_err(),
+        "the first center got products again"
+    );
+    assert!(
+        h.mirrored.try_recv().is_err(),
+        "the mirror got products again"
     );
 }

@@ -786,7 +786,13 @@ impl Syncer {
         let mut hashes = Vec::new();
         let mut events = Vec::new();
         for (spu_id, (hash, product)) in &seen {
-            if known.get(spu_id) == Some(hash) {
+            // Each target is sent what it has not had in this version.
+            let due: Vec<&TargetSettings> = targets
+                .iter()
+                .filter(|t| known.get(&(t.name.clone(), spu_id.clone())) != Some(hash))
+                .copied()
+                .collect();
+            if due.is_empty() {
                 out.unchanged += 1;
                 continue;
             }
@@ -808,7 +814,7 @@ impl Syncer {
                 "idempotency_key": key,
             })
             .to_string();
-            for t in &targets {
+            for t in due {
                 events.push(NewEvent {
                     event_id: format!("{id}/{}", t.name),
                     target: t.name.clone(),
@@ -817,8 +823,8 @@ impl Syncer {
                     idempotency_key: key.clone(),
                     max_attempts: i64::from(t.max_attempts),
                 });
+                hashes.push((t.name.clone(), spu_id.clone(), hash.clone()));
             }
-            hashes.push((spu_id.clone(), hash.clone()));
         }
         if !hashes.is_empty() {
             store

@@ -81,6 +81,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX flows_by_created ON flows (kind, created_at)",
         ],
     ),
+    (
+        // Product hashes per target: a target added later gets every product once, the others
+        // only what changed. The hashes of before name no target and are dropped, so the next
+        // sync sends each product once more, with the same Idempotency-Key as before.
+        7,
+        &[
+            "CREATE TABLE product_hashes_next (platform TEXT NOT NULL, target TEXT NOT NULL,          spu_id TEXT NOT NULL, hash TEXT NOT NULL, updated_at BIGINT NOT NULL,          PRIMARY KEY (platform, target, spu_id))",
+            "DROP TABLE product_hashes",
+            "ALTER TABLE product_hashes_next RENAME TO product_hashes",
+        ],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

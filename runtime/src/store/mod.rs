@@ -996,18 +996,18 @@ impl Store {
 
     // ------------------------------------------------------------------ product sync
 
-    /// The content hashes last sent of `spu_ids` (internal ids) of `platform`; products never
-    /// sent are absent.
+    /// The content hashes last sent of `spu_ids` (internal ids) of `platform`, by target and
+    /// product; products never sent to a target are absent.
     pub async fn product_hashes(
         &self,
         platform: &str,
         spu_ids: &[String],
-    ) -> Result<HashMap<String, String>, StoreError> {
+    ) -> Result<HashMap<(String, String), String>, StoreError> {
         let mut out = HashMap::new();
         for chunk in spu_ids.chunks(200) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
-                "SELECT spu_id, hash FROM product_hashes WHERE platform = $1 AND spu_id IN ({})",
+                "SELECT target, spu_id, hash FROM product_hashes WHERE platform = $1 AND spu_id IN ({})",
                 marks.join(", ")
             );
             let mut query = sqlx::query(&sql).bind(platform);
@@ -1019,9 +1019,13 @@ impl Store {
                 .await
                 .map_err(q("reading product hashes"))?
             {
+                let read = || q("reading a product hash");
                 out.insert(
-                    row.try_get(0).map_err(q("reading a product hash"))?,
-                    row.try_get(1).map_err(q("reading a product hash"))?,
+                    (
+                        row.try_get(0).map_err(read())?,
+                        row.try_get(1).map_err(read())?,
+                    ),
+                    row.try_get(2).map_err(read())?,
                 );
             }
         }
@@ -1031,10 +1035,11 @@ impl Store {
     /// Records, in one transaction, the events of changed products and their new content
     /// hashes: a product is either queued for the product center with its hash recorded, or
     /// neither.
+    /// `hashes` are `(target, spu_id, hash)`.
     pub async fn product_upserts(
         &self,
         platform: &str,
-        hashes: &[(String, String)],
+        hashes: &[(String, String, String)],
         events: &[NewEvent],
         now: i64,
     ) -> Result<(), StoreError> {
@@ -1046,12 +1051,13 @@ impl Store {
         for e in events {
             insert_event(&mut tx, e, None, now).await?;
         }
-        for (spu_id, hash) in hashes {
+        for (target, spu_id, hash) in hashes {
             sqlx::query(
-                "INSERT INTO product_hashes (platform, spu_id, hash, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (platform, spu_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+                "INSERT INTO product_hashes (platform, target, spu_id, hash, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (platform, target, spu_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
             )
             .bind(platform)
+            .bind(target)
             .bind(spu_id)
             .bind(hash)
             .bind(now)
