@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::saga::{APP_KEY, APP_SECRET, Gateway, order, platform_text, start};
+use crate::saga::{APP_KEY, APP_SECRET, Gateway, order, platform_text, start, start_with};
 
 /// Now moved by `secs`, RFC 3339.
 fn stamp(secs: i64) -> String {
@@ -205,7 +205,54 @@ async fn report_status(gw: &Gateway, query: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn reconciliation_finds_each_planted_mismatch_on_the_rest_platform() {
-    let gw = start().await;
+    planted_mismatches_on_the_rest_platform(&start().await).await;
+}
+
+/// The same where the platform lists orders only over windows of at most 30 s: the report's
+/// two minutes are listed window by window, back to back, and it finds the same mismatches.
+#[tokio::test]
+async fn reconciliation_lists_a_windowed_platform_window_by_window() {
+    let gw = start_with(None, Some(Duration::from_secs(30))).await;
+    let (from, to) = planted_mismatches_on_the_rest_platform(&gw).await;
+    let lists: Vec<(OffsetDateTime, OffsetDateTime)> = gw
+        .acme
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/v2/orders" && !r.query.contains("cursor="))
+        .map(|r| {
+            let param = |name: &str| {
+                let v = r
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                    .unwrap()
+                    .replace("%3A", ":")
+                    .replace("%2B", "+");
+                OffsetDateTime::parse(&v, &Rfc3339).unwrap()
+            };
+            (param("created_from"), param("created_to"))
+        })
+        .collect();
+    let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).unwrap();
+    assert_eq!(lists.first().map(|w| w.0), Some(parse(&from)), "{lists:?}");
+    assert_eq!(lists.last().map(|w| w.1), Some(parse(&to)), "{lists:?}");
+    for pair in lists.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "back to back: {pair:?}");
+    }
+    assert!(
+        lists
+            .iter()
+            .all(|(f, t)| *t - *f <= time::Duration::seconds(30))
+    );
+    // A little over 120 s (the report's end is taken after the orders were made) in windows
+    // of 30 s.
+    let span = (parse(&to) - parse(&from)).as_seconds_f64();
+    assert_eq!(lists.len(), (span / 30.0).ceil() as usize, "{lists:?}");
+}
+
+/// Plants one mismatch of each kind on the REST simulator and checks the report; returns the
+/// report's window.
+async fn planted_mismatches_on_the_rest_platform(gw: &Gateway) -> (String, String) {
     let from = stamp(-60);
     let shirt = gw.sku("acme-rest", "SHIRT-M").await; // 49.90
     let cups = gw.sku("acme-rest", "CUPS-2").await; // 19.99
@@ -215,7 +262,7 @@ async fn reconciliation_finds_each_planted_mismatch_on_the_rest_platform() {
         .iter()
         .map(|id| (*id, order(id, &lines, "EUR")))
         .collect();
-    create_all(&gw, &orders).await;
+    create_all(gw, &orders).await;
     let mut api_id = std::collections::HashMap::new();
     for id in ids {
         let (_, saga) = gw.get(&format!("/v1/orders/{id}")).await;
@@ -272,7 +319,8 @@ async fn reconciliation_finds_each_planted_mismatch_on_the_rest_platform() {
         .clone();
     let sim_price = rest_sim::parse_cents(sim_line["unit_price"].as_str().unwrap()).unwrap();
 
-    let report = report(&gw, "acme-rest", &from, &stamp(60)).await;
+    let to = stamp(60);
+    let report = report(gw, "acme-rest", &from, &to).await;
     let null = Value::Null;
     let total = 4990 + 2 * 1999;
     assert_eq!(
@@ -328,6 +376,7 @@ async fn reconciliation_finds_each_planted_mismatch_on_the_rest_platform() {
     assert_eq!(report["summary"]["compared"], 5, "{report}");
     assert_eq!(report["summary"]["listed"], 5, "{report}");
     assert_eq!(report["unchecked"], json!([]));
+    (from, to)
 }
 
 #[tokio::test]

@@ -73,6 +73,15 @@ pub(crate) async fn start() -> Gateway {
 
 /// The gateway on `store` (default: a fresh SQLite store).
 pub(crate) async fn start_on(store: Option<entrepot::store::Store>) -> Gateway {
+    start_with(store, None).await
+}
+
+/// The gateway; `order_window`: the REST simulator lists orders only over windows at most
+/// this wide, and its platform file declares such windows on order.list.
+pub(crate) async fn start_with(
+    store: Option<entrepot::store::Store>,
+    order_window: Option<Duration>,
+) -> Gateway {
     let yx = channel_sim::Simulator::start(channel_sim::SimConfig::new(
         APP_KEY,
         APP_SECRET,
@@ -80,20 +89,25 @@ pub(crate) async fn start_on(store: Option<entrepot::store::Store>) -> Gateway {
     ))
     .await
     .unwrap();
-    let acme = rest_sim::Simulator::start(rest_sim::SimConfig::new(
-        CLIENT_ID,
-        CLIENT_SECRET,
-        WEBHOOK_SECRET,
-    ))
-    .await
-    .unwrap();
+    let mut acme_config = rest_sim::SimConfig::new(CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET);
+    acme_config.order_window = order_window;
+    let acme = rest_sim::Simulator::start(acme_config).await.unwrap();
     let (yx_url, acme_url) = (yx.base_url(), acme.base_url());
     let env = move |name: &str| match name {
         "YANXUAN_BASE_URL" => Some(yx_url.clone()),
         "ACME_REST_BASE_URL" => Some(acme_url.clone()),
         _ => None,
     };
-    let docs = vec![platform("yanxuan.yaml"), platform("acme-rest.yaml")];
+    let mut acme_doc = platform_text("acme-rest.yaml");
+    if let Some(w) = order_window {
+        let at = "  order.list:\n";
+        assert!(acme_doc.contains(at));
+        let windows = format!("{at}    windows: {{ max: {}s }}\n", w.as_secs());
+        acme_doc = acme_doc.replace(at, &windows);
+    }
+    let acme_doc =
+        entrepot::config::source::parse(Path::new("platforms/acme-rest.yaml"), acme_doc).unwrap();
+    let docs = vec![platform("yanxuan.yaml"), acme_doc];
     let compiled = entrepot::compile::compile_docs(docs, &env);
     assert!(
         compiled.diagnostics.is_empty(),

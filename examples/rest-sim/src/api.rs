@@ -625,6 +625,17 @@ fn list_orders(state: &State, query: &str) -> Answer {
         (Ok(f), Ok(t)) => (f, t),
         (Err(a), _) | (_, Err(a)) => return a,
     };
+    if let Some(widest) = state.config.order_window
+        && (to - from > widest || to < from)
+    {
+        return invalid(
+            "window_too_wide",
+            &format!(
+                "created_from and created_to are at most {}s apart",
+                widest.as_secs()
+            ),
+        );
+    }
     let limit = match query_param(query, "limit") {
         None => 20,
         Some(l) => match l.parse::<usize>() {

@@ -29,7 +29,8 @@
 //!   that is not the sum → 422 `validation_failed` with `details`.
 //! * `GET /v2/orders?created_from=&created_to=&cursor=&limit=` — the orders created within
 //!   `[created_from, created_to)` (RFC 3339, both required), `{"data": [ORDER], "next_cursor":
-//!   "…" | null}`; `limit` 1..=100 (default 20); a bad time, limit or cursor → 422.
+//!   "…" | null}`; `limit` 1..=100 (default 20); a bad time, limit or cursor → 422, and so is a
+//!   window wider than [`SimConfig::order_window`] when that is set.
 //! * `GET /v2/orders/{id}` — ORDER; 404 unknown.
 //! * `POST /v2/orders/{id}/cancel` — ORDER with `status: cancelled`; a shipped order → 409
 //!   `order_already_shipped`.
@@ -230,6 +231,9 @@ pub struct SimConfig {
     /// do: `updated_since` and `updated_before` are both required and at most this far apart
     /// (else 422 `window_required` / `window_too_wide`).
     pub product_window: Option<Duration>,
+    /// When set, the order listing answers only windows at most this wide (else 422
+    /// `window_too_wide`).
+    pub order_window: Option<Duration>,
 }
 
 impl SimConfig {
@@ -242,6 +246,7 @@ impl SimConfig {
             token_ttl: Duration::from_secs(3600),
             catalog: sample_catalog(),
             product_window: None,
+            order_window: None,
         }
     }
 }
