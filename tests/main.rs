@@ -25,6 +25,7 @@ mod engine;
 mod engine_auth;
 mod ids;
 mod layout;
+mod metrics;
 mod pollers;
 mod recipe_properties;
 mod recipe_transforms;
