@@ -26,6 +26,7 @@ mod engine_auth;
 mod ids;
 mod layout;
 mod metrics;
+mod observability;
 mod pollers;
 mod recipe_properties;
 mod recipe_transforms;

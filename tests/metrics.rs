@@ -254,7 +254,11 @@ fn requests(text: &str, platform: &str, op: &str, outcome: &str) -> Option<f64> 
     metric(
         text,
         REQUESTS,
-        &[("platform", platform), ("operation", op), ("outcome", outcome)],
+        &[
+            ("platform", platform),
+            ("operation", op),
+            ("outcome", outcome),
+        ],
     )
 }
 
@@ -377,7 +381,9 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
         delay_ms,
     };
     drive(&gw, ACME, &|step| match step {
-        "refuse product.list" => acme.push_fault(fault(RKind::RateLimited, "GET /v2/products", 1, 0)),
+        "refuse product.list" => {
+            acme.push_fault(fault(RKind::RateLimited, "GET /v2/products", 1, 0))
+        }
         "hold product.get 300ms" => {
             acme.push_fault(fault(RKind::Slow, "GET /v2/products/prd_1002", 1, 300));
         }
@@ -413,8 +419,7 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
         let total: f64 = text
             .lines()
             .filter(|l| {
-                l.starts_with(&format!("{REQUESTS}{{"))
-                    && l.contains(&format!("platform=\"{p}\""))
+                l.starts_with(&format!("{REQUESTS}{{")) && l.contains(&format!("platform=\"{p}\""))
             })
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
             .sum();
@@ -533,7 +538,10 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
         401
     );
     // Yanxuan: a stock change, a forgery, and a genuine one signed an hour ago.
-    let form = [("content-type", "application/x-www-form-urlencoded".to_string())];
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_string(),
+    )];
     let notify = |secret: &str, id: &str, at: time::OffsetDateTime| {
         channel_sim::signed_form(
             APP_KEY,
@@ -594,8 +602,16 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
     // delivered yet (the dispatcher has not started).
     for target in ["center", "broken", "waiting"] {
         let t = [("target", target)];
-        assert_eq!(metric(&text, "entrepot_outbox_pending", &t), Some(2.0), "{target}");
-        assert_eq!(metric(&text, "entrepot_dead_letters", &t), Some(0.0), "{target}");
+        assert_eq!(
+            metric(&text, "entrepot_outbox_pending", &t),
+            Some(2.0),
+            "{target}"
+        );
+        assert_eq!(
+            metric(&text, "entrepot_dead_letters", &t),
+            Some(0.0),
+            "{target}"
+        );
         let lag = metric(&text, "entrepot_delivery_lag_seconds", &t).unwrap();
         assert!(lag > 0.0 && lag < 600.0, "{target}: {lag}");
     }
@@ -610,15 +626,26 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
             &[("target", target), ("outcome", outcome)],
         )
     };
+    // A delivery is counted when it ends, and then recorded in the store: wait for both.
+    let stored = |t: &str, target: &str, pending: f64, dead: f64| {
+        metric(t, "entrepot_outbox_pending", &[("target", target)]) == Some(pending)
+            && metric(t, "entrepot_dead_letters", &[("target", target)]) == Some(dead)
+    };
     let text = gw
         .scrape_until("center delivered and broken dead-lettered", |t| {
             deliveries(t, "center", "delivered") == Some(2.0)
                 && deliveries(t, "broken", "dead_lettered") == Some(2.0)
+                && stored(t, "center", 0.0, 0.0)
+                && stored(t, "broken", 0.0, 2.0)
         })
         .await;
     assert_eq!(gw.delivered_to_center.load(Ordering::SeqCst), 2);
     assert_eq!(deliveries(&text, "broken", "delivered"), None);
-    assert_eq!(deliveries(&text, "broken", "retry"), None, "max_attempts: 1");
+    assert_eq!(
+        deliveries(&text, "broken", "retry"),
+        None,
+        "max_attempts: 1"
+    );
     // `waiting` holds both deliveries: they are still pending, and nothing ended.
     assert_eq!(deliveries(&text, "waiting", "delivered"), None);
     let gauges = |text: &str, target: &str| {
@@ -638,7 +665,7 @@ async fn metrics_count_what_the_sample_platforms_went_through() {
     gw.release.send(true).unwrap();
     let text = gw
         .scrape_until("waiting delivered", |t| {
-            deliveries(t, "waiting", "delivered") == Some(2.0)
+            deliveries(t, "waiting", "delivered") == Some(2.0) && stored(t, "waiting", 0.0, 0.0)
         })
         .await;
     assert_eq!(gauges(&text, "waiting"), (0.0, 0.0, 0.0));

@@ -197,12 +197,3 @@ fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
         out.push((key.trim().to_string(), value));
     }
 }
-
-/// Every metric family named in a `# TYPE` line of a text exposition, with its type.
-pub fn metric_types(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, t)| (n.to_string(), t.trim().to_string()))
-        .collect()
-}

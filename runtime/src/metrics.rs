@@ -257,7 +257,10 @@ pub const FAMILIES: &[Family] = &[
 /// and buckets are constants here, checked by this module's tests: a failure is a mistake in
 /// this file, never a consequence of configuration or input.
 #[allow(clippy::expect_used)]
-fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
     let metric = metric.expect("the metric definitions of metrics.rs are valid");
     registry
         .register(Box::new(metric.clone()))
@@ -484,9 +487,9 @@ impl Metrics {
                 .collect();
             for b in backlog {
                 #[allow(clippy::cast_precision_loss)] // milliseconds of an age: exact enough
-                let lag = b
-                    .oldest_pending_at
-                    .map_or(0.0, |at| readings.now_ms.saturating_sub(at).max(0) as f64 / 1000.0);
+                let lag = b.oldest_pending_at.map_or(0.0, |at| {
+                    readings.now_ms.saturating_sub(at).max(0) as f64 / 1000.0
+                });
                 rows.insert(b.target.as_str(), (b.pending, b.dead, lag));
             }
             for (target, (pending, dead, lag)) in rows {
@@ -561,11 +564,7 @@ impl Sink for Metrics {
     }
 
     fn delivery(&self, seen: &DeliverySeen<'_>) {
-        inc(
-            &self.deliveries,
-            &[seen.target, seen.outcome.as_str()],
-            1,
-        );
+        inc(&self.deliveries, &[seen.target, seen.outcome.as_str()], 1);
     }
 
     fn rate_limit_wait(&self, platform: &str, waited: Duration) {
@@ -698,7 +697,12 @@ mod tests {
                 "{}: counters and only counters end in _total",
                 f.name
             );
-            assert_eq!(f.kind == Kind::Histogram, !f.buckets.is_empty(), "{}", f.name);
+            assert_eq!(
+                f.kind == Kind::Histogram,
+                !f.buckets.is_empty(),
+                "{}",
+                f.name
+            );
             assert!(f.buckets.windows(2).all(|w| w[0] < w[1]), "{}", f.name);
         }
         assert_eq!(REQUEST_BUCKETS.first(), Some(&0.005));
