@@ -3,9 +3,10 @@
 //! Every canonical call, callback delivery and target delivery is reported here exactly once,
 //! when it ends, and so are the steps of the flows (product sync, order saga), with names that
 //! come only from the configuration (platform, operation, route, target) and an outcome from a
-//! closed set — never request data — so whatever listens has bounded cardinality. Listeners are [`Sink`]s: the Prometheus metrics and the monitoring
-//! thresholds are two of them. An [`Observer`] is cheap to clone and shared by the engine,
-//! the callback routes and the dispatcher.
+//! closed set — never request data — so whatever listens has bounded cardinality. Listeners
+//! are [`Sink`]s: the Prometheus metrics and the monitoring thresholds are two of them. An
+//! [`Observer`] is cheap to clone and shared by the engine, the callback routes and the
+//! dispatcher.
 
 use std::sync::Arc;
 use std::time::Duration;
