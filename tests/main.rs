@@ -25,6 +25,8 @@ mod engine;
 mod engine_auth;
 mod ids;
 mod layout;
+mod metrics;
+mod observability;
 mod pollers;
 mod recipe_properties;
 mod recipe_transforms;

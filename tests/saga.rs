@@ -136,7 +136,10 @@ pub(crate) async fn start_with(
         (APP_KEY, APP_SECRET),
         (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
     );
-    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    // The saga's counters reach /metrics through the engine's observer, as in `serve`.
+    let metrics = Arc::new(entrepot::metrics::Metrics::new());
+    let observer = entrepot::observe::Observer::new(vec![metrics.clone()]);
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None).with_observer(observer));
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         &targets,
@@ -172,6 +175,7 @@ pub(crate) async fn start_with(
         targets,
         notify: Some(dispatcher.notify.clone()),
         orders: Some(orders),
+        metrics,
         ..Default::default()
     };
     tokio::spawn(dispatcher.run(std::future::pending()));

@@ -1,6 +1,6 @@
 //! Secrets never leak: known secret values go through every path of a real gateway process
-//! (file credentials, pushed credentials, failed calls, callbacks, status, dry runs, debug
-//! logs) and are searched for in everything it printed or answered.
+//! (file credentials, pushed credentials, failed calls, callbacks, status, metrics, dry runs,
+//! debug logs) and are searched for in everything it printed or answered.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -170,8 +170,41 @@ async fn no_secret_in_logs_answers_status_or_previews() {
                 .unwrap(),
         );
     }
-    // Status, deliveries, reload, metrics.
-    for path in ["/admin/v1/status", "/admin/v1/deliveries", "/metrics"] {
+    // Metrics: the refused calls and the forged callback are counted under configuration
+    // names only; no credential is a label or a value.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let yx = [("platform", "yanxuan")];
+    assert_eq!(
+        crate::support::metric(
+            &metrics,
+            "entrepot_platform_requests_total",
+            &[yx[0], ("operation", "product.list"), ("outcome", "refused")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        crate::support::metric(
+            &metrics,
+            "entrepot_callback_refusals_total",
+            &[yx[0], ("route", "/yanxuan/notify"), ("reason", "signature")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    for secret in [FILE_KEY, FILE_SECRET, PUSHED_SECRET, ADMIN] {
+        assert!(!metrics.contains(secret), "{secret} is in /metrics");
+    }
+    keep(metrics);
+    // Status, deliveries, reload.
+    for path in ["/admin/v1/status", "/admin/v1/deliveries"] {
         keep(
             http.get(format!("{base}{path}"))
                 .bearer_auth(ADMIN)

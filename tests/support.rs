@@ -137,3 +137,63 @@ pub fn gateway_targets(yaml: String) -> Vec<entrepot::compile::gateway::TargetSe
         .unwrap()
         .targets
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (labels in any
+/// order, exactly this set); `None` when there is no such sample. Written here, apart from the
+/// gateway's encoder, so tests read `/metrics` the way a scraper does.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut wanted: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    wanted.sort();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, mut found) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}')?)?),
+            };
+            found.sort();
+            (metric_name == name && found == wanted).then(|| parse_sample_value(value))?
+        })
+}
+
+fn parse_sample_value(v: &str) -> Option<f64> {
+    match v {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => v.parse().ok(),
+    }
+}
+
+/// `a="x",b="y"` (values with `\"`, `\\` and `\n` escapes) as pairs.
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim().to_string(), value));
+    }
+}

@@ -197,7 +197,10 @@ async fn start_with(
         (APP_KEY, APP_SECRET),
         (CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET),
     );
-    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None));
+    // Sync steps and platform calls reach /metrics through the engine's observer.
+    let metrics = Arc::new(entrepot::metrics::Metrics::new());
+    let observer = entrepot::observe::Observer::new(vec![metrics.clone()]);
+    let engine = Arc::new(Engine::new(store.clone(), creds, |_| None).with_observer(observer));
     let plan = Arc::new(ArcSwap::from_pointee(compiled.plan));
     let dispatcher = Dispatcher::new(
         store.clone(),
@@ -235,6 +238,7 @@ async fn start_with(
         admin_token: Some(entrepot::config::Secret::new(ADMIN.to_string())),
         notify: Some(notify.clone()),
         sync: Some(syncer.clone()),
+        metrics,
         ..Default::default()
     };
     let addr = crate::support::serve_on_loopback(state).await;
@@ -387,6 +391,38 @@ async fn full_sync_lands_every_product_once(platform: &'static str, store: Optio
     assert!(
         h.received.try_recv().is_err(),
         "an unchanged product was resent"
+    );
+
+    // Two full runs, both done, 10 pages each; the products were sent by the first only.
+    let metrics = reqwest::get(format!("{}/metrics", h.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let p = ("platform", platform);
+    let read = |name: &str, labels: &[(&str, &str)]| crate::support::metric(&metrics, name, labels);
+    assert_eq!(
+        read("entrepot_sync_runs_started_total", &[p, ("mode", "full")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        read(
+            "entrepot_sync_runs_finished_total",
+            &[p, ("status", "done")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        read("entrepot_sync_products_sent_total", &[p]),
+        Some(PRODUCTS as f64)
+    );
+    assert_eq!(
+        read(
+            "entrepot_platform_requests_total",
+            &[p, ("operation", "product.list"), ("outcome", "ok")]
+        ),
+        Some(20.0)
     );
 }
 

@@ -628,9 +628,14 @@ fn serve(
         },
         None => Default::default(),
     };
+    // What the gateway observes of its own work goes to these sinks, in this order.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let sinks: Vec<Arc<dyn crate::observe::Sink>> = vec![metrics.clone()];
+    let observer = crate::observe::Observer::new(sinks);
     let engine = Arc::new(
         crate::engine::Engine::new(store.clone(), credentials.clone(), process_env)
-            .with_id_cache(gateway.id_cache),
+            .with_id_cache(gateway.id_cache)
+            .with_observer(observer.clone()),
     );
     match runtime.block_on(engine.load_pushed()) {
         Ok(n) => tracing::info!(platforms = n, "pushed credentials loaded"),
@@ -645,7 +650,8 @@ fn serve(
         gateway.delivery.clone(),
         credentials.clone(),
         process_env,
-    );
+    )
+    .with_observer(observer);
     // The platforms: loaded, then kept up to date, by the reloader.
     let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
     // Product sync: its schedules, the admin routes, and the internal consumer of
@@ -743,6 +749,7 @@ fn serve(
         trust_forwarded_headers: gateway.server.trust_forwarded_headers,
         orders: Some(orders),
         sync: Some(syncer.clone()),
+        metrics,
     };
     let (stop_schedules, schedules_stopped) = tokio::sync::oneshot::channel::<()>();
     let schedules = runtime.spawn(syncer.clone().run_schedules(async move {

@@ -1,11 +1,12 @@
 //! What the gateway sees of its own work, reported in one place.
 //!
 //! Every canonical call, callback delivery and target delivery is reported here exactly once,
-//! when it ends, with names that come only from the configuration (platform, operation, route,
-//! target) and an outcome from a closed set — never request data — so whatever listens has
-//! bounded cardinality. Listeners are [`Sink`]s: the Prometheus metrics and the monitoring
-//! thresholds are two of them. An [`Observer`] is cheap to clone and shared by the engine,
-//! the callback routes and the dispatcher.
+//! when it ends, and so are the steps of the flows (product sync, order saga), with names that
+//! come only from the configuration (platform, operation, route, target) and an outcome from a
+//! closed set — never request data — so whatever listens has bounded cardinality. Listeners
+//! are [`Sink`]s: the Prometheus metrics and the monitoring thresholds are two of them. An
+//! [`Observer`] is cheap to clone and shared by the engine, the callback routes and the
+//! dispatcher.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +197,44 @@ pub struct DeliverySeen<'a> {
     pub elapsed: Duration,
 }
 
+/// A step of a flow (product sync, order saga) worth counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowSeen<'a> {
+    /// A product sync run of `platform` started or resumed; `mode` is `full` or
+    /// `incremental`.
+    SyncStarted {
+        /// The platform's name.
+        platform: &'a str,
+        /// `full` or `incremental`.
+        mode: &'static str,
+    },
+    /// A page of a product sync was read and `sent` of its products went to the product
+    /// center (new or changed).
+    SyncPage {
+        /// The platform's name.
+        platform: &'a str,
+        /// Products sent.
+        sent: u64,
+    },
+    /// A product sync run ended: `done`, `failed` or `interrupted`.
+    SyncEnded {
+        /// The platform's name.
+        platform: &'a str,
+        /// `done`, `failed` or `interrupted`.
+        status: &'static str,
+    },
+    /// An order saga finished: the order was `created` on every platform, or `cancelled`
+    /// (compensated and reported).
+    SagaEnded {
+        /// `created` or `cancelled`.
+        outcome: &'static str,
+    },
+    /// A cancel of a created order failed (it is tried again).
+    SagaCancelFailed,
+    /// An order creation failed and was scheduled again.
+    SagaStepRetried,
+}
+
 /// A listener of what the gateway reports. Every method has an empty default, so a sink
 /// takes only what it needs. Called inline on the reporting task: a sink must not block.
 pub trait Sink: Send + Sync {
@@ -209,6 +248,8 @@ pub trait Sink: Send + Sync {
     fn rate_limit_wait(&self, _platform: &str, _waited: Duration) {}
     /// An OAuth access token of `platform` was fetched or renewed.
     fn token_renewed(&self, _platform: &str) {}
+    /// A flow took a step worth counting.
+    fn flow(&self, _seen: &FlowSeen<'_>) {}
 }
 
 /// The sinks of one gateway; reporting goes to each in turn.
@@ -265,6 +306,13 @@ impl Observer {
     pub fn token_renewed(&self, platform: &str) {
         for s in self.sinks.iter() {
             s.token_renewed(platform);
+        }
+    }
+
+    /// Reports a step of a flow.
+    pub fn flow(&self, seen: &FlowSeen<'_>) {
+        for s in self.sinks.iter() {
+            s.flow(seen);
         }
     }
 }

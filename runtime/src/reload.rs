@@ -710,24 +710,6 @@ impl WatchFilter {
     }
 }
 
-/// The Prometheus text of the reload counters.
-pub fn metrics_text(totals: &[(&'static str, u64)]) -> String {
-    let mut out = String::from(
-        "# HELP entrepot_reload_total Platform reloads, by result.\n# TYPE entrepot_reload_total counter\n",
-    );
-    for result in ["ok", "error"] {
-        let n = totals
-            .iter()
-            .find(|(k, _)| *k == result)
-            .map(|(_, v)| *v)
-            .unwrap_or(0);
-        out.push_str(&format!(
-            "entrepot_reload_total{{result=\"{result}\"}} {n}\n"
-        ));
-    }
-    out
-}
-
 /// Whether `platform` serves from `plan` (for tests and status pages).
 pub fn serving<'p>(plan: &'p Plan, platform: &str) -> Option<&'p Arc<PlatformPlan>> {
     plan.platforms.get(platform)

@@ -42,6 +42,9 @@ pub struct AppState {
     pub orders: Option<Arc<crate::flows::saga::Orders>>,
     /// Product sync (absent: the sync routes answer 503).
     pub sync: Option<Arc<crate::flows::sync::Syncer>>,
+    /// The metrics `/metrics` serves; the engine and dispatcher report to it through their
+    /// observer (see `cli::serve`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -1160,23 +1163,33 @@ async fn admin_status(State(state): State<AppState>, headers: axum::http::Header
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let totals = state
-        .reloader
-        .as_ref()
-        .map(|r| r.totals())
-        .unwrap_or_default();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        {
-            let mut text = crate::reload::metrics_text(&totals);
-            if let Some(orders) = &state.orders {
-                text.push_str(&orders.metrics_text().await);
-            }
-            text
-        },
-    )
-        .into_response()
+    let plan = state.plan.load_full();
+    let scraped = state
+        .metrics
+        .scrape(crate::metrics::Sources {
+            plan: &plan,
+            store: state.store.as_ref(),
+            engine: state.engine.as_deref(),
+            reloader: state.reloader.as_deref(),
+            targets: &state.targets,
+        })
+        .await;
+    match scraped {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("{e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the metrics cannot be encoded; see the gateway's log\n",
+            )
+                .into_response()
+        }
+    }
 }

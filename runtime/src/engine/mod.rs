@@ -113,6 +113,12 @@ impl Engine {
         self
     }
 
+    /// Every platform whose circuit breaker has counted calls, and whether it refuses calls
+    /// now (see [`Transport::breakers_open`]).
+    pub fn breakers_open(&self) -> Vec<(String, bool)> {
+        self.transport.breakers_open()
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -290,6 +290,18 @@ impl Transport {
         });
         (pacer, cap, breaker)
     }
+
+    /// Every platform whose breaker has counted calls, and whether it refuses calls now (open,
+    /// or half-open with its one trial call in flight). A platform never called, or without a
+    /// breaker, is absent.
+    pub fn breakers_open(&self) -> Vec<(String, bool)> {
+        let Ok(m) = self.breakers.lock() else {
+            return Vec::new();
+        };
+        m.iter()
+            .map(|(platform, b)| (platform.clone(), b.state() != BreakerState::Closed))
+            .collect()
+    }
 }
 
 /// How long a `Retry-After` value asks to wait: delay-seconds or an HTTP date

@@ -26,7 +26,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +37,7 @@ use time::OffsetDateTime;
 use crate::compile::gateway::{OrderSettings, TargetSettings};
 use crate::engine::problem::{Problem, ProblemKind};
 use crate::engine::{CallOutcome, Engine};
+use crate::observe::{FlowSeen, Observer};
 use crate::plan::Plan;
 use crate::store::{NewEvent, Store, StoreError};
 use crate::template::text_of;
@@ -343,19 +343,6 @@ enum Outcome {
     CancelFailed(String),
 }
 
-/// Counters of the saga, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct SagaCounters {
-    /// Orders created on every platform.
-    pub created: AtomicU64,
-    /// Orders compensated (cancelled and reported).
-    pub cancelled: AtomicU64,
-    /// Cancels that failed (each is tried again).
-    pub cancel_failures: AtomicU64,
-    /// Platform calls of the saga that failed and will be tried again.
-    pub retries: AtomicU64,
-}
-
 /// The order saga of one gateway instance: the HTTP handlers use it to check and record
 /// orders, and its worker resumes every saga with work left.
 pub struct Orders {
@@ -367,8 +354,6 @@ pub struct Orders {
     owner: String,
     running: Mutex<HashSet<String>>,
     slots: Arc<tokio::sync::Semaphore>,
-    /// Counters for `/metrics`.
-    pub counters: SagaCounters,
 }
 
 impl std::fmt::Debug for Orders {
@@ -453,8 +438,12 @@ impl Orders {
             owner: format!("saga-{}", uuid::Uuid::new_v4()),
             running: Mutex::new(HashSet::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)),
-            counters: SagaCounters::default(),
         }
+    }
+
+    /// Where the saga reports its ends, retries and failed cancels (the engine's observer).
+    fn observer(&self) -> &Observer {
+        self.engine.observer()
     }
 
     fn store(&self) -> &Store {
@@ -866,7 +855,8 @@ impl Orders {
                 saga.transition(now, self.settings.create_deadline);
             }
             if saga.state == SagaState::Created && before.state != SagaState::Created {
-                self.counters.created.fetch_add(1, Ordering::Relaxed);
+                self.observer()
+                    .flow(&FlowSeen::SagaEnded { outcome: "created" });
             }
             let due = saga.next_due(now);
             if saga != before || due.is_none() {
@@ -1109,7 +1099,7 @@ impl Orders {
                         }
                     }
                     Outcome::Retry(e) => {
-                        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        self.observer().flow(&FlowSeen::SagaStepRetried);
                         part.state = PartState::Creating;
                         part.error = Some(e.clone());
                         part.retry_at_ms = Some(retry_create);
@@ -1137,9 +1127,7 @@ impl Orders {
                         ("order.cancel", "ok", None)
                     }
                     Outcome::CancelFailed(e) => {
-                        self.counters
-                            .cancel_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.observer().flow(&FlowSeen::SagaCancelFailed);
                         part.state = PartState::Cancelling;
                         part.error = Some(e.clone());
                         part.retry_at_ms = Some(retry_cancel);
@@ -1203,35 +1191,12 @@ impl Orders {
                 n.notify_one();
             }
         }
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.observer().flow(&FlowSeen::SagaEnded {
+            outcome: "cancelled",
+        });
         saga.reported = true;
         saga.step(now, None, "order.cancelled sent", "ok", Some(&reason));
         Ok(())
-    }
-
-    /// The saga's lines of `/metrics`.
-    pub async fn metrics_text(&self) -> String {
-        let unfinished = self.store().flows_unfinished(KIND).await.unwrap_or(-1);
-        let c = &self.counters;
-        format!(
-            "# HELP entrepot_order_sagas_total Order sagas finished by this instance, by outcome.\n\
-             # TYPE entrepot_order_sagas_total counter\n\
-             entrepot_order_sagas_total{{outcome=\"created\"}} {}\n\
-             entrepot_order_sagas_total{{outcome=\"cancelled\"}} {}\n\
-             # HELP entrepot_order_cancel_failures_total Cancels of created orders that failed (each is tried again).\n\
-             # TYPE entrepot_order_cancel_failures_total counter\n\
-             entrepot_order_cancel_failures_total {}\n\
-             # HELP entrepot_order_step_retries_total Order creations that failed and were scheduled again.\n\
-             # TYPE entrepot_order_step_retries_total counter\n\
-             entrepot_order_step_retries_total {}\n\
-             # HELP entrepot_order_sagas_unfinished Order sagas with work left, in the store (-1: the store failed).\n\
-             # TYPE entrepot_order_sagas_unfinished gauge\n\
-             entrepot_order_sagas_unfinished {unfinished}\n",
-            c.created.load(Ordering::Relaxed),
-            c.cancelled.load(Ordering::Relaxed),
-            c.cancel_failures.load(Ordering::Relaxed),
-            c.retries.load(Ordering::Relaxed),
-        )
     }
 }
 

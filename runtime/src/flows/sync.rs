@@ -35,6 +35,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::compile::gateway::{SyncSettings, TargetSettings};
 use crate::engine::problem::{Problem, ProblemKind};
 use crate::engine::{CallOutcome, Engine};
+use crate::observe::FlowSeen;
 use crate::plan::{Plan, PlatformPlan};
 use crate::store::{NewEvent, OutboxRow, StoreError};
 
@@ -78,6 +79,28 @@ pub enum Status {
     Failed,
     /// Every page read.
     Done,
+}
+
+impl Mode {
+    /// `full` or `incremental`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+impl Status {
+    /// `running`, `interrupted`, `failed` or `done`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Interrupted => "interrupted",
+            Status::Failed => "failed",
+            Status::Done => "done",
+        }
+    }
 }
 
 /// One sync run and its progress.
@@ -498,6 +521,10 @@ impl Syncer {
             {
                 Ok(version) => {
                     tracing::info!(platform, sync = %run.id, mode = ?run.mode, resumed = run.resumed, "product sync started");
+                    self.engine.observer().flow(&FlowSeen::SyncStarted {
+                        platform,
+                        mode: run.mode.as_str(),
+                    });
                     return Ok(Started {
                         platform: platform.to_string(),
                         run,
@@ -564,7 +591,12 @@ impl Syncer {
             }
             remember(&mut s.state.history, s.run.clone());
         }
-        self.save(s, true).await
+        self.save(s, true).await?;
+        self.engine.observer().flow(&FlowSeen::SyncEnded {
+            platform: &s.platform,
+            status: status.as_str(),
+        });
+        Ok(())
     }
 
     /// Reads pages until the last one, a failure, or [`Syncer::stop`]; calls `progress` after
@@ -616,6 +648,10 @@ impl Syncer {
             s.run.pages += 1;
             s.run.items += u64::try_from(page.items.len()).unwrap_or(u64::MAX);
             s.run.sent += got.sent;
+            self.engine.observer().flow(&FlowSeen::SyncPage {
+                platform: &s.platform,
+                sent: got.sent,
+            });
             s.run.unchanged += got.unchanged;
             s.run.errors += got.skipped;
             if page.total.is_some() {
@@ -1014,16 +1050,7 @@ pub fn progress_line(platform: &str, run: &Run, elapsed: Duration) -> String {
 
 /// The summary printed when a sync ends.
 pub fn summary(platform: &str, run: &Run) -> String {
-    let status = match run.status {
-        Status::Running => "running",
-        Status::Interrupted => "interrupted",
-        Status::Failed => "failed",
-        Status::Done => "done",
-    };
-    let mode = match run.mode {
-        Mode::Full => "full",
-        Mode::Incremental => "incremental",
-    };
+    let (status, mode) = (run.status.as_str(), run.mode.as_str());
     let mut text = format!(
         "sync {} of {platform} ({mode}): {status}; {} pages, {} products read, {} sent to the product center, {} unchanged, {} errors",
         run.id, run.pages, run.items, run.sent, run.unchanged, run.errors

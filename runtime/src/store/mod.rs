@@ -750,6 +750,30 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Per target with undelivered events: how many are pending, how many are dead-lettered,
+    /// and when the oldest pending one was stored — in one grouped query, sorted by target.
+    /// Targets with nothing undelivered are absent.
+    pub async fn outbox_backlog(&self) -> Result<Vec<Backlog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT target, COUNT(CASE WHEN dead = 0 THEN 1 END), COUNT(CASE WHEN dead = 1 THEN 1 END), \
+             MIN(CASE WHEN dead = 0 THEN created_at END) FROM outbox WHERE delivered_at IS NULL \
+             GROUP BY target ORDER BY target",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("counting undelivered events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Backlog {
+                    target: r.try_get(0).map_err(q("reading the outbox backlog"))?,
+                    pending: r.try_get(1).map_err(q("reading the outbox backlog"))?,
+                    dead: r.try_get(2).map_err(q("reading the outbox backlog"))?,
+                    oldest_pending_at: r.try_get(3).map_err(q("reading the outbox backlog"))?,
+                })
+            })
+            .collect()
+    }
+
     /// Dead-lettered events, oldest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let sql =
@@ -1570,6 +1594,20 @@ pub struct OutboxRow {
     pub delivered_at: Option<i64>,
     /// Who holds its lease.
     pub lease_owner: Option<String>,
+}
+
+/// What waits in the outbox for one target ([`Store::outbox_backlog`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The target.
+    pub target: String,
+    /// Events not delivered yet and not dead-lettered (due now, backing off, or being
+    /// delivered).
+    pub pending: i64,
+    /// Dead-lettered events.
+    pub dead: i64,
+    /// When the oldest pending event was stored (Unix ms); `None` when nothing is pending.
+    pub oldest_pending_at: Option<i64>,
 }
 
 /// A flow's stored state.
