@@ -628,9 +628,22 @@ fn serve(
         },
         None => Default::default(),
     };
+    // The platforms: loaded, then kept up to date, by the reloader.
+    let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
+    // Monitoring thresholds: fed by what the engine, the callback routes and the dispatcher
+    // report; evaluated on a schedule below.
+    let monitor = Arc::new(crate::monitor::Monitor::new(
+        store.clone(),
+        plan.clone(),
+        Arc::new(gateway.targets.clone()),
+        gateway.monitoring.clone(),
+    ));
+    let observer = crate::observe::Observer::new(vec![monitor.clone()]);
     let engine = Arc::new(
         crate::engine::Engine::new(store.clone(), credentials.clone(), process_env)
-            .with_id_cache(gateway.id_cache),
+            .with_id_cache(gateway.id_cache)
+            .with_observer(observer.clone())
+            .with_monitoring(gateway.monitoring.defaults.clone()),
     );
     match runtime.block_on(engine.load_pushed()) {
         Ok(n) => tracing::info!(platforms = n, "pushed credentials loaded"),
@@ -645,9 +658,8 @@ fn serve(
         gateway.delivery.clone(),
         credentials.clone(),
         process_env,
-    );
-    // The platforms: loaded, then kept up to date, by the reloader.
-    let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
+    )
+    .with_observer(observer);
     // Product sync: its schedules, the admin routes, and the internal consumer of
     // product.changed / product.offline callbacks (when a target receives the products).
     let syncer = Arc::new(
@@ -743,6 +755,7 @@ fn serve(
         trust_forwarded_headers: gateway.server.trust_forwarded_headers,
         orders: Some(orders),
         sync: Some(syncer.clone()),
+        monitor: Some(monitor.clone()),
     };
     let (stop_schedules, schedules_stopped) = tokio::sync::oneshot::channel::<()>();
     let schedules = runtime.spawn(syncer.clone().run_schedules(async move {
@@ -760,6 +773,17 @@ fn serve(
             },
         ));
     }
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(engine) = &state.engine {
+        let engine = engine.clone();
+        runtime.spawn(monitor.run(
+            move || engine.breakers_open(),
+            Some(dispatcher.notify.clone()),
+            async move {
+                let _ = monitor_stopped.await;
+            },
+        ));
+    }
     let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
     let dispatch_task = runtime.spawn(dispatcher.run(async move {
         let _ = dispatch_stopped.await;
@@ -772,6 +796,7 @@ fn serve(
         shutdown_signal(),
     ));
     let _ = stop_pollers.send(());
+    let _ = stop_monitor.send(());
     let _ = stop_orders.send(());
     // Syncs stop after their current page, saved to resume later.
     syncer.stop();

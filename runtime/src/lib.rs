@@ -16,6 +16,8 @@
 //! - [`callbacks`]: receiving platform callbacks; [`poller`]: fetching messages on a schedule; [`dispatch`]: delivering events to internal
 //!   targets.
 //! - [`reload`]: hot reload of platform files, per platform.
+//! - [`monitor`]: per-platform monitoring thresholds, sending `platform.degraded` and
+//!   `platform.recovered`.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
@@ -36,6 +38,7 @@ pub mod engine;
 pub mod fdlimit;
 pub mod flows;
 pub mod ids;
+pub mod monitor;
 pub mod observe;
 pub mod openapi;
 pub mod plan;
