@@ -150,6 +150,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         trust_forwarded_headers: false,
         orders: None,
         sync: None,
+        monitor: None,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

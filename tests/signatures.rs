@@ -346,6 +346,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         trust_forwarded_headers: false,
         orders: None,
         sync: None,
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = vectors();
@@ -490,6 +491,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
         trust_forwarded_headers: false,
         orders: None,
         sync: None,
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = envelope_vectors();

@@ -356,6 +356,7 @@ async fn body_signatures_through_the_server() {
         trust_forwarded_headers: false,
         orders: None,
         sync: None,
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();

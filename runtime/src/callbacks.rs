@@ -671,7 +671,14 @@ pub async fn ingest(
                 });
             }
             if event_type == INVENTORY_CHANGED {
-                stock = stock_checks(platform, services.monitoring, targets, &data, &delivery, now);
+                stock = stock_checks(
+                    platform,
+                    services.monitoring,
+                    targets,
+                    &data,
+                    &delivery,
+                    now,
+                );
             }
             if events.is_empty() {
                 // Per delivery, so not at INFO: under load it would be most of the log.

@@ -234,7 +234,9 @@ impl Window {
 
     fn slot(&mut self, now: Instant) -> Option<&mut Slot> {
         let index = self.index(now);
-        let slot = self.slots.get_mut(usize::try_from(index % SLOTS as u64).ok()?)?;
+        let slot = self
+            .slots
+            .get_mut(usize::try_from(index % SLOTS as u64).ok()?)?;
         if slot.index != index {
             *slot = Slot::empty(index);
         }
@@ -399,8 +401,7 @@ impl std::fmt::Debug for Monitor {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -612,8 +613,9 @@ impl Monitor {
                             votes.push((name.clone(), threshold, None));
                         }
                         None if c.tripped
-                            && c.voted
-                                .is_none_or(|v| now.saturating_duration_since(v) >= refresh_every) =>
+                            && c.voted.is_none_or(|v| {
+                                now.saturating_duration_since(v) >= refresh_every
+                            }) =>
                         {
                             c.voted = Some(now);
                             votes.push((name.clone(), threshold, Some(vote)));
@@ -692,7 +694,9 @@ impl Monitor {
             let expected = found.as_ref().map(|f| f.version);
             let mut state = match found {
                 Some(f) if f.state.is_object() => f.state,
-                _ => json!({ "platform": platform, "threshold": threshold.as_str(), "open": null, "votes": {} }),
+                _ => {
+                    json!({ "platform": platform, "threshold": threshold.as_str(), "open": null, "votes": {} })
+                }
             };
             if expected.is_none() && vote.is_none() {
                 // Nothing stands and nothing is voted: no row to write.
@@ -730,7 +734,8 @@ impl Monitor {
                 (None, false) => {
                     let v = vote.or_else(|| vote_of(votes.values().next()));
                     if let Some(v) = v {
-                        let o = json!({ "since": v.since, "observed": v.observed, "limit": v.limit });
+                        let o =
+                            json!({ "since": v.since, "observed": v.observed, "limit": v.limit });
                         events = self.events(platform, threshold, DEGRADED, &o, None, now);
                         open = Some(o);
                     }
@@ -997,7 +1002,11 @@ mod tests {
         // 20 slots of 100 ms.
         let mut w = Window::new(Duration::from_secs(2), t0);
         for i in 0..10u32 {
-            w.call(t0 + Duration::from_millis(50), i < 3, Duration::from_millis(10));
+            w.call(
+                t0 + Duration::from_millis(50),
+                i < 3,
+                Duration::from_millis(10),
+            );
         }
         w.delivery(t0 + Duration::from_millis(150), true);
         w.delivery(t0 + Duration::from_millis(150), false);

@@ -29,8 +29,12 @@ pub fn monitoring(
         match super::parse_duration(text) {
             Ok(d) if d.is_zero() && !zero_ok => {
                 problems.push(
-                    doc.at(&at.key(key), Code::Duration, format!("{key} cannot be zero"))
-                        .with_hint("give a time such as 500ms, 30s or 5m"),
+                    doc.at(
+                        &at.key(key),
+                        Code::Duration,
+                        format!("{key} cannot be zero"),
+                    )
+                    .with_hint("give a time such as 500ms, 30s or 5m"),
                 );
                 None
             }
@@ -76,11 +80,7 @@ pub fn monitoring(
         );
         None
     };
-    let recover_at = fraction(
-        spec.recover_at,
-        "recover_at",
-        "a fraction of each limit",
-    );
+    let recover_at = fraction(spec.recover_at, "recover_at", "a fraction of each limit");
     let error_rate = fraction(spec.error_rate, "error_rate", "a share of the calls");
     let callback_refusal_rate = fraction(
         spec.callback_refusal_rate,

@@ -378,13 +378,15 @@ async fn stock_level(
             return Ok(true);
         }
     }
-    sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3")
-        .bind(&state)
-        .bind(now)
-        .bind(&s.flow_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(q("recording a stock level"))?;
+    sqlx::query(
+        "UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3",
+    )
+    .bind(&state)
+    .bind(now)
+    .bind(&s.flow_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("recording a stock level"))?;
     Ok(false)
 }
 

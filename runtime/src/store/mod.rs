@@ -792,7 +792,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok((
-                    r.try_get::<String, _>(0).map_err(q("counting dead letters"))?,
+                    r.try_get::<String, _>(0)
+                        .map_err(q("counting dead letters"))?,
                     r.try_get::<i64, _>(1).map_err(q("counting dead letters"))?,
                 ))
             })
