@@ -86,6 +86,21 @@ struct Gateway {
 }
 
 async fn start() -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    start_on(store, dir).await
+}
+
+/// The PostgreSQL store of `ENTREPOT_TEST_POSTGRES_URL`, in a fresh schema; `None` (said
+/// once on stderr) when it is unset.
+async fn postgres() -> Option<(Store, String, String)> {
+    let url = crate::store::postgres_url(true)?;
+    let schema = crate::store::fresh_schema();
+    let store = crate::store::postgres(&url, &schema).await;
+    Some((store, url, schema))
+}
+
+async fn start_on(store: Store, dir: tempfile::TempDir) -> Gateway {
     let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET))
         .await
         .unwrap();
@@ -117,8 +132,6 @@ async fn start() -> Gateway {
             .replace("OPS_URL", &ops_url)
             .replace("STOCK_URL", &stock_url),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::support::sqlite_store(&dir).await;
     let plan = Arc::new(ArcSwap::from_pointee(compiled.plan));
     let targets = Arc::new(gateway.targets.clone());
     let monitor = Arc::new(Monitor::new(
@@ -369,7 +382,19 @@ fn ms_of(text: &str) -> i128 {
 
 #[tokio::test]
 async fn inventory_low_fires_once_per_crossing() {
-    let mut gw = start().await;
+    inventory_low(start().await).await;
+}
+
+#[tokio::test]
+async fn inventory_low_fires_once_per_crossing_on_postgres() {
+    let Some((store, url, schema)) = postgres().await else {
+        return;
+    };
+    inventory_low(start_on(store, tempfile::tempdir().unwrap()).await).await;
+    crate::store::drop_schema(&url, &schema).await;
+}
+
+async fn inventory_low(mut gw: Gateway) {
     // CUPS-2's threshold is 10 (its own), SHIRT-M's 5 (the gateway's default). Each level is
     // reported by a signed stock.changed webhook.
     let levels = [
@@ -432,7 +457,19 @@ async fn inventory_low_fires_once_per_crossing() {
 #[tokio::test]
 async fn instances_sharing_a_store_send_one_event_per_crossing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::support::sqlite_store(&dir).await;
+    instances_sharing(crate::support::sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn instances_sharing_a_store_send_one_event_per_crossing_on_postgres() {
+    let Some((store, url, schema)) = postgres().await else {
+        return;
+    };
+    instances_sharing(store).await;
+    crate::store::drop_schema(&url, &schema).await;
+}
+
+async fn instances_sharing(store: Store) {
     let (ops_url, _ops) = target().await;
     let gateway = gateway_settings(&format!(
         "targets:\n  ops:\n    url: {ops_url}\n    events: [platform.degraded, platform.recovered]\n\
@@ -518,4 +555,80 @@ fn a_bad_gateway_monitoring_block_is_located() {
             "{what} at line {line} in:\n{text}"
         );
     }
+}
+
+/// Deliveries reporting the same SKU low at once, recorded by the store's concurrent writers
+/// (several on PostgreSQL): one crossing, one `inventory.low`.
+#[tokio::test]
+async fn concurrent_low_levels_of_one_sku_cross_once() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_low_levels(crate::support::sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn concurrent_low_levels_of_one_sku_cross_once_on_postgres() {
+    let Some((store, url, schema)) = postgres().await else {
+        return;
+    };
+    concurrent_low_levels(store).await;
+    crate::store::drop_schema(&url, &schema).await;
+}
+
+async fn concurrent_low_levels(store: Store) {
+    use entrepot::store::{InboxOutcome, NewDelivery, NewEvent, StockCheck};
+    let delivery = |i: usize| NewDelivery {
+        platform: "p".into(),
+        route: "/p/stock".into(),
+        dedupe_key: Some(format!("d{i}")),
+        headers: "{}".into(),
+        body: b"{}".to_vec(),
+        body_bytes: 2,
+        verified: true,
+        rejection: None,
+        event_type: Some("inventory.changed".into()),
+        received_at: 1_000,
+        replay: None,
+    };
+    let check = |i: usize, available: i64| StockCheck {
+        flow_id: "stock/p/SKU-1".into(),
+        available,
+        threshold: 5,
+        events: vec![NewEvent {
+            event_id: format!("low-{i}"),
+            target: "center".into(),
+            event_type: "inventory.low".into(),
+            payload: "{}".into(),
+            idempotency_key: format!("low-{i}"),
+            max_attempts: 3,
+        }],
+    };
+    // Above first, then 40 low levels at once.
+    let first = store
+        .inbox_record_with_stock(&delivery(0), &[], vec![check(0, 9)], 1_000)
+        .await
+        .unwrap();
+    assert!(matches!(first, InboxOutcome::Stored { .. }));
+    let writes = (1..=40).map(|i| {
+        let store = store.clone();
+        let (d, c) = (delivery(i), check(i, i64::try_from(i % 5).unwrap()));
+        tokio::spawn(async move { store.inbox_record_with_stock(&d, &[], vec![c], 1_001).await })
+    });
+    for w in writes.collect::<Vec<_>>() {
+        assert!(matches!(w.await.unwrap(), Ok(InboxOutcome::Stored { .. })));
+    }
+    let rows = outbox(&store).await;
+    assert_eq!(count(&rows, "inventory.low"), 1, "{rows:?}");
+    let state = store.flow_get("stock/p/SKU-1").await.unwrap().unwrap();
+    assert_eq!(state.kind, StockCheck::KIND);
+    assert_eq!(state.state["low"], true);
+    // Back above, then low again: a second crossing.
+    store
+        .inbox_record_with_stock(&delivery(100), &[], vec![check(100, 6)], 1_002)
+        .await
+        .unwrap();
+    store
+        .inbox_record_with_stock(&delivery(101), &[], vec![check(101, 5)], 1_003)
+        .await
+        .unwrap();
+    assert_eq!(count(&outbox(&store).await, "inventory.low"), 2);
 }
