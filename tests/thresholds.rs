@@ -108,8 +108,11 @@ async fn start_on(store: Store, dir: tempfile::TempDir) -> Gateway {
     // The sample file, with its SKU ids the mall's own (so thresholds name them as the
     // simulator does), one attempt per call and no breaker (so every call reaches the
     // simulator), and the thresholds.
-    let text = std::fs::read_to_string(root().join("platforms/acme-rest.yaml"))
-        .unwrap()
+    let file = std::fs::read_to_string(root().join("platforms/acme-rest.yaml")).unwrap();
+    // Its own monitoring block (the last of the file) gives way to this test's.
+    let (file, _) = file.split_once("\nmonitoring:\n").unwrap();
+    let text = file
+        .to_string()
         .replace("  sku: allocate", "  sku: same")
         .replace(
             "  retries: 2\n",
