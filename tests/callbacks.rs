@@ -151,6 +151,7 @@ async fn start(max_attempts: u32, background: bool) -> Harness {
         orders: None,
         sync: None,
         metrics: Default::default(),
+        monitor: None,
     };
     if background {
         tokio::spawn(dispatcher.clone().run(std::future::pending()));

@@ -42,6 +42,7 @@ mod signatures;
 mod slow_clients;
 mod store;
 mod sync;
+mod thresholds;
 mod transport;
 mod vectors;
 mod xml_json_signatures;

@@ -347,6 +347,7 @@ async fn key_id_rejections_reach_the_sender_as_401() {
         orders: None,
         sync: None,
         metrics: Default::default(),
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = vectors();
@@ -492,6 +493,7 @@ async fn signature_envelope_rejections_reach_the_sender_with_reject_status() {
         orders: None,
         sync: None,
         metrics: Default::default(),
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let v = envelope_vectors();

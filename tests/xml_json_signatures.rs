@@ -357,6 +357,7 @@ async fn body_signatures_through_the_server() {
         orders: None,
         sync: None,
         metrics: Default::default(),
+        monitor: None,
     };
     let addr = crate::support::serve_on_loopback(state).await;
     let http = reqwest::Client::new();

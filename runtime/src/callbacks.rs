@@ -16,7 +16,7 @@ use crate::ids::Ids;
 use crate::observe::{CallbackOutcome, CallbackSeen, Observer, Refusal};
 use crate::plan::{AckPlan, CallbackPlan, DiscriminatorPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
-use crate::store::{InboxOutcome, NewDelivery, NewEvent};
+use crate::store::{InboxOutcome, NewDelivery, NewEvent, StockCheck};
 use crate::template::text_of;
 
 /// A delivery as received.
@@ -221,6 +221,8 @@ pub struct Services<'a> {
     pub ids: &'a Ids,
     /// Where the outcome of each delivery is reported.
     pub observer: &'a Observer,
+    /// The gateway-wide monitoring defaults (stock thresholds of `inventory.changed`).
+    pub monitoring: &'a crate::plan::MonitoringPlan,
 }
 
 /// Handles one delivery. `notify` is called when new events were stored.
@@ -578,6 +580,7 @@ pub async fn ingest(
     let raw_type = value_of(spec.event_type, doc, headers).unwrap_or_default();
     let mut events = Vec::new();
     let mut order_data: Option<Value> = None;
+    let mut stock = Vec::new();
     match spec.event_type.map.get(&raw_type) {
         None => {
             // Kept and reported, never dropped: the platform gets its acknowledgement so it
@@ -667,15 +670,29 @@ pub async fn ingest(
                     max_attempts: i64::from(t.max_attempts),
                 });
             }
+            if event_type == INVENTORY_CHANGED {
+                stock = stock_checks(
+                    platform,
+                    services.monitoring,
+                    targets,
+                    &data,
+                    &delivery,
+                    now,
+                );
+            }
             if events.is_empty() {
                 // Per delivery, so not at INFO: under load it would be most of the log.
                 tracing::debug!(platform = %platform.name, "no target subscribes to {event_type}; the delivery is stored without events");
             }
         }
     }
-    match store.inbox_record(&delivery, &events, millis(now)).await {
+    let watched = stock.iter().any(|s: &StockCheck| !s.events.is_empty());
+    match store
+        .inbox_record_with_stock(&delivery, &events, stock, millis(now))
+        .await
+    {
         Ok(InboxOutcome::Stored { .. }) => {
-            if !events.is_empty() {
+            if !events.is_empty() || watched {
                 notify();
             }
             // An order event also moves the order's saga on (the event itself is stored and
@@ -706,4 +723,88 @@ pub async fn ingest(
         }
     }
     Ok(CallbackOutcome::Accepted)
+}
+
+/// The event carrying stock levels.
+const INVENTORY_CHANGED: &str = "inventory.changed";
+/// The event sent when a stock level crosses into low.
+const INVENTORY_LOW: &str = "inventory.low";
+
+/// The stock levels of an `inventory.changed` event (`data.items[]`: `sku_id`, `available`)
+/// that have a threshold (the platform's, over the gateway's defaults), each with the
+/// `inventory.low` events it sends if it crossed into low. Each SKU's level is kept under
+/// `stock/PLATFORM/SKU` (and `/WAREHOUSE` when the item names one); a SKU listed twice in
+/// one delivery counts once, with its last level.
+fn stock_checks(
+    platform: &PlatformPlan,
+    defaults: &crate::plan::MonitoringPlan,
+    targets: &[TargetSettings],
+    data: &Value,
+    delivery: &NewDelivery,
+    now: OffsetDateTime,
+) -> Vec<StockCheck> {
+    if !platform.monitoring.watches_stock(defaults) {
+        return Vec::new();
+    }
+    let Some(items) = data.get("items").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let received = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut checks: Vec<StockCheck> = Vec::new();
+    for item in items {
+        let (Some(sku), Some(available)) = (
+            item.get("sku_id").and_then(Value::as_str),
+            item.get("available").and_then(Value::as_i64),
+        ) else {
+            continue;
+        };
+        let Some(threshold) = platform.monitoring.low_stock_of(sku, defaults) else {
+            continue;
+        };
+        let threshold = i64::try_from(threshold).unwrap_or(i64::MAX);
+        let flow_id = match item.get("warehouse").and_then(Value::as_str) {
+            Some(w) => format!("stock/{}/{sku}/{w}", platform.name),
+            None => format!("stock/{}/{sku}", platform.name),
+        };
+        // The delivery's dedupe key makes the event's key stable across a retried write; a
+        // delivery is stored once, so the crossing it reports is too.
+        let id = uuid::Uuid::new_v4().to_string();
+        let idempotency_key = format!(
+            "{}:{INVENTORY_LOW}:{sku}:{}",
+            platform.name,
+            delivery.dedupe_key.clone().unwrap_or_else(|| id.clone())
+        );
+        let envelope = json!({
+            "id": id,
+            "type": INVENTORY_LOW,
+            "platform": platform.name,
+            "occurred_at": received,
+            "received_at": received,
+            "data": { "sku_id": sku, "available": available.max(0), "threshold": threshold },
+            "idempotency_key": idempotency_key,
+        })
+        .to_string();
+        let events = targets
+            .iter()
+            .filter(|t| t.events.iter().any(|e| e == INVENTORY_LOW))
+            .map(|t| NewEvent {
+                event_id: format!("{id}/{}", t.name),
+                target: t.name.clone(),
+                event_type: INVENTORY_LOW.into(),
+                payload: envelope.clone(),
+                idempotency_key: idempotency_key.clone(),
+                max_attempts: i64::from(t.max_attempts),
+            })
+            .collect();
+        checks.retain(|c| c.flow_id != flow_id);
+        checks.push(StockCheck {
+            flow_id,
+            available,
+            threshold,
+            events,
+        });
+    }
+    checks
 }

@@ -29,7 +29,8 @@ pub fn window_fields(op: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Canonical events, in documentation order. `product.upserted` is the product sync's own
-/// event (see [`crate::flows::sync`]); the others come from platform callbacks.
+/// event (see [`crate::flows::sync`]); `platform.degraded` and `platform.recovered` are the
+/// monitoring thresholds' (see [`crate::monitor`]); the others come from platform callbacks.
 pub const EVENTS: &[&str] = &[
     "product.changed",
     "product.offline",
@@ -39,6 +40,8 @@ pub const EVENTS: &[&str] = &[
     "order.status_changed",
     "order.shipped",
     "order.cancelled",
+    "platform.degraded",
+    "platform.recovered",
 ];
 
 /// The canonical schema files: path under `schemas/canonical/` and content.
@@ -118,6 +121,14 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (
         "events/order.cancelled.json",
         include_str!("../../schemas/canonical/events/order.cancelled.json"),
+    ),
+    (
+        "events/platform.degraded.json",
+        include_str!("../../schemas/canonical/events/platform.degraded.json"),
+    ),
+    (
+        "events/platform.recovered.json",
+        include_str!("../../schemas/canonical/events/platform.recovered.json"),
     ),
 ];
 

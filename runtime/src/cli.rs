@@ -628,14 +628,24 @@ fn serve(
         },
         None => Default::default(),
     };
-    // What the gateway observes of its own work goes to these sinks, in this order.
+    // The platforms: loaded, then kept up to date, by the reloader.
+    let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
+    // What the gateway observes of its own work goes to these sinks, in this order: the
+    // metrics, and the monitoring thresholds (evaluated on a schedule below).
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let sinks: Vec<Arc<dyn crate::observe::Sink>> = vec![metrics.clone()];
+    let monitor = Arc::new(crate::monitor::Monitor::new(
+        store.clone(),
+        plan.clone(),
+        Arc::new(gateway.targets.clone()),
+        gateway.monitoring.clone(),
+    ));
+    let sinks: Vec<Arc<dyn crate::observe::Sink>> = vec![metrics.clone(), monitor.clone()];
     let observer = crate::observe::Observer::new(sinks);
     let engine = Arc::new(
         crate::engine::Engine::new(store.clone(), credentials.clone(), process_env)
             .with_id_cache(gateway.id_cache)
-            .with_observer(observer.clone()),
+            .with_observer(observer.clone())
+            .with_monitoring(gateway.monitoring.defaults.clone()),
     );
     match runtime.block_on(engine.load_pushed()) {
         Ok(n) => tracing::info!(platforms = n, "pushed credentials loaded"),
@@ -652,8 +662,6 @@ fn serve(
         process_env,
     )
     .with_observer(observer);
-    // The platforms: loaded, then kept up to date, by the reloader.
-    let plan: Arc<ArcSwap<crate::plan::Plan>> = Arc::default();
     // Product sync: its schedules, the admin routes, and the internal consumer of
     // product.changed / product.offline callbacks (when a target receives the products).
     let syncer = Arc::new(
@@ -750,6 +758,7 @@ fn serve(
         orders: Some(orders),
         sync: Some(syncer.clone()),
         metrics,
+        monitor: Some(monitor.clone()),
     };
     let (stop_schedules, schedules_stopped) = tokio::sync::oneshot::channel::<()>();
     let schedules = runtime.spawn(syncer.clone().run_schedules(async move {
@@ -767,6 +776,17 @@ fn serve(
             },
         ));
     }
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(engine) = &state.engine {
+        let engine = engine.clone();
+        runtime.spawn(monitor.run(
+            move || engine.breakers_open_since(),
+            Some(dispatcher.notify.clone()),
+            async move {
+                let _ = monitor_stopped.await;
+            },
+        ));
+    }
     let (stop_dispatch, dispatch_stopped) = tokio::sync::oneshot::channel::<()>();
     let dispatch_task = runtime.spawn(dispatcher.run(async move {
         let _ = dispatch_stopped.await;
@@ -779,6 +799,7 @@ fn serve(
         shutdown_signal(),
     ));
     let _ = stop_pollers.send(());
+    let _ = stop_monitor.send(());
     let _ = stop_orders.send(());
     // Syncs stop after their current page, saved to resume later.
     syncer.stop();

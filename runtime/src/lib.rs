@@ -18,6 +18,8 @@
 //! - [`reload`]: hot reload of platform files, per platform.
 //! - [`observe`]: where calls, callbacks, deliveries and flow steps are reported;
 //!   [`metrics`]: the Prometheus metrics fed by it and served on `/metrics`.
+//! - [`monitor`]: per-platform monitoring thresholds, sending `platform.degraded` and
+//!   `platform.recovered`.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
@@ -39,6 +41,7 @@ pub mod fdlimit;
 pub mod flows;
 pub mod ids;
 pub mod metrics;
+pub mod monitor;
 pub mod observe;
 pub mod openapi;
 pub mod plan;

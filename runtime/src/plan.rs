@@ -46,6 +46,116 @@ pub struct PlatformPlan {
     pub pollers: Vec<PollerPlan>,
     /// How long the previous credentials still verify inbound deliveries after a push.
     pub rotation_window: Option<std::time::Duration>,
+    /// The monitoring thresholds the file declares (the gateway's defaults fill the rest).
+    pub monitoring: MonitoringPlan,
+}
+
+/// Monitoring thresholds as declared in one place (a platform file, or the gateway's
+/// defaults), checked; `None` where that place says nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MonitoringPlan {
+    /// Window of the rates and the p95 latency.
+    pub window: Option<std::time::Duration>,
+    /// How long a crossing (either way) must last before it is reported.
+    pub hold: Option<std::time::Duration>,
+    /// Fraction of a limit at or below which a tripped threshold is back.
+    pub recover_at: Option<f64>,
+    /// Fewest calls or deliveries in the window for a rate or percentile to count.
+    pub min_calls: Option<u32>,
+    /// Error rate limit.
+    pub error_rate: Option<f64>,
+    /// p95 latency limit.
+    pub latency_p95: Option<std::time::Duration>,
+    /// Longest time the breaker may stay open.
+    pub breaker_open: Option<std::time::Duration>,
+    /// Callback refusal rate limit.
+    pub callback_refusal_rate: Option<f64>,
+    /// Most dead letters of the platform's events.
+    pub dead_letters: Option<u64>,
+    /// Stock at or below which `inventory.low` is sent.
+    pub low_stock: Option<u64>,
+    /// Stock thresholds by internal SKU id.
+    pub low_stock_skus: std::collections::HashMap<String, u64>,
+}
+
+/// The thresholds watched for one platform: its own over the gateway's defaults, over the
+/// built-in defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Window of the rates and the p95 latency.
+    pub window: std::time::Duration,
+    /// How long a crossing (either way) must last before it is reported.
+    pub hold: std::time::Duration,
+    /// Fraction of a limit at or below which a tripped threshold is back.
+    pub recover_at: f64,
+    /// Fewest calls or deliveries in the window for a rate or percentile to count.
+    pub min_calls: u32,
+    /// Error rate limit.
+    pub error_rate: Option<f64>,
+    /// p95 latency limit.
+    pub latency_p95: Option<std::time::Duration>,
+    /// Longest time the breaker may stay open.
+    pub breaker_open: Option<std::time::Duration>,
+    /// Callback refusal rate limit.
+    pub callback_refusal_rate: Option<f64>,
+    /// Most dead letters of the platform's events.
+    pub dead_letters: Option<u64>,
+}
+
+impl MonitoringPlan {
+    /// Default window: 5 minutes.
+    pub const DEFAULT_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+    /// Default hold: 1 minute.
+    pub const DEFAULT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Default hysteresis fraction: 0.8.
+    pub const DEFAULT_RECOVER_AT: f64 = 0.8;
+    /// Default fewest calls: 20.
+    pub const DEFAULT_MIN_CALLS: u32 = 20;
+
+    /// The thresholds watched: these, over `defaults`, over the built-in defaults.
+    pub fn over(&self, defaults: &MonitoringPlan) -> Thresholds {
+        Thresholds {
+            window: self
+                .window
+                .or(defaults.window)
+                .unwrap_or(Self::DEFAULT_WINDOW),
+            hold: self.hold.or(defaults.hold).unwrap_or(Self::DEFAULT_HOLD),
+            recover_at: self
+                .recover_at
+                .or(defaults.recover_at)
+                .unwrap_or(Self::DEFAULT_RECOVER_AT),
+            min_calls: self
+                .min_calls
+                .or(defaults.min_calls)
+                .unwrap_or(Self::DEFAULT_MIN_CALLS),
+            error_rate: self.error_rate.or(defaults.error_rate),
+            latency_p95: self.latency_p95.or(defaults.latency_p95),
+            breaker_open: self.breaker_open.or(defaults.breaker_open),
+            callback_refusal_rate: self
+                .callback_refusal_rate
+                .or(defaults.callback_refusal_rate),
+            dead_letters: self.dead_letters.or(defaults.dead_letters),
+        }
+    }
+
+    /// The stock threshold of internal SKU `sku`: its own (here, then in `defaults`), else
+    /// the platform-wide one (here, then in `defaults`).
+    pub fn low_stock_of(&self, sku: &str, defaults: &MonitoringPlan) -> Option<u64> {
+        self.low_stock_skus
+            .get(sku)
+            .or_else(|| defaults.low_stock_skus.get(sku))
+            .copied()
+            .or(self.low_stock)
+            .or(defaults.low_stock)
+    }
+
+    /// Whether any stock threshold is set here or in `defaults`.
+    pub fn watches_stock(&self, defaults: &MonitoringPlan) -> bool {
+        self.low_stock.is_some()
+            || defaults.low_stock.is_some()
+            || !self.low_stock_skus.is_empty()
+            || !defaults.low_stock_skus.is_empty()
+    }
 }
 
 /// A compiled poller.

@@ -45,6 +45,8 @@ pub struct AppState {
     /// The metrics `/metrics` serves; the engine and dispatcher report to it through their
     /// observer (see `cli::serve`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Monitoring thresholds (absent: the status lists no tripped threshold).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
 }
 
 /// Largest body accepted (callbacks and canonical calls alike): 2 MiB.
@@ -1128,12 +1130,26 @@ async fn admin_status(State(state): State<AppState>, headers: axum::http::Header
         .as_ref()
         .map(|r| r.files())
         .unwrap_or_default();
+    // The crossings as the store holds them: the same on every instance.
+    let tripped = match &state.monitor {
+        Some(m) => match m.tripped().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("the tripped thresholds cannot be read: {e}");
+                None
+            }
+        },
+        None => Some(Default::default()),
+    };
     let platforms: Vec<Value> = plan
         .platforms
         .values()
         .map(|p| {
             let file = files.iter().find(|f| f.platform.as_deref() == Some(p.name.as_str()));
             json!({
+                // Each with its observed value, limit and since when; null when the store
+                // cannot say.
+                "tripped": tripped.as_ref().map(|t| t.get(&p.name).cloned().unwrap_or_default()),
                 "platform": p.name,
                 "version": file.and_then(|f| f.version.clone()).unwrap_or_else(|| p.version.clone()),
                 "file": p.file,

@@ -1003,6 +1003,12 @@ async fn control_api(shared: &Shared, method: &Method, path: &str, body: &[u8]) 
             }
             Err(e) => sim_error(StatusCode::BAD_REQUEST, e.to_string()),
         },
+        ("DELETE", "faults") => {
+            let mut state = shared.lock();
+            let dropped = state.faults.len();
+            state.faults.clear();
+            ok(json!({"dropped": dropped}))
+        }
         ("GET", "requests") => {
             ok(serde_json::to_value(&shared.lock().requests).unwrap_or_default())
         }

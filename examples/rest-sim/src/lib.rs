@@ -58,6 +58,7 @@
 //!   (after the token check) answer 429 with `Retry-After` or 503, or (`slow`) are processed
 //!   and answered only after `delay_ms`. `route` is `"METHOD /path"` without the query; absent
 //!   matches every call.
+//! * `DELETE /__sim/faults` — drops every queued fault: the API answers normally again.
 //! * `GET /__sim/requests` — every API call, in arrival order.
 //! * `POST /__sim/expire-tokens` — every token issued so far expires now.
 //! * `POST /__sim/webhook-url` `{"url"}` — where webhooks go.
@@ -417,6 +418,11 @@ impl Simulator {
     /// Queues a fault.
     pub fn push_fault(&self, fault: Fault) {
         self.shared.lock().faults.push(fault);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
     }
 
     /// Every API call so far.

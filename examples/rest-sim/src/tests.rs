@@ -193,6 +193,40 @@ async fn orders_are_idempotent_per_key_and_validated() {
 }
 
 #[tokio::test]
+async fn cleared_faults_answer_no_more() {
+    let sim = start().await;
+    let auth = token(&sim).await;
+    let h = [("Authorization", auth.as_str())];
+    let (status, _, _) = http(
+        &sim,
+        "POST",
+        "/__sim/faults",
+        &[],
+        r#"{"kind": "server_error", "route": "GET /v2/inventory", "times": 1000}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let (status, _, _) = http(&sim, "GET", "/v2/inventory?sku=CUPS-2", &h, "").await;
+        assert_eq!(status, 503);
+    }
+    let (status, _, body) = http(&sim, "DELETE", "/__sim/faults", &[], "").await;
+    assert_eq!((status, body), (200, json!({"dropped": 1})));
+    let (status, _, _) = http(&sim, "GET", "/v2/inventory?sku=CUPS-2", &h, "").await;
+    assert_eq!(status, 200);
+    sim.push_fault(Fault {
+        kind: FaultKind::ServerError,
+        route: None,
+        retry_after: 1,
+        times: 5,
+        delay_ms: 0,
+    });
+    sim.clear_faults();
+    let (status, _, _) = http(&sim, "GET", "/v2/inventory?sku=CUPS-2", &h, "").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn faults_answer_429_with_retry_after_once() {
     let sim = start().await;
     let auth = token(&sim).await;

@@ -58,6 +58,26 @@ pub struct GatewaySettings {
     pub orders: OrderSettings,
     /// Product sync settings.
     pub sync: SyncSettings,
+    /// Monitoring: how often thresholds are evaluated, and their defaults.
+    pub monitoring: MonitoringSettings,
+}
+
+/// The `monitoring` block of the gateway file, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitoringSettings {
+    /// How often each instance evaluates the thresholds.
+    pub every: Duration,
+    /// Every platform's thresholds, unless its file says otherwise.
+    pub defaults: crate::plan::MonitoringPlan,
+}
+
+impl Default for MonitoringSettings {
+    fn default() -> Self {
+        MonitoringSettings {
+            every: Duration::from_secs(10),
+            defaults: Default::default(),
+        }
+    }
 }
 
 /// The order saga's settings, resolved (the `orders` block of the gateway file).
@@ -416,6 +436,7 @@ pub fn compile_gateway(
         }
     }
     let sync = sync_settings(&doc, file.sync.as_ref(), &mut problems);
+    let monitoring = monitoring_settings(&doc, file.monitoring.as_ref(), &mut problems);
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -448,7 +469,42 @@ pub fn compile_gateway(
         server,
         orders,
         sync,
+        monitoring,
     })
+}
+
+/// Resolves the `monitoring` section: the evaluation interval and the defaults, checked.
+fn monitoring_settings(
+    doc: &SourceDoc,
+    file: Option<&crate::config::gateway::MonitoringConfig>,
+    problems: &mut Vec<Diagnostic>,
+) -> MonitoringSettings {
+    let mut out = MonitoringSettings::default();
+    let Some(file) = file else { return out };
+    let mp = DocPath::root().key("monitoring");
+    if let Some(text) = &file.every {
+        match super::parse_duration(text) {
+            Ok(d) if (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&d) => {
+                out.every = d;
+            }
+            Ok(d) => problems.push(
+                doc.at(
+                    &mp.key("every"),
+                    Code::Duration,
+                    format!("the evaluation interval must be from 10ms to 1h, not {d:?}"),
+                )
+                .with_hint("leave it out for the default of 10s"),
+            ),
+            Err(e) => problems.push(
+                doc.at(&mp.key("every"), Code::Duration, e)
+                    .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+            ),
+        }
+    }
+    if let Some(defaults) = &file.defaults {
+        out.defaults = super::monitoring::monitoring(doc, defaults, &mp.key("defaults"), problems);
+    }
+    out
 }
 
 /// Resolves the `sync` section: page size, lease and schedules, each checked.

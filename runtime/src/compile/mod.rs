@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod input_shape;
 mod model;
+pub mod monitoring;
 mod request_map;
 pub mod structure;
 
@@ -392,6 +393,12 @@ impl Cx<'_> {
                 .rotation_window
                 .as_ref()
                 .and_then(|w| self.duration(w, &DocPath::root().key("rotation_window"))),
+            monitoring: monitoring::monitoring(
+                self.doc,
+                &f.monitoring,
+                &DocPath::root().key("monitoring"),
+                &mut self.problems,
+            ),
         }
     }
 

@@ -49,6 +49,23 @@ pub struct GatewayFile {
     /// docs/flows.md). Products go to the targets subscribed to `product.upserted`.
     #[serde(default)]
     pub sync: Option<SyncConfig>,
+    /// Monitoring thresholds: how often they are evaluated and the defaults of every
+    /// platform (see docs/operations.md).
+    #[serde(default)]
+    pub monitoring: Option<MonitoringConfig>,
+}
+
+/// How monitoring thresholds are evaluated, and their gateway-wide defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// How often each instance evaluates the thresholds, from `10ms` to `1h`. Default: `10s`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Thresholds of every platform, each overridable in a platform file's `monitoring`.
+    /// Default: none.
+    #[serde(default)]
+    pub defaults: Option<crate::config::platform::MonitoringSpec>,
 }
 
 /// Product sync settings.

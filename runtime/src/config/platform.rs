@@ -70,6 +70,74 @@ pub struct PlatformFile {
     /// namespace of its own. Default: none.
     #[serde(default)]
     pub ids: IndexMap<String, IdPolicy>,
+    /// Monitoring thresholds of this platform: when one is crossed the gateway sends
+    /// `platform.degraded` (or `inventory.low` for stock) to the targets subscribed to it, and
+    /// `platform.recovered` once it is back (see docs/operations.md). Each field left out takes
+    /// the gateway-wide default of `monitoring.defaults` in `entrepot.yaml`; a threshold set in
+    /// neither is not watched. Default: none.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// Monitoring thresholds, in a platform file (`monitoring`) or as gateway-wide defaults
+/// (`monitoring.defaults` in `entrepot.yaml`). Every field is optional: a platform's own value
+/// wins over the default, field by field; a threshold set in neither is not watched.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSpec {
+    /// The sliding window over which the error rate, the p95 latency and the callback refusal
+    /// rate are computed, from `1s` to `1d`, such as `5m`. Default: `5m`.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// How long a threshold must stay crossed before `platform.degraded` is sent, and stay
+    /// back before `platform.recovered` is sent, so a value flapping around its limit sends
+    /// nothing, such as `1m`; `0s` reports at the first evaluation. Default: `1m`.
+    #[serde(default)]
+    pub hold: Option<String>,
+    /// Hysteresis: a tripped rate, latency or dead-letter threshold counts as back only once
+    /// its value is at or below this fraction of its limit (above 0, at most 1), such as
+    /// `0.8`. Default: `0.8`.
+    #[serde(default)]
+    pub recover_at: Option<f64>,
+    /// Fewest calls (for `error_rate` and `latency_p95`) or callback deliveries (for
+    /// `callback_refusal_rate`) in the window for the rate or percentile to count; with fewer,
+    /// the threshold is not crossed (and a tripped one recovers). At least 1. Default: `20`.
+    #[serde(default)]
+    pub min_calls: Option<u32>,
+    /// Trips when the share of canonical calls failing because of the platform (refused,
+    /// transport error, timeout, breaker or rate-limit refusal, unmappable answer) over the
+    /// window is above this fraction (above 0, at most 1), such as `0.2`. Calls refused for
+    /// the caller's own input and the gateway's own failures do not count. Default: none.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Trips when the 95th percentile of the duration of canonical calls over the window
+    /// (slot waits, attempts and backoffs included; measured to within about 20%) is above
+    /// this, such as `2s`. Default: none.
+    #[serde(default)]
+    pub latency_p95: Option<String>,
+    /// Trips when the platform's circuit breaker has stayed open (or half-open) for longer
+    /// than this, such as `1m`, as seen by this gateway instance. Default: none.
+    #[serde(default)]
+    pub breaker_open: Option<String>,
+    /// Trips when the share of this platform's callback deliveries refused (bad signature,
+    /// timestamp or replay, over a limit, malformed) over the window is above this fraction
+    /// (above 0, at most 1), such as `0.1`. Default: none.
+    #[serde(default)]
+    pub callback_refusal_rate: Option<f64>,
+    /// Trips when more than this many events produced by this platform's callbacks and pollers
+    /// are dead-lettered (for any target), such as `10`; `0` trips at the first one. Replaying
+    /// or removing them brings it back. Default: none.
+    #[serde(default)]
+    pub dead_letters: Option<u64>,
+    /// `inventory.low` is sent when a SKU's stock reported by an `inventory.changed` callback
+    /// falls to or below this many units, such as `5`: once per crossing (staying low sends
+    /// nothing more; going back above re-arms it). Default: none.
+    #[serde(default)]
+    pub low_stock: Option<u64>,
+    /// Stock thresholds of single SKUs, by the mall's internal SKU id (the `sku_id` of the
+    /// events), overriding `low_stock` for them, such as `{ SKU-1: 20 }`. Default: none.
+    #[serde(default)]
+    pub low_stock_skus: IndexMap<String, u64>,
 }
 
 /// An authentication scheme. Values are templates over `credentials` and `settings`.

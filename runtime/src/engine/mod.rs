@@ -50,6 +50,7 @@ pub struct Engine {
     credentials: Arc<Credentials>,
     ids: Arc<Ids>,
     observer: Observer,
+    monitoring: Arc<crate::plan::MonitoringPlan>,
 }
 
 impl<'a> From<&'a Engine> for crate::callbacks::Services<'a> {
@@ -58,6 +59,7 @@ impl<'a> From<&'a Engine> for crate::callbacks::Services<'a> {
             credentials: &e.credentials,
             ids: &e.ids,
             observer: &e.observer,
+            monitoring: &e.monitoring,
         }
     }
 }
@@ -92,8 +94,22 @@ impl Engine {
             ids: Arc::new(Ids::new(store.clone(), crate::ids::DEFAULT_CACHE)),
             transport: Transport::default(),
             observer: Observer::default(),
+            monitoring: Arc::default(),
             store,
         }
+    }
+
+    /// Since when each platform's circuit breaker has not been closed (open or half-open
+    /// breakers only), as this instance sees it.
+    pub fn breakers_open_since(&self) -> HashMap<String, Instant> {
+        self.transport.breakers_open_since()
+    }
+
+    /// The same engine with the gateway-wide monitoring defaults (`monitoring.defaults` in
+    /// `entrepot.yaml`), which callbacks read for stock thresholds.
+    pub fn with_monitoring(mut self, defaults: crate::plan::MonitoringPlan) -> Self {
+        self.monitoring = Arc::new(defaults);
+        self
     }
 
     /// The same engine reporting its calls to `observer`.

@@ -108,6 +108,8 @@ pub struct Breaker {
 #[derive(Debug)]
 struct BreakerInner {
     state: BreakerState,
+    /// When it last opened from closed; kept while it is open or half-open.
+    opened_at: Option<Instant>,
     window_start: Instant,
     calls: u32,
     failures: u32,
@@ -120,6 +122,7 @@ impl Breaker {
             plan,
             inner: Mutex::new(BreakerInner {
                 state: BreakerState::Closed,
+                opened_at: None,
                 window_start: now,
                 calls: 0,
                 failures: 0,
@@ -161,6 +164,7 @@ impl Breaker {
         match b.state {
             BreakerState::HalfOpen => {
                 b.state = if ok {
+                    b.opened_at = None;
                     BreakerState::Closed
                 } else {
                     BreakerState::Open(later(now, self.plan.cool_down))
@@ -183,9 +187,19 @@ impl Breaker {
                 let rate = f64::from(b.failures) / f64::from(b.calls.max(1));
                 if b.calls >= self.plan.min_calls && rate >= self.plan.failure_rate {
                     b.state = BreakerState::Open(later(now, self.plan.cool_down));
+                    b.opened_at = Some(now);
                 }
             }
         }
+    }
+
+    /// Since when it has not been closed (open, or half-open between two open spells);
+    /// `None` while it is closed.
+    pub fn open_since(&self) -> Option<Instant> {
+        self.inner.lock().ok().and_then(|b| match b.state {
+            BreakerState::Closed => None,
+            _ => b.opened_at,
+        })
     }
 
     /// The current state.
@@ -304,6 +318,21 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Since when each platform's circuit breaker has not been closed, for the platforms
+    /// whose breaker is open or half-open.
+    pub fn breakers_open_since(&self) -> HashMap<String, Instant> {
+        self.breakers
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(name, b)| b.open_since().map(|t| (name.clone(), t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// How long a `Retry-After` value asks to wait: delay-seconds or an HTTP date
 /// (RFC 9110 section 10.2.3), from `now`. `None` when it is neither.
 pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
@@ -367,6 +396,24 @@ mod tests {
         b.allow(t2).unwrap().record(true, t2);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow(t2).is_ok());
+    }
+
+    #[test]
+    fn open_since_spans_half_open_trials_until_closed() {
+        let t0 = Instant::now();
+        let b = Breaker::new(plan(), t0);
+        assert_eq!(b.open_since(), None);
+        for _ in 0..4 {
+            b.allow(t0).unwrap().record(false, t0);
+        }
+        assert_eq!(b.open_since(), Some(t0));
+        // A failed trial reopens it: still open since the first opening.
+        let t1 = t0 + Duration::from_secs(10);
+        b.allow(t1).unwrap().record(false, t1);
+        assert_eq!(b.open_since(), Some(t0));
+        let t2 = t1 + Duration::from_secs(10);
+        b.allow(t2).unwrap().record(true, t2);
+        assert_eq!(b.open_since(), None);
     }
 
     #[test]

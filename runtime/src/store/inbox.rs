@@ -18,7 +18,8 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    Backend, InboxOutcome, KEPT_BODY_BYTES, NewDelivery, NewEvent, StoreError, insert_event, q,
+    Backend, InboxOutcome, KEPT_BODY_BYTES, NewDelivery, NewEvent, StockCheck, StoreError,
+    insert_event, q,
 };
 use super::{describe, kept_headers};
 
@@ -35,6 +36,7 @@ pub const QUEUE_MAX: usize = 1024;
 struct Pending {
     delivery: NewDelivery,
     events: Vec<NewEvent>,
+    stock: Vec<StockCheck>,
     now: i64,
     reply: oneshot::Sender<Result<InboxOutcome, StoreError>>,
 }
@@ -77,12 +79,14 @@ impl InboxWriter {
         &self,
         delivery: &NewDelivery,
         events: &[NewEvent],
+        stock: Vec<StockCheck>,
         now: i64,
     ) -> Result<InboxOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             delivery: delivery.clone(),
             events: events.to_vec(),
+            stock,
             now,
             reply,
         };
@@ -123,7 +127,7 @@ async fn write(pool: &AnyPool, batch: &[Pending]) -> Vec<Result<InboxOutcome, St
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for p in batch {
-        match record(&mut tx, &p.delivery, &p.events, p.now).await {
+        match record(&mut tx, &p.delivery, &p.events, &p.stock, p.now).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 // Which delivery failed and why is known only by recording each alone.
@@ -191,7 +195,7 @@ async fn write_in(
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     p: &Pending,
 ) -> Result<InboxOutcome, StoreError> {
-    match record(&mut tx, &p.delivery, &p.events, p.now).await {
+    match record(&mut tx, &p.delivery, &p.events, &p.stock, p.now).await {
         Ok(outcome) => {
             tx.commit().await.map_err(q("committing a delivery"))?;
             Ok(outcome)
@@ -229,6 +233,7 @@ async fn record(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     d: &NewDelivery,
     events: &[NewEvent],
+    stock: &[StockCheck],
     now: i64,
 ) -> Result<InboxOutcome, StoreError> {
     let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
@@ -311,7 +316,78 @@ async fn record(
     for e in events {
         insert_event(tx, e, Some(id), now).await?;
     }
+    for s in stock {
+        if stock_level(tx, s, now).await? {
+            for e in &s.events {
+                insert_event(tx, e, Some(id), now).await?;
+            }
+        }
+    }
     Ok(InboxOutcome::Stored { id })
+}
+
+/// Records the stock level of `s` in its flow row and tells whether it crossed into low:
+/// it is at or below its threshold now, and was not at the last level recorded (or none was).
+///
+/// The decision is one conditional write, so two transactions recording the same SKU at once
+/// (PostgreSQL writers, other instances) cannot both see the crossing: the second waits for
+/// the first's row and then finds it low already. The state is written by this function only,
+/// compactly, so `"low":true` appears in it exactly when the level is low.
+async fn stock_level(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    s: &StockCheck,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let low = s.available <= s.threshold;
+    let state = serde_json::json!({
+        "available": s.available,
+        "threshold": s.threshold,
+        "low": low,
+        "at": now,
+    })
+    .to_string();
+    let inserted = sqlx::query(
+        "INSERT INTO flows (id, kind, state, version, updated_at, created_at) VALUES ($1, $2, $3, 1, $4, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&s.flow_id)
+    .bind(StockCheck::KIND)
+    .bind(&state)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("recording a stock level"))?
+    .rows_affected();
+    if inserted == 1 {
+        // The first level seen of this SKU: low is a crossing (nothing said it was above).
+        return Ok(low);
+    }
+    if low {
+        let crossed = sqlx::query(
+            "UPDATE flows SET state = $1, version = version + 1, updated_at = $2 \
+             WHERE id = $3 AND state NOT LIKE '%\"low\":true%'",
+        )
+        .bind(&state)
+        .bind(now)
+        .bind(&s.flow_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("recording a stock level"))?
+        .rows_affected();
+        if crossed == 1 {
+            return Ok(true);
+        }
+    }
+    sqlx::query(
+        "UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3",
+    )
+    .bind(&state)
+    .bind(now)
+    .bind(&s.flow_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("recording a stock level"))?;
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -342,6 +418,7 @@ mod tests {
                 idempotency_key: format!("idem-{key}"),
                 max_attempts: 3,
             }],
+            stock: Vec::new(),
             now: 10,
             reply: oneshot::channel().0,
         }

@@ -623,7 +623,22 @@ impl Store {
         events: &[NewEvent],
         now: i64,
     ) -> Result<InboxOutcome, StoreError> {
-        self.inbox.record(d, events, now).await
+        self.inbox.record(d, events, Vec::new(), now).await
+    }
+
+    /// Records a delivery like [`Store::inbox_record`], and in the same transaction (only
+    /// when it is stored: not for a duplicate or a replay) the stock levels it reports: each
+    /// [`StockCheck`] whose level crossed into low adds its events. So the low-stock state and
+    /// the `inventory.low` events it causes are stored with the delivery or not at all, and a
+    /// resent delivery changes nothing.
+    pub async fn inbox_record_with_stock(
+        &self,
+        d: &NewDelivery,
+        events: &[NewEvent],
+        stock: Vec<StockCheck>,
+        now: i64,
+    ) -> Result<InboxOutcome, StoreError> {
+        self.inbox.record(d, events, stock, now).await
     }
 
     /// The latest deliveries, newest first, optionally of one platform.
@@ -786,6 +801,29 @@ impl Store {
         rows.iter().map(outbox_row).collect()
     }
 
+    /// How many dead-lettered events each platform's deliveries (callbacks and pollers)
+    /// produced, by platform; platforms without any are absent.
+    pub async fn dead_letters_by_platform(
+        &self,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.platform, COUNT(*) FROM outbox o JOIN inbox i ON i.id = o.inbox_id \
+             WHERE o.dead = 1 GROUP BY i.platform",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("counting dead letters"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)
+                        .map_err(q("counting dead letters"))?,
+                    r.try_get::<i64, _>(1).map_err(q("counting dead letters"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Puts dead-lettered events (one, or all) back in the queue, due at `now`, with their
     /// attempts reset. Returns how many.
     pub async fn replay_dead(&self, id: Option<i64>, now: i64) -> Result<u64, StoreError> {
@@ -861,6 +899,52 @@ impl Store {
             .await
     }
 
+    /// Saves a flow's state like [`Store::flow_save_due`] and, only when that succeeds, adds
+    /// `events` to the outbox in the same transaction: a state change and the events it
+    /// announces are stored together or not at all.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn flow_save_with_events(
+        &self,
+        id: &str,
+        kind: &str,
+        state: &Value,
+        expected: Option<i64>,
+        now: i64,
+        due_at: Option<i64>,
+        events: &[NewEvent],
+    ) -> Result<i64, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("starting to save a flow"))?;
+        let n = flow_write_in(
+            &mut *tx,
+            id,
+            kind,
+            &state.to_string(),
+            expected,
+            now,
+            Some(due_at),
+        )
+        .await
+        .map_err(q("saving a flow"))?;
+        if n == 1 {
+            for e in events {
+                insert_event(&mut tx, e, None, now).await?;
+            }
+            tx.commit().await.map_err(q("committing a flow"))?;
+            return Ok(expected.unwrap_or(0) + 1);
+        }
+        let _ = tx.rollback().await;
+        let found = self.flow_get(id).await?.map(|f| f.version);
+        Err(StoreError::Conflict {
+            id: id.into(),
+            expected,
+            found,
+        })
+    }
+
     /// The compare-and-set write of a flow; `due`: `None` leaves the due time as it is (a new
     /// flow has none), `Some(d)` sets it to `d`.
     async fn flow_write(
@@ -873,33 +957,9 @@ impl Store {
         due: Option<Option<i64>>,
     ) -> Result<i64, StoreError> {
         let text = state.to_string();
-        let n = match (expected, due) {
-            (None, due) => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at, created_at) VALUES ($1, $2, $3, 1, $4, $5, $4) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .bind(kind)
-                .bind(&text)
-                .bind(now)
-                .bind(due.flatten())
-                .execute(&self.pool)
-                .await,
-            (Some(v), None) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4")
-                .bind(&text)
-                .bind(now)
-                .bind(id)
-                .bind(v)
-                .execute(&self.pool)
-                .await,
-            (Some(v), Some(due_at)) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2, due_at = $3 WHERE id = $4 AND version = $5")
-                .bind(&text)
-                .bind(now)
-                .bind(due_at)
-                .bind(id)
-                .bind(v)
-                .execute(&self.pool)
-                .await,
-        }
-        .map_err(q("saving a flow"))?
-        .rows_affected();
+        let n = flow_write_in(&self.pool, id, kind, &text, expected, now, due)
+            .await
+            .map_err(q("saving a flow"))?;
         if n == 1 {
             return Ok(expected.unwrap_or(0) + 1);
         }
@@ -1299,6 +1359,48 @@ impl Store {
     }
 }
 
+/// The compare-and-set statement of [`Store::flow_write`], on a pool or in a transaction;
+/// returns the rows written (1, or 0 on a version conflict).
+async fn flow_write_in<'e, E>(
+    exec: E,
+    id: &str,
+    kind: &str,
+    text: &str,
+    expected: Option<i64>,
+    now: i64,
+    due: Option<Option<i64>>,
+) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = match (expected, due) {
+        (None, due) => sqlx::query("INSERT INTO flows (id, kind, state, version, updated_at, due_at, created_at) VALUES ($1, $2, $3, 1, $4, $5, $4) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(kind)
+            .bind(text)
+            .bind(now)
+            .bind(due.flatten())
+            .execute(exec)
+            .await,
+        (Some(v), None) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4")
+            .bind(text)
+            .bind(now)
+            .bind(id)
+            .bind(v)
+            .execute(exec)
+            .await,
+        (Some(v), Some(due_at)) => sqlx::query("UPDATE flows SET state = $1, version = version + 1, updated_at = $2, due_at = $3 WHERE id = $4 AND version = $5")
+            .bind(text)
+            .bind(now)
+            .bind(due_at)
+            .bind(id)
+            .bind(v)
+            .execute(exec)
+            .await,
+    }?;
+    Ok(done.rows_affected())
+}
+
 const OUTBOX_COLUMNS: &str = "id, event_id, inbox_id, target, event_type, payload, idempotency_key, attempts, max_attempts, next_attempt_at, last_error, dead, delivered_at, lease_owner";
 
 async fn insert_event(
@@ -1428,6 +1530,26 @@ pub struct NewEvent {
     pub idempotency_key: String,
     /// Attempts before dead-lettering.
     pub max_attempts: i64,
+}
+
+/// A stock level reported by a delivery, checked against its threshold when the delivery is
+/// recorded ([`Store::inbox_record_with_stock`]). The last level of each SKU is kept in the
+/// `flows` table (kind [`StockCheck::KIND`]).
+#[derive(Debug, Clone)]
+pub struct StockCheck {
+    /// The flow row keeping the SKU's last level, such as `stock/PLATFORM/SKU`.
+    pub flow_id: String,
+    /// Units available now.
+    pub available: i64,
+    /// At or below this, the level is low.
+    pub threshold: i64,
+    /// The events stored when the level crosses into low.
+    pub events: Vec<NewEvent>,
+}
+
+impl StockCheck {
+    /// The flow kind of stock levels.
+    pub const KIND: &'static str = "stock_level";
 }
 
 /// Outcome of [`Store::inbox_record`].
