@@ -40,6 +40,7 @@ mod signatures;
 mod slow_clients;
 mod store;
 mod sync;
+mod traces;
 mod transport;
 mod vectors;
 mod xml_json_signatures;

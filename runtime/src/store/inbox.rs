@@ -36,6 +36,8 @@ struct Pending {
     delivery: NewDelivery,
     events: Vec<NewEvent>,
     now: i64,
+    /// The `traceparent` its events are stored with.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<InboxOutcome, StoreError>>,
 }
 
@@ -72,18 +74,21 @@ impl InboxWriter {
         InboxWriter { queue }
     }
 
-    /// Records one delivery and its events; returns after the transaction holding it committed.
+    /// Records one delivery and its events (with the `traceparent` of the callback that
+    /// produced them); returns after the transaction holding it committed.
     pub(super) async fn record(
         &self,
         delivery: &NewDelivery,
         events: &[NewEvent],
         now: i64,
+        trace: Option<String>,
     ) -> Result<InboxOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             delivery: delivery.clone(),
             events: events.to_vec(),
             now,
+            trace,
             reply,
         };
         self.queue
@@ -123,7 +128,7 @@ async fn write(pool: &AnyPool, batch: &[Pending]) -> Vec<Result<InboxOutcome, St
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for p in batch {
-        match record(&mut tx, &p.delivery, &p.events, p.now).await {
+        match record(&mut tx, &p.delivery, &p.events, p.now, p.trace.as_deref()).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 // Which delivery failed and why is known only by recording each alone.
@@ -191,7 +196,7 @@ async fn write_in(
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     p: &Pending,
 ) -> Result<InboxOutcome, StoreError> {
-    match record(&mut tx, &p.delivery, &p.events, p.now).await {
+    match record(&mut tx, &p.delivery, &p.events, p.now, p.trace.as_deref()).await {
         Ok(outcome) => {
             tx.commit().await.map_err(q("committing a delivery"))?;
             Ok(outcome)
@@ -230,6 +235,7 @@ async fn record(
     d: &NewDelivery,
     events: &[NewEvent],
     now: i64,
+    trace: Option<&str>,
 ) -> Result<InboxOutcome, StoreError> {
     let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
     let (body, headers) = if d.verified {
@@ -309,7 +315,7 @@ async fn record(
         }
     }
     for e in events {
-        insert_event(tx, e, Some(id), now).await?;
+        insert_event(tx, e, Some(id), now, trace).await?;
     }
     Ok(InboxOutcome::Stored { id })
 }
@@ -343,6 +349,7 @@ mod tests {
                 max_attempts: 3,
             }],
             now: 10,
+            trace: None,
             reply: oneshot::channel().0,
         }
     }

@@ -81,6 +81,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX flows_by_created ON flows (kind, created_at)",
         ],
     ),
+    (
+        // The W3C `traceparent` of the call or callback that produced an event, so its delivery
+        // (maybe by another instance, maybe much later) joins that trace. NULL: none.
+        7,
+        &["ALTER TABLE outbox ADD COLUMN traceparent TEXT"],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {
