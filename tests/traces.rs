@@ -476,3 +476,75 @@ async fn a_bad_otlp_endpoint_is_a_located_error() {
         "{err}"
     );
 }
+
+/// Events stored inside a trace keep its `traceparent` (a callback's inbox record and plain
+/// enqueues alike); events stored outside any trace have none.
+async fn trace_context_is_stored_with_events(s: &entrepot::store::Store) {
+    use entrepot::store::{NewDelivery, NewEvent};
+    use opentelemetry::context::FutureExt as _;
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let event = |id: &str| NewEvent {
+        event_id: id.into(),
+        target: "center".into(),
+        event_type: "inventory.changed".into(),
+        payload: "{}".into(),
+        idempotency_key: format!("idem-{id}"),
+        max_attempts: 3,
+    };
+    let delivery = NewDelivery {
+        platform: "p".into(),
+        route: "/p/notify".into(),
+        dedupe_key: Some("k1".into()),
+        headers: "{}".into(),
+        body: b"{}".to_vec(),
+        body_bytes: 2,
+        verified: true,
+        rejection: None,
+        event_type: Some("inventory.changed".into()),
+        received_at: 5,
+        replay: None,
+    };
+    let parent = entrepot::telemetry::parse_traceparent(tp);
+    s.inbox_record(&delivery, &[event("from-callback")], 10)
+        .with_context(parent.clone())
+        .await
+        .unwrap();
+    s.outbox_enqueue(&[event("enqueued")], 10)
+        .with_context(parent)
+        .await
+        .unwrap();
+    s.outbox_enqueue(&[event("untraced")], 10).await.unwrap();
+    let rows = s.outbox_claim("me", 20, 60_000, 10).await.unwrap();
+    let mut got: Vec<(String, Option<String>)> = rows
+        .into_iter()
+        .map(|r| (r.event_id, r.traceparent))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("enqueued".to_string(), Some(tp.to_string())),
+            ("from-callback".to_string(), Some(tp.to_string())),
+            ("untraced".to_string(), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn trace_context_is_stored_with_events_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::sqlite_store(&dir).await;
+    trace_context_is_stored_with_events(&store).await;
+}
+
+#[tokio::test]
+async fn trace_context_is_stored_with_events_postgres() {
+    let Some(url) = crate::store::postgres_url(true) else {
+        return;
+    };
+    let schema = crate::store::fresh_schema();
+    let store = crate::store::postgres(&url, &schema).await;
+    trace_context_is_stored_with_events(&store).await;
+    store.close().await;
+    crate::store::drop_schema(&url, &schema).await;
+}
