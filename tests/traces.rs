@@ -548,3 +548,160 @@ async fn trace_context_is_stored_with_events_postgres() {
     store.close().await;
     crate::store::drop_schema(&url, &schema).await;
 }
+
+#[tokio::test]
+async fn an_unreachable_collector_is_logged_and_never_fatal() {
+    let sim = Simulator::start(SimConfig::new(KEY, SECRET, Catalog::sample()))
+        .await
+        .unwrap();
+    // A loopback port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let platforms = dir.path().join("platforms");
+    std::fs::create_dir(&platforms).unwrap();
+    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
+        .unwrap()
+        .replace(
+            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
+            &sim.base_url(),
+        );
+    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("credentials.yaml"),
+        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n\
+             telemetry: {{ otlp: {{ endpoint: \"http://{closed}\", timeout: 1s }} }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let (child, addr) = spawn_json_gateway(&config, &log, &[]).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/v1/platforms/yanxuan/operations/product.list"
+        ))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The spans cannot go anywhere: the gateway still stops cleanly, saying so once.
+    terminate(child).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("cannot export spans over OTLP"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{text}");
+    assert!(
+        failures[0].contains("\"level\":\"WARN\""),
+        "{}",
+        failures[0]
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_exporter_trace_context_is_still_passed_on_and_logged() {
+    let sim = Simulator::start(SimConfig::new(KEY, SECRET, Catalog::sample()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let platforms = dir.path().join("platforms");
+    std::fs::create_dir(&platforms).unwrap();
+    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
+        .unwrap()
+        .replace(
+            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
+            &sim.base_url(),
+        );
+    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("credentials.yaml"),
+        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let (child, addr) = spawn_json_gateway(&config, &log, &[]).await;
+    let http = reqwest::Client::new();
+    let call = |traceparent: Option<&'static str>| {
+        let mut r = http
+            .post(format!(
+                "http://{addr}/v1/platforms/yanxuan/operations/product.list"
+            ))
+            .json(&serde_json::json!({}));
+        if let Some(tp) = traceparent {
+            r = r.header("traceparent", tp);
+        }
+        r.send()
+    };
+    // A caller's sampled trace is passed on as sampled.
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    assert_eq!(call(Some(caller)).await.unwrap().status().as_u16(), 200);
+    let sent = sim.requests().last().unwrap().traceparent.clone().unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && sent.ends_with("-01"),
+        "{sent}"
+    );
+    assert!(
+        !sent.contains("b7ad6b7169203331"),
+        "a span of the gateway's own is the parent"
+    );
+    // The gateway's own traces are not sampled: nothing exports them.
+    assert_eq!(call(None).await.unwrap().status().as_u16(), 200);
+    let own = sim.requests().last().unwrap().traceparent.clone().unwrap();
+    assert!(own.ends_with("-00"), "{own}");
+    // A refused callback is still logged with its trace id.
+    let body = channel_sim::signed_form(
+        KEY,
+        "forged",
+        "yanxuan.notification.inventory.count.changed",
+        time::OffsetDateTime::now_utc(),
+        &[("notifyId", "n1"), ("skuId", "100101"), ("inventory", "3")],
+    );
+    http.post(format!("http://{addr}/callbacks/yanxuan/notify"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    terminate(child).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l.pointer("/fields/message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.starts_with("delivery refused"))
+        })
+        .expect("the refusal is logged");
+    let trace = refused["trace_id"].as_str().unwrap_or_default();
+    assert!(
+        trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+            && trace != "0".repeat(32),
+        "{refused}"
+    );
+    assert_eq!(refused["span"]["name"], "entrepot.callback", "{refused}");
+    sim.stop().await;
+}

@@ -395,18 +395,23 @@ impl Engine {
                 // Waited for a slot: sign with the clock of the moment it is sent.
                 request = build_once(token.clone())?;
             }
+            let span = tracing::info_span!(
+                "entrepot.platform_request",
+                otel.kind = "client",
+                platform = %platform.name,
+                operation = %op.name,
+                attempt,
+                http.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let outcome = self
                 .attempt(&client, platform, op, &request, deadline)
-                .instrument(tracing::info_span!(
-                    "entrepot.platform_request",
-                    otel.kind = "client",
-                    platform = %platform.name,
-                    operation = %op.name,
-                    attempt,
-                    http.status_code = tracing::field::Empty,
-                    otel.status_code = tracing::field::Empty,
-                ))
+                .instrument(span.clone())
                 .await;
+            if outcome.is_err() {
+                span.record("otel.status_code", "error");
+            }
+            drop(span);
             // A rejected token is renewed once and the call made again: the platform refused it
             // before doing anything, so this is safe even for operations that are not.
             if let Err(Attempt::Unauthorized(p)) = &outcome
@@ -695,9 +700,6 @@ impl Engine {
         })?;
         let status = resp.status().as_u16();
         span.record("http.status_code", status);
-        if status >= 400 {
-            span.record("otel.status_code", "error");
-        }
         let wait = (status == 429 || status == 503)
             .then(|| {
                 resp.headers()
