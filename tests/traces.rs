@@ -282,7 +282,12 @@ async fn one_trace_spans_the_call_its_platform_request_and_the_deliveries() {
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let sent = sim.requests();
     assert_eq!(sent.len(), 1, "{sent:?}");
-    let (sim_trace, sim_parent) = ids_of(sent[0].traceparent.as_deref().expect("a traceparent"));
+    let sim_traceparent = sent[0].traceparent.clone().expect("a traceparent");
+    assert!(
+        sim_traceparent.ends_with("-01"),
+        "sampled, as the caller said"
+    );
+    let (sim_trace, sim_parent) = ids_of(&sim_traceparent);
     assert_eq!(sim_trace, caller_trace);
     // An invalid traceparent is ignored: the call is served, in a trace of its own.
     let r = http
