@@ -43,6 +43,7 @@ mod slow_clients;
 mod store;
 mod sync;
 mod thresholds;
+mod traces;
 mod transport;
 mod vectors;
 mod xml_json_signatures;

@@ -1,6 +1,7 @@
 //! Secrets never leak: known secret values go through every path of a real gateway process
 //! (file credentials, pushed credentials, failed calls, callbacks, status, metrics, dry runs,
-//! debug logs) and are searched for in everything it printed or answered.
+//! debug logs as JSON lines, spans exported over OTLP) and are searched for in everything it
+//! printed, answered or exported.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,6 +22,7 @@ async fn no_secret_in_logs_answers_status_or_previews() {
     let sim = Simulator::start(SimConfig::new(FILE_KEY, "other-secret", Catalog::sample()))
         .await
         .unwrap();
+    let (otlp, exported) = crate::traces::otlp_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let platforms = dir.path().join("platforms");
     std::fs::create_dir(&platforms).unwrap();
@@ -40,14 +42,21 @@ async fn no_secret_in_logs_answers_status_or_previews() {
     std::fs::write(
         &config,
         format!(
-            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\nadmin: {{ token: \"${{env:LEAKCHECK_ADMIN}}\" }}\n",
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\nadmin: {{ token: \"${{env:LEAKCHECK_ADMIN}}\" }}\ntelemetry: {{ otlp: {{ endpoint: \"{otlp}\" }} }}\n",
             dir.path().display()
         ),
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entrepot"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+    let child = Command::new(env!("CARGO_BIN_EXE_entrepot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
         .arg(&config)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "debug")
@@ -60,8 +69,8 @@ async fn no_secret_in_logs_answers_status_or_previews() {
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let text = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
-            if let Some(a) = text.lines().find_map(|l| l.split("listening addr=").nth(1)) {
-                return a.trim().to_string();
+            if let Some(a) = crate::traces::listening_addr(&text) {
+                return a;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -228,8 +237,13 @@ async fn no_secret_in_logs_answers_status_or_previews() {
     // Started with --listen, the gateway still reloads cleanly: the file's own address did not change.
     assert!(reload.contains("\"result\":\"ok\""), "{reload}");
     keep(reload);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Stopped gracefully: the last spans are exported on the way out.
+    crate::traces::terminate(child).await;
+    let spans = format!("{:?}", exported.spans.lock().unwrap());
+    assert!(
+        spans.contains("entrepot.call") && spans.contains("entrepot.callback"),
+        "the spans were exported: {spans}"
+    );
 
     // Previews: a dry run with the gateway's configuration and a signing preview.
     let dry = Command::new(env!("CARGO_BIN_EXE_entrepot"))
@@ -264,8 +278,10 @@ async fn no_secret_in_logs_answers_status_or_previews() {
 
     let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
     assert!(log.contains("credentials pushed"), "the log was captured");
+    assert!(log.contains("\"trace_id\""), "the log carries trace ids");
     let everything = [
         log,
+        spans,
         answers,
         String::from_utf8_lossy(&dry.stdout).into_owned(),
         String::from_utf8_lossy(&dry.stderr).into_owned(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::compile::gateway::TargetSettings;
 use crate::config::platform::BodyFormat;
@@ -249,7 +250,31 @@ pub async fn receive(
         );
     };
     let services: Services<'_> = services.into();
-    let reply = receive_at(platform, cb, services, targets, inbound, now, notify).await;
+    // A trace of its own: a platform's `traceparent` is not believed (see crate::telemetry).
+    let span = tracing::info_span!(
+        parent: None,
+        "entrepot.callback",
+        otel.kind = "server",
+        platform = %platform.name,
+        route = %cb.path,
+        event_type = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        refusal = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let reply = receive_at(platform, cb, services, targets, inbound, now, notify)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", reply.outcome.as_str());
+    match reply.outcome {
+        CallbackOutcome::Refused(why) => {
+            span.record("refusal", why.as_str());
+        }
+        CallbackOutcome::Error => {
+            span.record("otel.status_code", "error");
+        }
+        CallbackOutcome::Accepted | CallbackOutcome::Duplicate => {}
+    }
     services.observer.callback(&CallbackSeen {
         platform: &platform.name,
         route: &cb.path,
@@ -589,6 +614,8 @@ pub async fn ingest(
             delivery.rejection = Some(format!("unknown event type '{raw_type}'"));
         }
         Some(event_type) => {
+            // The callback's span, when there is one (a name from the configuration).
+            tracing::Span::current().record("event_type", event_type.as_str());
             delivery.event_type = Some(event_type.clone());
             let mut extra = Map::new();
             extra.insert("settings".into(), Value::Object(platform.settings.clone()));

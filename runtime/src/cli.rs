@@ -545,20 +545,20 @@ fn schema(kind: SchemaKind, out: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Installs the log: to standard output, coloured only on a terminal, as text or JSON lines.
-fn init_log(format: LogFormat) {
+/// Installs the log (to standard output, coloured only on a terminal, as text or JSON lines
+/// carrying the trace id) and the trace pipeline (exporting over OTLP when `otlp` is given).
+fn init_log(
+    format: LogFormat,
+    otlp: Option<&crate::compile::gateway::OtlpSettings>,
+) -> Result<crate::telemetry::Telemetry, String> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
-    }
+    let style = match format {
+        LogFormat::Text => crate::telemetry::LogStyle::Text {
+            ansi: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        },
+        LogFormat::Json => crate::telemetry::LogStyle::Json,
+    };
+    crate::telemetry::install(style, otlp)
 }
 
 fn serve(
@@ -566,7 +566,6 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
     log_format: LogFormat,
 ) -> ExitCode {
-    init_log(log_format);
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from("entrepot.yaml"));
     let mut gateway = match load_gateway(&path, explicit, &process_env) {
@@ -577,6 +576,17 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // The log starts once the gateway file is read: it says where spans are exported.
+    let telemetry = match init_log(log_format, gateway.otlp.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(o) = &gateway.otlp {
+        tracing::info!(service = %o.service_name, sample_ratio = o.sample_ratio, "spans exported over OTLP");
+    }
     // Every connection is a file descriptor, and so is every outbound call and store
     // connection: use what the hard limit allows, and say so when even that is too low.
     let open_files = match crate::fdlimit::raise() {
@@ -807,6 +817,8 @@ fn serve(
     let _ = runtime.block_on(schedules);
     let _ = stop_dispatch.send(());
     let _ = runtime.block_on(dispatch_task);
+    // The spans still waiting are exported before the process ends.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
+use tracing::Instrument;
 
 use crate::compile::gateway::TargetSettings;
 use crate::engine::transport::backoff;
@@ -257,7 +258,27 @@ impl Dispatcher {
             .map_err(|e| format!("cannot sign for target '{}': {e}", target.name))
     }
 
+    /// Delivers one row in its `entrepot.delivery` span, a child of the call or callback that
+    /// produced the event when its trace context was stored with it.
     async fn deliver(&self, row: OutboxRow) {
+        let span = tracing::info_span!(
+            parent: None,
+            "entrepot.delivery",
+            otel.kind = "client",
+            target = %row.target,
+            event_type = %row.event_type,
+            attempt = row.attempts,
+            http.status_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(parent) = &row.traceparent {
+            crate::telemetry::set_parent(&span, crate::telemetry::parse_traceparent(parent));
+        }
+        self.deliver_in_span(row).instrument(span).await;
+    }
+
+    async fn deliver_in_span(&self, row: OutboxRow) {
         if let Some(consumer) = self.consumers.get(&row.target) {
             let _permit = match self.caps.get(&row.target) {
                 Some(cap) => cap.clone().acquire_owned().await.ok(),
@@ -314,6 +335,7 @@ impl Dispatcher {
                 Err(e) => {
                     // A recipe that cannot run is a configuration problem: keep the event.
                     let _ = self.store.outbox_fail(row.id, &self.owner, &e, None).await;
+                    record_outcome(DeliveryOutcome::DeadLettered);
                     self.observer.delivery(&DeliverySeen {
                         target: &row.target,
                         event_type: &row.event_type,
@@ -328,7 +350,22 @@ impl Dispatcher {
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let outcome = match req.send().await {
+        // The trace context of this delivery, added after signing: never part of what a recipe
+        // signs. A target configured with its own `traceparent` header keeps it.
+        let span = tracing::Span::current();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        {
+            for (k, v) in crate::telemetry::headers_for(&span) {
+                req = req.header(k, v);
+            }
+        }
+        let sent = req.send().await;
+        if let Ok(resp) = &sent {
+            span.record("http.status_code", resp.status().as_u16());
+        }
+        let outcome = match sent {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => Err(format!(
                 "target '{}' answered HTTP {}",
@@ -357,6 +394,7 @@ impl Dispatcher {
         };
         let result = match outcome {
             Ok(()) => {
+                record_outcome(DeliveryOutcome::Delivered);
                 self.observer.delivery(&seen(DeliveryOutcome::Delivered));
                 self.store
                     .outbox_complete(row.id, &self.owner, now_ms())
@@ -370,9 +408,11 @@ impl Dispatcher {
                 });
                 if retry_at.is_none() {
                     tracing::error!(event = %row.event_id, "dead-lettered after {} attempts: {error}", row.attempts);
+                    record_outcome(DeliveryOutcome::DeadLettered);
                     self.observer.delivery(&seen(DeliveryOutcome::DeadLettered));
                 } else {
                     tracing::warn!(event = %row.event_id, attempt = row.attempts, "{error}");
+                    record_outcome(DeliveryOutcome::Retry);
                     self.observer.delivery(&seen(DeliveryOutcome::Retry));
                 }
                 self.store
@@ -388,5 +428,14 @@ impl Dispatcher {
             ),
             Err(e) => tracing::error!("cannot record the outcome of event {}: {e}", row.event_id),
         }
+    }
+}
+
+/// Records how a delivery attempt ended on its span (the current one).
+fn record_outcome(outcome: DeliveryOutcome) {
+    let span = tracing::Span::current();
+    span.record("outcome", outcome.as_str());
+    if outcome != DeliveryOutcome::Delivered {
+        span.record("otel.status_code", "error");
     }
 }

@@ -22,6 +22,8 @@
 //!   `platform.recovered`.
 //! - [`server`]: the HTTP server; [`openapi`]: its OpenAPI document.
 //! - [`store`]: durable state on SQLite or PostgreSQL.
+//! - [`observe`]: what the gateway reports of its work; [`telemetry`]: its spans, the W3C
+//!   trace context in and out, OTLP export and the log.
 //! - [`schema`]: JSON Schemas generated from the config types; [`reference`]: the Markdown
 //!   reference generated from the same doc comments.
 //! - [`canonical`]: the mall's canonical operations, events and their schemas.
@@ -52,5 +54,6 @@ pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod timefmt;

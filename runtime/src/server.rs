@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use opentelemetry::context::FutureExt as _;
 use serde_json::{Value, json};
 
 use crate::engine::CallOutcome;
@@ -376,6 +377,7 @@ fn json_input(body: &[u8]) -> Result<Value, Box<Problem>> {
 async fn call_operation(
     State(state): State<AppState>,
     Path((platform, operation)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     // One snapshot of the plan for the whole call.
@@ -395,7 +397,11 @@ async fn call_operation(
         Ok(v) => v,
         Err(p) => return problem_response(&p.at(&platform, &operation)),
     };
-    match engine.call(p, &operation, &input, false).await {
+    // The caller's `traceparent`, when valid, is the parent of the call's span.
+    let call = engine
+        .call(p, &operation, &input, false)
+        .with_context(crate::telemetry::extract(&headers));
+    match call.await {
         Ok(CallOutcome::Output(v)) => Json(v).into_response(),
         Ok(CallOutcome::DryRun(_)) => StatusCode::NO_CONTENT.into_response(),
         Err(problem) => problem_response(&problem),
@@ -499,6 +505,7 @@ async fn reconciliation(
 async fn route_operation(
     State(state): State<AppState>,
     Path(operation): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let plan = state.plan.load_full();
@@ -510,7 +517,10 @@ async fn route_operation(
         Ok(v) => v,
         Err(p) => return problem_response(&p),
     };
-    match engine.route(&plan, &operation, &input).await {
+    let routed = engine
+        .route(&plan, &operation, &input)
+        .with_context(crate::telemetry::extract(&headers));
+    match routed.await {
         Ok((true, v)) => Json(v).into_response(),
         Ok((false, v)) => (StatusCode::BAD_GATEWAY, Json(v)).into_response(),
         Err(problem) => problem_response(&problem),

@@ -240,7 +240,8 @@ impl Fault {
 }
 
 /// One request received on `/channel/api.json`. JSON form:
-/// `{"method": "yanxuan.item.inventory.get", "at_ms": 1718000000000, "outcome": "ok"}`.
+/// `{"method": "yanxuan.item.inventory.get", "at_ms": 1718000000000, "outcome": "ok",
+/// "traceparent": "00-…-…-01"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLog {
     /// The request's `method` form field (empty when absent or the body was unreadable).
@@ -250,6 +251,9 @@ pub struct RequestLog {
     /// `"ok"`, the business code of the answer (`"402"`, `"6001"`, …), `"405"` for a
     /// non-POST request, or `"fault:<kind>"` when a fault was applied.
     pub outcome: String,
+    /// The request's W3C `traceparent` header, as received (absent when it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A change of the order book made behind the gateway's back (what reconciliation must find).

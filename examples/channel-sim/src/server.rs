@@ -127,11 +127,16 @@ async fn channel_api(
     body: Bytes,
 ) -> Response {
     let at_ms = now_millis();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if method != Method::POST {
         shared.lock().log(RequestLog {
             method: String::new(),
             at_ms,
             outcome: "405".to_string(),
+            traceparent,
         });
         let mut response = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -172,6 +177,7 @@ async fn channel_api(
             method: api_method,
             at_ms,
             outcome,
+            traceparent,
         });
         (fault, reply)
     };

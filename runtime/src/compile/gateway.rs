@@ -60,6 +60,23 @@ pub struct GatewaySettings {
     pub sync: SyncSettings,
     /// Monitoring: how often thresholds are evaluated, and their defaults.
     pub monitoring: MonitoringSettings,
+    /// Where spans are exported; `None`: they are not.
+    pub otlp: Option<OtlpSettings>,
+}
+
+/// The OTLP exporter of spans, resolved (the `telemetry.otlp` block of the gateway file).
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// The full URL spans are POSTed to (ending in `/v1/traces`).
+    pub endpoint: String,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// Share of the gateway's own root traces exported, 0 to 1.
+    pub sample_ratio: f64,
+    /// Headers sent with every export; their values may be secrets.
+    pub headers: Vec<(String, Secret)>,
+    /// Time allowed for one export.
+    pub timeout: Duration,
 }
 
 /// The `monitoring` block of the gateway file, resolved.
@@ -437,6 +454,11 @@ pub fn compile_gateway(
     }
     let sync = sync_settings(&doc, file.sync.as_ref(), &mut problems);
     let monitoring = monitoring_settings(&doc, file.monitoring.as_ref(), &mut problems);
+    let otlp = file
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.otlp.as_ref())
+        .and_then(|o| otlp_settings(&doc, o, &mut problems));
     let Ok(listen) = listen else {
         return Err(problems);
     };
@@ -470,6 +492,122 @@ pub fn compile_gateway(
         orders,
         sync,
         monitoring,
+        otlp,
+    })
+}
+
+/// Resolves `telemetry.otlp`: an http(s) endpoint, a ratio from 0 to 1, header names and
+/// values that HTTP allows (a value is never repeated in a message: it may be a secret).
+fn otlp_settings(
+    doc: &SourceDoc,
+    o: &crate::config::gateway::OtlpConfig,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<OtlpSettings> {
+    let op = DocPath::root().key("telemetry").key("otlp");
+    let before = problems.len();
+    let endpoint = match reqwest::Url::parse(o.endpoint.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            let text = u.as_str().trim_end_matches('/').to_string();
+            if u.path().trim_end_matches('/').ends_with("/v1/traces") {
+                text
+            } else {
+                format!("{text}/v1/traces")
+            }
+        }
+        Ok(_) => {
+            problems.push(
+                doc.at(
+                    &op.key("endpoint"),
+                    Code::Gateway,
+                    "the OTLP endpoint must be an http:// or https:// URL with a host",
+                )
+                .with_hint(
+                    "write the collector's OTLP/HTTP address, such as http://127.0.0.1:4318",
+                ),
+            );
+            String::new()
+        }
+        Err(e) => {
+            problems.push(
+                doc.at(
+                    &op.key("endpoint"),
+                    Code::Gateway,
+                    format!("'{}' is not a URL: {e}", o.endpoint),
+                )
+                .with_hint(
+                    "write the collector's OTLP/HTTP address, such as http://127.0.0.1:4318",
+                ),
+            );
+            String::new()
+        }
+    };
+    let sample_ratio = o.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        problems.push(
+            doc.at(
+                &op.key("sample_ratio"),
+                Code::Gateway,
+                format!("sample_ratio {sample_ratio} is outside 0 to 1"),
+            )
+            .with_hint("write 1 to export every trace, 0.1 for one in ten"),
+        );
+    }
+    let service_name = o.service_name.clone().unwrap_or_else(|| "entrepot".into());
+    if service_name.trim().is_empty() {
+        problems.push(
+            doc.at(
+                &op.key("service_name"),
+                Code::Gateway,
+                "the service name is empty",
+            )
+            .with_hint("leave it out for the default of entrepot"),
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &o.headers {
+        let hp = op.key("headers").key(name.clone());
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(
+                doc.at(
+                    &hp,
+                    Code::Gateway,
+                    format!("'{name}' is not an HTTP header name"),
+                )
+                .with_hint("use letters, digits and dashes, such as x-api-key"),
+            );
+        } else if reqwest::header::HeaderValue::from_str(value).is_err() {
+            problems.push(
+                doc.at(
+                    &hp,
+                    Code::Gateway,
+                    "the value is not a valid HTTP header value (a line break or a control character)",
+                )
+                .with_hint("check the value, or the environment variable it comes from"),
+            );
+        } else {
+            headers.push((name.clone(), Secret::new(value.clone())));
+        }
+    }
+    let mut timeout = Duration::from_secs(10);
+    if let Some(t) = &o.timeout {
+        match super::parse_duration(t) {
+            Ok(d) if !d.is_zero() => timeout = d,
+            Ok(_) => problems.push(
+                doc.at(&op.key("timeout"), Code::Duration, "timeout cannot be zero")
+                    .with_hint("give a time such as 10s"),
+            ),
+            Err(e) => problems.push(
+                doc.at(&op.key("timeout"), Code::Duration, e)
+                    .with_hint("write a number and a unit: 500ms, 30s, 5m, 1h or 7d"),
+            ),
+        }
+    }
+    (problems.len() == before).then_some(OtlpSettings {
+        endpoint,
+        service_name,
+        sample_ratio,
+        headers,
+        timeout,
     })
 }
 

@@ -53,6 +53,44 @@ pub struct GatewayFile {
     /// platform (see docs/operations.md).
     #[serde(default)]
     pub monitoring: Option<MonitoringConfig>,
+    /// Traces: where the gateway's spans are exported (see docs/operations.md). Default: not
+    /// exported; trace context is still taken from `traceparent`, passed on and logged.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// Traces.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Export spans to an OpenTelemetry collector over OTLP/HTTP (protobuf). Default: none.
+    /// Read when the gateway starts; a change needs a restart.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// An OTLP/HTTP exporter of spans.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP address, such as `http://127.0.0.1:4318`; spans are POSTed to
+    /// its `/v1/traces` (give a URL ending in `/v1/traces` to name the path yourself). May be
+    /// `${env:NAME}`.
+    pub endpoint: String,
+    /// The `service.name` of the spans. Default: `entrepot`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of traces started by the gateway that are exported, from 0 to 1. A trace whose
+    /// caller sent a `traceparent` follows the caller's sampled flag instead. Default: 1.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    /// Headers sent with every export, such as an API key (write `${env:NAME}` to keep it out
+    /// of the file; values are never logged). Default: none.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Time allowed for one export. Default: `10s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// How monitoring thresholds are evaluated, and their gateway-wide defaults.

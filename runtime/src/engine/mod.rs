@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::credentials::{CredentialSets, Credentials, Token};
 use crate::ids::{Ids, store_problem};
@@ -207,17 +208,37 @@ impl Engine {
         input: &Value,
         dry_run: bool,
     ) -> Result<CallOutcome, Problem> {
+        if dry_run {
+            return self.call_once(platform, op_name, input, dry_run).await;
+        }
         let started = Instant::now();
-        let result = self.call_once(platform, op_name, input, dry_run).await;
-        if let (false, Some((operation, _))) = (dry_run, platform.operations.get_key_value(op_name))
-        {
+        let offered = platform.operations.get_key_value(op_name).map(|(k, _)| k);
+        // A child of the caller's trace when it sent a `traceparent` (see crate::telemetry).
+        let span = tracing::info_span!(
+            "entrepot.call",
+            otel.kind = "server",
+            platform = %platform.name,
+            operation = offered.map(String::as_str),
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .call_once(platform, op_name, input, dry_run)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(p) => p.kind.map_or(Outcome::Error, Outcome::of),
+        };
+        span.record("outcome", outcome.as_str());
+        if outcome != Outcome::Ok {
+            span.record("otel.status_code", "error");
+        }
+        if let Some(operation) = offered {
             self.observer.call(&CallSeen {
                 platform: &platform.name,
                 operation,
-                outcome: match &result {
-                    Ok(_) => Outcome::Ok,
-                    Err(p) => p.kind.map_or(Outcome::Error, Outcome::of),
-                },
+                outcome,
                 elapsed: started.elapsed(),
             });
         }
@@ -396,9 +417,23 @@ impl Engine {
                 // Waited for a slot: sign with the clock of the moment it is sent.
                 request = build_once(token.clone())?;
             }
+            let span = tracing::info_span!(
+                "entrepot.platform_request",
+                otel.kind = "client",
+                platform = %platform.name,
+                operation = %op.name,
+                attempt,
+                http.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let outcome = self
                 .attempt(&client, platform, op, &request, deadline)
+                .instrument(span.clone())
                 .await;
+            if outcome.is_err() {
+                span.record("otel.status_code", "error");
+            }
+            drop(span);
             // A rejected token is renewed once and the call made again: the platform refused it
             // before doing anything, so this is safe even for operations that are not.
             if let Err(Attempt::Unauthorized(p)) = &outcome
@@ -645,6 +680,18 @@ impl Engine {
         if let Some(ct) = &r.content_type {
             req = req.header(reqwest::header::CONTENT_TYPE, ct.as_str());
         }
+        // The trace context of this attempt, added after signing: never part of what a recipe
+        // signs. A platform file that sets its own `traceparent` keeps it.
+        let span = tracing::Span::current();
+        if !r
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        {
+            for (k, v) in crate::telemetry::headers_for(&span) {
+                req = req.header(k, v);
+            }
+        }
         if !r.body.is_empty() {
             req = req.body(r.body.clone());
         }
@@ -674,6 +721,7 @@ impl Engine {
             }
         })?;
         let status = resp.status().as_u16();
+        span.record("http.status_code", status);
         let wait = (status == 429 || status == 503)
             .then(|| {
                 resp.headers()

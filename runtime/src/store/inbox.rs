@@ -38,6 +38,8 @@ struct Pending {
     events: Vec<NewEvent>,
     stock: Vec<StockCheck>,
     now: i64,
+    /// The `traceparent` its events are stored with.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<InboxOutcome, StoreError>>,
 }
 
@@ -74,13 +76,15 @@ impl InboxWriter {
         InboxWriter { queue }
     }
 
-    /// Records one delivery and its events; returns after the transaction holding it committed.
+    /// Records one delivery and its events (with the `traceparent` of the callback that
+    /// produced them); returns after the transaction holding it committed.
     pub(super) async fn record(
         &self,
         delivery: &NewDelivery,
         events: &[NewEvent],
         stock: Vec<StockCheck>,
         now: i64,
+        trace: Option<String>,
     ) -> Result<InboxOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -88,6 +92,7 @@ impl InboxWriter {
             events: events.to_vec(),
             stock,
             now,
+            trace,
             reply,
         };
         self.queue
@@ -127,7 +132,16 @@ async fn write(pool: &AnyPool, batch: &[Pending]) -> Vec<Result<InboxOutcome, St
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for p in batch {
-        match record(&mut tx, &p.delivery, &p.events, &p.stock, p.now).await {
+        match record(
+            &mut tx,
+            &p.delivery,
+            &p.events,
+            &p.stock,
+            p.now,
+            p.trace.as_deref(),
+        )
+        .await
+        {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 // Which delivery failed and why is known only by recording each alone.
@@ -195,7 +209,16 @@ async fn write_in(
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     p: &Pending,
 ) -> Result<InboxOutcome, StoreError> {
-    match record(&mut tx, &p.delivery, &p.events, &p.stock, p.now).await {
+    match record(
+        &mut tx,
+        &p.delivery,
+        &p.events,
+        &p.stock,
+        p.now,
+        p.trace.as_deref(),
+    )
+    .await
+    {
         Ok(outcome) => {
             tx.commit().await.map_err(q("committing a delivery"))?;
             Ok(outcome)
@@ -235,6 +258,7 @@ async fn record(
     events: &[NewEvent],
     stock: &[StockCheck],
     now: i64,
+    trace: Option<&str>,
 ) -> Result<InboxOutcome, StoreError> {
     let kept = |body: &[u8]| body.get(..KEPT_BODY_BYTES).unwrap_or(body).to_vec();
     let (body, headers) = if d.verified {
@@ -314,12 +338,12 @@ async fn record(
         }
     }
     for e in events {
-        insert_event(tx, e, Some(id), now).await?;
+        insert_event(tx, e, Some(id), now, trace).await?;
     }
     for s in stock {
         if stock_level(tx, s, now).await? {
             for e in &s.events {
-                insert_event(tx, e, Some(id), now).await?;
+                insert_event(tx, e, Some(id), now, trace).await?;
             }
         }
     }
@@ -420,6 +444,7 @@ mod tests {
             }],
             stock: Vec::new(),
             now: 10,
+            trace: None,
             reply: oneshot::channel().0,
         }
     }

@@ -100,6 +100,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         8,
         &["CREATE INDEX outbox_dead ON outbox (inbox_id) WHERE dead = 1"],
     ),
+    (
+        // The W3C `traceparent` of the call or callback that produced an event, so its delivery
+        // (maybe by another instance, maybe much later) joins that trace. NULL: none.
+        9,
+        &["ALTER TABLE outbox ADD COLUMN traceparent TEXT"],
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -623,7 +623,9 @@ impl Store {
         events: &[NewEvent],
         now: i64,
     ) -> Result<InboxOutcome, StoreError> {
-        self.inbox.record(d, events, Vec::new(), now).await
+        // The events join the trace of the callback storing them (see crate::telemetry).
+        let trace = crate::telemetry::current_traceparent();
+        self.inbox.record(d, events, Vec::new(), now, trace).await
     }
 
     /// Records a delivery like [`Store::inbox_record`], and in the same transaction (only
@@ -638,7 +640,8 @@ impl Store {
         stock: Vec<StockCheck>,
         now: i64,
     ) -> Result<InboxOutcome, StoreError> {
-        self.inbox.record(d, events, stock, now).await
+        let trace = crate::telemetry::current_traceparent();
+        self.inbox.record(d, events, stock, now, trace).await
     }
 
     /// The latest deliveries, newest first, optionally of one platform.
@@ -672,14 +675,16 @@ impl Store {
     }
 
     /// Adds events to the outbox (not tied to a delivery).
+    /// Events carry the trace they are enqueued in, if any (see [`OutboxRow::traceparent`]).
     pub async fn outbox_enqueue(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError> {
+        let trace = crate::telemetry::current_traceparent();
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(q("starting to enqueue events"))?;
         for e in events {
-            insert_event(&mut tx, e, None, now).await?;
+            insert_event(&mut tx, e, None, now, trace.as_deref()).await?;
         }
         tx.commit().await.map_err(q("committing events"))?;
         Ok(())
@@ -930,8 +935,9 @@ impl Store {
         .await
         .map_err(q("saving a flow"))?;
         if n == 1 {
+            let trace = crate::telemetry::current_traceparent();
             for e in events {
-                insert_event(&mut tx, e, None, now).await?;
+                insert_event(&mut tx, e, None, now, trace.as_deref()).await?;
             }
             tx.commit().await.map_err(q("committing a flow"))?;
             return Ok(expected.unwrap_or(0) + 1);
@@ -1132,8 +1138,9 @@ impl Store {
             .begin()
             .await
             .map_err(q("starting to record product upserts"))?;
+        let trace = crate::telemetry::current_traceparent();
         for e in events {
-            insert_event(&mut tx, e, None, now).await?;
+            insert_event(&mut tx, e, None, now, trace.as_deref()).await?;
         }
         for (target, spu_id, hash) in hashes {
             sqlx::query(
@@ -1401,17 +1408,19 @@ where
     Ok(done.rows_affected())
 }
 
-const OUTBOX_COLUMNS: &str = "id, event_id, inbox_id, target, event_type, payload, idempotency_key, attempts, max_attempts, next_attempt_at, last_error, dead, delivered_at, lease_owner";
+const OUTBOX_COLUMNS: &str = "id, event_id, inbox_id, target, event_type, payload, idempotency_key, attempts, max_attempts, next_attempt_at, last_error, dead, delivered_at, lease_owner, traceparent";
 
+/// Records an event; `trace` is the `traceparent` of the span that produced it.
 async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     e: &NewEvent,
     inbox_id: Option<i64>,
     now: i64,
+    trace: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (event_id, inbox_id, target, event_type, payload, idempotency_key, attempts, max_attempts, next_attempt_at, dead, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9) ON CONFLICT DO NOTHING",
+        "INSERT INTO outbox (event_id, inbox_id, target, event_type, payload, idempotency_key, attempts, max_attempts, next_attempt_at, dead, created_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9, $10) ON CONFLICT DO NOTHING",
     )
     .bind(&e.event_id)
     .bind(inbox_id)
@@ -1422,6 +1431,7 @@ async fn insert_event(
     .bind(e.max_attempts)
     .bind(now)
     .bind(now)
+    .bind(trace)
     .execute(&mut **tx)
     .await
     .map_err(q("recording an event"))?;
@@ -1445,7 +1455,8 @@ fn outbox_row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
         last_error: r.try_get(10).map_err(q("reading an event"))?,
         dead: get_i(11).map_err(q("reading an event"))? != 0,
         delivered_at: r.try_get(12).map_err(q("reading an event"))?,
-        lease_owner: r.try_get(13).map_err(e)?,
+        lease_owner: r.try_get(13).map_err(q("reading an event"))?,
+        traceparent: r.try_get(14).map_err(e)?,
     })
 }
 
@@ -1716,6 +1727,9 @@ pub struct OutboxRow {
     pub delivered_at: Option<i64>,
     /// Who holds its lease.
     pub lease_owner: Option<String>,
+    /// The W3C `traceparent` of the call or callback that produced it, when it was produced
+    /// inside a trace: its deliveries join that trace.
+    pub traceparent: Option<String>,
 }
 
 /// What waits in the outbox for one target ([`Store::outbox_backlog`]).
