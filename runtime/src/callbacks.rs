@@ -19,6 +19,7 @@ use crate::plan::{AckPlan, CallbackPlan, DiscriminatorPlan, Plan, PlatformPlan};
 use crate::recipe::{Parts, Rejection, RunEnv};
 use crate::store::{InboxOutcome, NewDelivery, NewEvent, StockCheck};
 use crate::template::text_of;
+use crate::timefmt::unix_ms;
 
 /// A delivery as received.
 #[derive(Debug, Clone, Default)]
@@ -97,10 +98,6 @@ async fn refused(
         tracing::error!("cannot record a refused delivery: {e}");
     }
     Reply::refusal(status, &reason, CallbackOutcome::Refused(why))
-}
-
-fn millis(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// A delivery over one of its route's limits, with the reason; `fallback` is the status of a
@@ -314,7 +311,7 @@ async fn receive_at(
         verified: false,
         rejection: None,
         event_type: None,
-        received_at: millis(now),
+        received_at: unix_ms(now),
         replay: None,
     };
     let reject_status = cb.verify.as_ref().map(|v| v.reject_status);
@@ -420,7 +417,7 @@ async fn receive_at(
                 }
             };
             let expires =
-                millis(now).saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+                unix_ms(now).saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
             // Recorded in the same transaction as the delivery: a delivery that could not be
             // stored (and so was not acknowledged) does not burn its key.
             delivery.replay = Some((format!("{}:{key}", platform.name), expires));
@@ -715,7 +712,7 @@ pub async fn ingest(
     }
     let watched = stock.iter().any(|s: &StockCheck| !s.events.is_empty());
     match store
-        .inbox_record_with_stock(&delivery, &events, stock, millis(now))
+        .inbox_record_with_stock(&delivery, &events, stock, unix_ms(now))
         .await
     {
         Ok(InboxOutcome::Stored { .. }) => {

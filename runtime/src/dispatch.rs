@@ -20,6 +20,7 @@ use crate::compile::gateway::TargetSettings;
 use crate::engine::transport::backoff;
 use crate::observe::{DeliveryOutcome, DeliverySeen, Observer};
 use crate::store::{OutboxRow, Store};
+use crate::timefmt::now_ms;
 
 /// Delivery settings.
 #[derive(Debug, Clone)]
@@ -78,11 +79,6 @@ pub struct Dispatcher {
     observer: Observer,
     /// Wakes the dispatcher when events were stored.
     pub notify: Arc<Notify>,
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
 }
 
 impl Dispatcher {

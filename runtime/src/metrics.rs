@@ -29,6 +29,7 @@ use crate::observe::{CallSeen, CallbackOutcome, CallbackSeen, DeliverySeen, Flow
 use crate::plan::Plan;
 use crate::reload::Reloader;
 use crate::store::Store;
+use crate::timefmt::now_ms;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -504,11 +505,6 @@ impl Metrics {
             self.sagas_unfinished.set(n);
         }
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
 }
 
 /// Creates the series of `labels` at 0 (so it is exposed before its first event).

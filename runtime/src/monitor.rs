@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -39,6 +38,7 @@ use crate::compile::gateway::{MonitoringSettings, TargetSettings};
 use crate::observe::{CallSeen, CallbackOutcome, CallbackSeen, Outcome, Sink};
 use crate::plan::{MonitoringPlan, Plan, Thresholds};
 use crate::store::{NewEvent, Store, StoreError};
+use crate::timefmt::{now_ms, rfc3339_ms};
 
 /// Flow kind of the crossings' rows.
 pub const KIND: &str = "monitor";
@@ -398,20 +398,6 @@ impl std::fmt::Debug for Monitor {
             .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// The row of `platform`'s `threshold` crossing.
@@ -824,18 +810,18 @@ impl Monitor {
             "observed": open.get("observed").cloned().unwrap_or(json!(0)),
             "limit": open.get("limit").cloned().unwrap_or(json!(0)),
             "unit": threshold.unit(),
-            "since": rfc3339(since),
+            "since": rfc3339_ms(since),
         });
         if let (Some(map), Some(at)) = (data.as_object_mut(), recovered_at) {
-            map.insert("recovered_at".into(), json!(rfc3339(at)));
+            map.insert("recovered_at".into(), json!(rfc3339_ms(at)));
         }
         let key = format!("{platform}:{event_type}:{}:{since}", threshold.as_str());
         let envelope = json!({
             "id": uuid::Uuid::new_v4().to_string(),
             "type": event_type,
             "platform": platform,
-            "occurred_at": rfc3339(now),
-            "received_at": rfc3339(now),
+            "occurred_at": rfc3339_ms(now),
+            "received_at": rfc3339_ms(now),
             "data": data,
             "idempotency_key": key,
         })
@@ -877,7 +863,7 @@ impl Monitor {
                 "observed": open.get("observed"),
                 "limit": open.get("limit"),
                 "unit": threshold.unit(),
-                "since": rfc3339(open.get("since").and_then(Value::as_i64).unwrap_or(0)),
+                "since": rfc3339_ms(open.get("since").and_then(Value::as_i64).unwrap_or(0)),
                 "instances": instances,
             }));
         }

@@ -5,6 +5,33 @@
 
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
+/// Unix milliseconds of `t` (saturating at the ends of `i64`).
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(if t.unix_timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    unix_ms(OffsetDateTime::now_utc())
+}
+
+/// `t` in RFC 3339 (empty in the impossible case that it cannot be written).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Unix milliseconds in RFC 3339, UTC (empty when out of range).
+pub fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
 /// One piece of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -307,6 +334,20 @@ fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn milliseconds_and_rfc3339() {
+        // 2025-01-01 is 1 735 689 600 s after the epoch; 2025 has 365 days.
+        let t = datetime!(2026-01-01 00:00:00.25 UTC);
+        assert_eq!(unix_ms(t), 1_767_225_600_250);
+        assert_eq!(rfc3339_ms(1_767_225_600_250), "2026-01-01T00:00:00.25Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(datetime!(2026-11-28 08:00 +08:00)),
+            "2026-11-28T08:00:00+08:00"
+        );
+        assert_eq!(rfc3339_ms(i64::MAX), "", "out of range");
+    }
 
     #[test]
     fn formats_platform_timestamps() {

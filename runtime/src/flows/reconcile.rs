@@ -28,6 +28,7 @@ use crate::engine::{CallOutcome, Engine};
 use crate::flows::saga::{self, PartState, Saga};
 use crate::plan::PlatformPlan;
 use crate::template::text_of;
+use crate::timefmt::rfc3339;
 
 /// The longest window one report covers: 31 days.
 pub const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
@@ -611,10 +612,6 @@ async fn list(
         list_window(engine, platform, window, from, to, &mut items, &mut pages).await?;
     }
     Ok(items)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// The orders the platform lists from `from` to `to`, added to `items`; `pages` counts the

@@ -41,6 +41,7 @@ use crate::observe::{FlowSeen, Observer};
 use crate::plan::Plan;
 use crate::store::{NewEvent, Store, StoreError};
 use crate::template::text_of;
+use crate::timefmt::{now_ms, rfc3339_ms, unix_ms};
 
 /// The flow kind of order sagas in the store.
 pub const KIND: &str = "order_saga";
@@ -60,24 +61,6 @@ const MAX_RUNNING: usize = 32;
 /// The store id of the saga of `order_id`.
 pub fn flow_id(order_id: &str) -> String {
     format!("order:{order_id}")
-}
-
-fn now_ms() -> i64 {
-    millis(OffsetDateTime::now_utc())
-}
-
-fn millis(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> i64 {
@@ -214,7 +197,7 @@ impl Saga {
             self.steps_dropped = self.steps_dropped.saturating_add(1);
         }
         self.steps.push(Step {
-            at: rfc3339(now),
+            at: rfc3339_ms(now),
             platform: platform.map(str::to_string),
             step: step.into(),
             outcome: outcome.into(),
@@ -631,8 +614,8 @@ impl Orders {
             order_id: order_id.into(),
             state: SagaState::Creating,
             reason: None,
-            paid_at: rfc3339(now),
-            deadline: rfc3339(deadline_ms),
+            paid_at: rfc3339_ms(now),
+            deadline: rfc3339_ms(deadline_ms),
             deadline_ms,
             reported: false,
             input: input.clone(),
@@ -717,7 +700,7 @@ impl Orders {
                 }
             }
             obj.insert("version".into(), json!(flow.version));
-            obj.insert("updated_at".into(), json!(rfc3339(flow.updated_at)));
+            obj.insert("updated_at".into(), json!(rfc3339_ms(flow.updated_at)));
         }
         Ok(Some(v))
     }
@@ -1103,7 +1086,7 @@ impl Orders {
                         part.state = PartState::Creating;
                         part.error = Some(e.clone());
                         part.retry_at_ms = Some(retry_create);
-                        part.retry_at = Some(rfc3339(retry_create));
+                        part.retry_at = Some(rfc3339_ms(retry_create));
                         ("order.create", "retry", Some(e.clone()))
                     }
                     Outcome::Refused(e) => {
@@ -1131,7 +1114,7 @@ impl Orders {
                         part.state = PartState::Cancelling;
                         part.error = Some(e.clone());
                         part.retry_at_ms = Some(retry_cancel);
-                        part.retry_at = Some(rfc3339(retry_cancel));
+                        part.retry_at = Some(rfc3339_ms(retry_cancel));
                         tracing::warn!(order = %saga.order_id, platform = %platform, "cancelling the order failed, it is tried again: {e}");
                         ("order.cancel", "failed", Some(e.clone()))
                     }
@@ -1156,7 +1139,7 @@ impl Orders {
             .or(saga.parts.first())
             .map(|p| p.platform.clone())
             .unwrap_or_default();
-        let at = rfc3339(now);
+        let at = rfc3339_ms(now);
         let idempotency_key = format!("saga:{}:order.cancelled", saga.order_id);
         let envelope = json!({
             "id": idempotency_key,
@@ -1299,7 +1282,7 @@ pub async fn observe(
                 });
             }
         }
-        let at = millis(now);
+        let at = unix_ms(now);
         saga.step(
             at,
             Some(platform),

@@ -38,6 +38,7 @@ use crate::engine::{CallOutcome, Engine};
 use crate::observe::FlowSeen;
 use crate::plan::{Plan, PlatformPlan};
 use crate::store::{NewEvent, OutboxRow, StoreError};
+use crate::timefmt::{now_ms, rfc3339};
 
 /// The kind of the sync's rows in the `flows` table.
 pub const KIND: &str = "product-sync";
@@ -296,14 +297,6 @@ impl std::fmt::Debug for Syncer {
             .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 fn millis(d: Duration) -> i64 {
