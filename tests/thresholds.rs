@@ -928,7 +928,7 @@ async fn refused_callbacks_degrade_once_then_good_ones_recover() {
     let degraded = gw
         .next_ops_event("platform.degraded", async |gw| {
             n += 1;
-            let signature = (n % 2 == 0).then_some("v1,bm90IGEgc2lnbmF0dXJl");
+            let signature = n.is_multiple_of(2).then_some("v1,bm90IGEgc2lnbmF0dXJl");
             let status = gw.webhook(&format!("bad_{n}"), signature).await;
             assert!((400..500).contains(&status), "{status}");
         })
