@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -40,7 +41,7 @@ const GATEWAY: &str = "targets:
   stock:
     url: STOCK_URL
     events: [inventory.changed, inventory.low]
-monitoring:
+EXTRA_TARGETSmonitoring:
   every: 50ms
   defaults:
     window: 1s
@@ -74,6 +75,25 @@ async fn target() -> (String, mpsc::UnboundedReceiver<Value>) {
     (url, rx)
 }
 
+/// A target answering 500 to every event until its switch is set, then 200.
+async fn refusing_target() -> (String, Arc<AtomicBool>) {
+    async fn answer(State(accept): State<Arc<AtomicBool>>) -> StatusCode {
+        if accept.load(Ordering::SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+    let accept = Arc::new(AtomicBool::new(false));
+    let app = axum::Router::new()
+        .route("/events", post(answer))
+        .with_state(accept.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, accept)
+}
+
 struct Gateway {
     url: String,
     sim: Simulator,
@@ -82,13 +102,42 @@ struct Gateway {
     http: reqwest::Client,
     ops: mpsc::UnboundedReceiver<Value>,
     stock: mpsc::UnboundedReceiver<Value>,
+    /// The refusing target's switch: while false it answers 500.
+    refusing: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
+/// What a test changes in the platform file and the gateway file.
+struct Setup {
+    /// The platform's `monitoring` block.
+    monitoring: &'static str,
+    /// What replaces the sample's `retries: 2` line in its `transport` section.
+    transport: &'static str,
+    /// More targets: YAML lines under `targets:`, where `REFUSING_URL` is the URL of a target
+    /// that answers 500 until [`Gateway::refusing`] is told to accept.
+    targets: &'static str,
+}
+
+impl Default for Setup {
+    /// One attempt per call and no breaker (so every call reaches the simulator), the
+    /// thresholds of [`MONITORING`], no more targets.
+    fn default() -> Self {
+        Setup {
+            monitoring: MONITORING,
+            transport: "  retries: 0\n  breaker: { enabled: false }\n",
+            targets: "",
+        }
+    }
+}
+
 async fn start() -> Gateway {
+    start_with(Setup::default()).await
+}
+
+async fn start_with(setup: Setup) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::support::sqlite_store(&dir).await;
-    start_on(store, dir).await
+    start_on_with(store, dir, setup).await
 }
 
 /// The PostgreSQL store of `ENTREPOT_TEST_POSTGRES_URL`, in a fresh schema; `None` (said
@@ -101,24 +150,25 @@ async fn postgres() -> Option<(Store, String, String)> {
 }
 
 async fn start_on(store: Store, dir: tempfile::TempDir) -> Gateway {
+    start_on_with(store, dir, Setup::default()).await
+}
+
+async fn start_on_with(store: Store, dir: tempfile::TempDir, setup: Setup) -> Gateway {
     let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET))
         .await
         .unwrap();
     let base = sim.base_url();
     // The sample file, with its SKU ids the mall's own (so thresholds name them as the
-    // simulator does), one attempt per call and no breaker (so every call reaches the
-    // simulator), and the thresholds.
+    // simulator does), the test's transport and thresholds.
     let file = std::fs::read_to_string(root().join("platforms/acme-rest.yaml")).unwrap();
     // Its own monitoring block (the last of the file) gives way to this test's.
     let (file, _) = file.split_once("\nmonitoring:\n").unwrap();
+    assert!(file.contains("  retries: 2\n"));
     let text = file
         .to_string()
         .replace("  sku: allocate", "  sku: same")
-        .replace(
-            "  retries: 2\n",
-            "  retries: 0\n  breaker: { enabled: false }\n",
-        )
-        + MONITORING;
+        .replace("  retries: 2\n", setup.transport)
+        + setup.monitoring;
     let doc = entrepot::config::source::parse(Path::new("platforms/acme-rest.yaml"), text).unwrap();
     let env = move |name: &str| (name == "ACME_REST_BASE_URL").then(|| base.clone());
     let compiled = entrepot::compile::compile_docs(vec![doc], &env);
@@ -130,10 +180,13 @@ async fn start_on(store: Store, dir: tempfile::TempDir) -> Gateway {
 
     let (ops_url, ops) = target().await;
     let (stock_url, stock) = target().await;
+    let (refusing_url, refusing) = refusing_target().await;
     let gateway = gateway_settings(
         &GATEWAY
+            .replace("EXTRA_TARGETS", setup.targets)
             .replace("OPS_URL", &ops_url)
-            .replace("STOCK_URL", &stock_url),
+            .replace("STOCK_URL", &stock_url)
+            .replace("REFUSING_URL", &refusing_url),
     );
     let plan = Arc::new(ArcSwap::from_pointee(compiled.plan));
     let targets = Arc::new(gateway.targets.clone());
@@ -197,6 +250,7 @@ async fn start_on(store: Store, dir: tempfile::TempDir) -> Gateway {
         http: reqwest::Client::new(),
         ops,
         stock,
+        refusing,
         _dir: dir,
     }
 }
@@ -233,6 +287,65 @@ impl Gateway {
             times,
             delay_ms: 0,
         });
+    }
+
+    /// Makes the next `times` inventory calls answer only after `delay_ms`.
+    fn slow_next(&self, times: u64, delay_ms: u64) {
+        self.sim.push_fault(Fault {
+            kind: FaultKind::Slow,
+            route: Some("GET /v2/inventory".into()),
+            retry_after: 1,
+            times,
+            delay_ms,
+        });
+    }
+
+    /// Posts a `stock.changed` webhook to the platform's callback route with `signature` as
+    /// its `webhook-signature` header (none: the header is left out); the HTTP status.
+    async fn webhook(&self, id: &str, signature: Option<&str>) -> u16 {
+        let now = time::OffsetDateTime::now_utc();
+        let body = json!({
+            "type": "stock.changed",
+            "timestamp": now.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "data": {"items": [{"sku": "CUPS-2", "available": 40}]},
+        })
+        .to_string();
+        let mut request = self
+            .http
+            .post(format!("{}/callbacks/acme-rest/webhooks", self.url))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", now.unix_timestamp().to_string());
+        if let Some(signature) = signature {
+            request = request.header("webhook-signature", signature);
+        }
+        request.body(body).send().await.unwrap().status().as_u16()
+    }
+
+    /// Waits for the next event at the operations target, calling `drive` between looks
+    /// (15 s at most).
+    async fn next_ops_event(&mut self, what: &str, mut drive: impl AsyncFnMut(&Self)) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            assert!(Instant::now() < deadline, "no {what} in 15 s");
+            drive(self).await;
+            if let Ok(event) = self.ops.try_recv() {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// After a crossing and its recovery: ten more evaluations send nothing more, the outbox
+    /// holds one event of each kind, and the status shows nothing tripped.
+    async fn one_crossing_in_all(&mut self) {
+        self.evaluations(10).await;
+        let rows = outbox(&self.store).await;
+        assert_eq!(count(&rows, "platform.degraded"), 1);
+        assert_eq!(count(&rows, "platform.recovered"), 1);
+        assert!(self.ops.try_recv().is_err());
+        let status = self.status().await;
+        assert_eq!(status["platforms"][0]["tripped"], json!([]), "{status}");
     }
 
     async fn status(&self) -> Value {
@@ -634,4 +747,306 @@ async fn concurrent_low_levels(store: Store) {
         .await
         .unwrap();
     assert_eq!(count(&outbox(&store).await, "inventory.low"), 2);
+}
+
+/// Checks a monitoring event: its type, platform, threshold, limit and unit, the idempotency
+/// key of a crossing starting at its `since`, and that it fits the canonical schemas; returns
+/// its observed value.
+fn check(event: &Value, kind: &str, threshold: &str, limit: f64, unit: &str) -> f64 {
+    fits(event);
+    assert_eq!(event["type"], kind, "{event}");
+    assert_eq!(event["platform"], PLATFORM);
+    let data = &event["data"];
+    assert_eq!(data["threshold"], threshold, "{event}");
+    assert_eq!(data["limit"].as_f64(), Some(limit), "{event}");
+    assert_eq!(data["unit"], unit, "{event}");
+    assert_eq!(
+        event["idempotency_key"],
+        format!(
+            "{PLATFORM}:{kind}:{threshold}:{}",
+            ms_of(data["since"].as_str().unwrap())
+        )
+    );
+    data["observed"].as_f64().unwrap()
+}
+
+/// The status shows `threshold` tripped (alone), since the degraded event's `since`.
+async fn shows_tripped(gw: &Gateway, degraded: &Value) {
+    let status = gw.status().await;
+    let tripped = &status["platforms"][0]["tripped"];
+    assert_eq!(tripped.as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(tripped[0]["threshold"], degraded["data"]["threshold"]);
+    assert_eq!(tripped[0]["limit"], degraded["data"]["limit"]);
+    assert_eq!(tripped[0]["since"], degraded["data"]["since"]);
+    assert_eq!(tripped[0]["instances"], 1);
+}
+
+#[tokio::test]
+async fn slow_answers_degrade_latency_once_then_fast_ones_recover_it() {
+    let mut gw = start_with(Setup {
+        monitoring: "\nmonitoring:\n  latency_p95: 100ms\n",
+        ..Setup::default()
+    })
+    .await;
+
+    // Every inventory answer held back 200 ms, four calls at a time (the window needs 4).
+    gw.slow_next(1_000_000, 200);
+    let slowest = std::sync::Mutex::new(Duration::ZERO);
+    let degraded = gw
+        .next_ops_event("platform.degraded", async |gw| {
+            let timed = || async {
+                let started = Instant::now();
+                assert_eq!(gw.call().await, 200);
+                let took = started.elapsed();
+                assert!(took >= Duration::from_millis(200), "{took:?}");
+                let mut s = slowest.lock().unwrap();
+                *s = (*s).max(took);
+            };
+            tokio::join!(timed(), timed(), timed(), timed());
+        })
+        .await;
+    let observed = check(
+        &degraded,
+        "platform.degraded",
+        "latency_p95",
+        100.0,
+        "milliseconds",
+    );
+    // Every call took 200 ms or more, and the p95 is a bucket bound at most 20% above the
+    // slowest call the test timed.
+    let slowest = slowest.lock().unwrap().as_secs_f64() * 1000.0;
+    assert!(
+        (200.0..=slowest * 1.2).contains(&observed),
+        "{observed} ms, slowest call {slowest} ms"
+    );
+    shows_tripped(&gw, &degraded).await;
+
+    // Fast answers again: once the slow calls have left the window, p95 is under 80 ms
+    // (0.8 × 100 ms) and the platform recovers.
+    gw.sim.clear_faults();
+    let recovered = gw
+        .next_ops_event("platform.recovered", async |gw| {
+            assert_eq!(gw.call().await, 200);
+        })
+        .await;
+    let observed = check(
+        &recovered,
+        "platform.recovered",
+        "latency_p95",
+        100.0,
+        "milliseconds",
+    );
+    assert!(observed <= 80.0, "{recovered}");
+    assert_eq!(recovered["data"]["since"], degraded["data"]["since"]);
+    for _ in 0..10 {
+        assert_eq!(gw.call().await, 200);
+    }
+    gw.one_crossing_in_all().await;
+}
+
+#[tokio::test]
+async fn a_breaker_held_open_degrades_once_then_its_closing_recovers() {
+    // The breaker opens when half of at least 2 calls fail, and lets a trial through 1 s
+    // later; the threshold: open for more than 200 ms (held 300 ms).
+    let mut gw = start_with(Setup {
+        monitoring: "\nmonitoring:\n  breaker_open: 200ms\n",
+        transport: "  retries: 0\n  breaker: { failure_rate: 0.5, min_calls: 2, window: 30s, cool_down: 1s }\n",
+        ..Setup::default()
+    })
+    .await;
+    let cool_down = Duration::from_secs(1);
+
+    // Two failing calls open it.
+    gw.fail_next(2);
+    assert_eq!(gw.call().await, 502);
+    let opening = Instant::now();
+    assert_eq!(gw.call().await, 502);
+    // Open: the next call is not sent.
+    let sent = gw.sim.requests().len();
+    assert_eq!(gw.call().await, 503);
+    assert_eq!(
+        gw.sim.requests().len(),
+        sent,
+        "an open breaker sends nothing"
+    );
+
+    // Nothing else is called: it stays open until a trial succeeds.
+    let degraded = gw.next_ops_event("platform.degraded", async |_| {}).await;
+    let seen_after = opening.elapsed().as_secs_f64() * 1000.0;
+    let observed = check(
+        &degraded,
+        "platform.degraded",
+        "breaker_open",
+        200.0,
+        "milliseconds",
+    );
+    // Above 200 ms, then held 300 ms more: at least 500 ms open when it tripped, and no more
+    // than the time since the second failing call began.
+    assert!(
+        (500.0..=seen_after).contains(&observed),
+        "{observed} ms open, {seen_after} ms since it opened"
+    );
+    shows_tripped(&gw, &degraded).await;
+
+    // The platform is healthy again: calls fail fast until the cool-down is over, then the
+    // trial succeeds and closes the breaker.
+    gw.sim.clear_faults();
+    let mut first_ok = None;
+    let recovered = gw
+        .next_ops_event("platform.recovered", async |gw| match gw.call().await {
+            200 => {
+                first_ok.get_or_insert_with(Instant::now);
+            }
+            status => assert!(first_ok.is_none() && status == 503, "{status}"),
+        })
+        .await;
+    let first_ok = first_ok.expect("the trial closed the breaker");
+    assert!(first_ok.duration_since(opening) >= cool_down);
+    let observed = check(
+        &recovered,
+        "platform.recovered",
+        "breaker_open",
+        200.0,
+        "milliseconds",
+    );
+    // Closed: open for no time at all.
+    assert_eq!(observed, 0.0, "{recovered}");
+    assert_eq!(recovered["data"]["since"], degraded["data"]["since"]);
+    gw.one_crossing_in_all().await;
+}
+
+#[tokio::test]
+async fn refused_callbacks_degrade_once_then_good_ones_recover() {
+    let mut gw = start_with(Setup {
+        monitoring: "\nmonitoring:\n  callback_refusal_rate: 0.5\n",
+        ..Setup::default()
+    })
+    .await;
+
+    // Webhooks unsigned or with a garbled signature, until the operations target hears of it.
+    let mut n = 0u32;
+    let degraded = gw
+        .next_ops_event("platform.degraded", async |gw| {
+            n += 1;
+            let signature = n.is_multiple_of(2).then_some("v1,bm90IGEgc2lnbmF0dXJl");
+            let status = gw.webhook(&format!("bad_{n}"), signature).await;
+            assert!((400..500).contains(&status), "{status}");
+        })
+        .await;
+    // Every delivery of the window was refused.
+    let observed = check(
+        &degraded,
+        "platform.degraded",
+        "callback_refusal_rate",
+        0.5,
+        "fraction",
+    );
+    assert_eq!(observed, 1.0);
+    shows_tripped(&gw, &degraded).await;
+
+    // Webhooks the simulator signs: accepted, until it recovers (at most 0.4 refused).
+    let mut level = 50;
+    let recovered = gw
+        .next_ops_event("platform.recovered", async |gw| {
+            level += 1;
+            let hook = gw.sim.set_stock("CUPS-2", level).await.unwrap().unwrap();
+            assert_eq!(hook.status, 200, "{hook:?}");
+        })
+        .await;
+    let observed = check(
+        &recovered,
+        "platform.recovered",
+        "callback_refusal_rate",
+        0.5,
+        "fraction",
+    );
+    assert!(observed <= 0.4, "{recovered}");
+    assert_eq!(recovered["data"]["since"], degraded["data"]["since"]);
+    gw.one_crossing_in_all().await;
+    // Refused deliveries stored no event; each accepted one stored its inventory.changed.
+    let rows = outbox(&gw.store).await;
+    assert_eq!(
+        count(&rows, "inventory.changed"),
+        usize::try_from(level - 50).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_above_the_count_degrade_once_and_replaying_them_recovers() {
+    // A target of the platform's stock events refusing them, one attempt each; more than one
+    // dead letter is too many.
+    let mut gw = start_with(Setup {
+        monitoring: "\nmonitoring:\n  dead_letters: 1\n",
+        targets: "  refusing:\n    url: REFUSING_URL\n    events: [inventory.changed]\n    max_attempts: 1\n",
+        ..Setup::default()
+    })
+    .await;
+    let dead = |rows: &[OutboxRow]| rows.iter().filter(|r| r.dead).count();
+    let until_dead = |n: usize| {
+        let store = gw.store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while dead(&outbox(&store).await) < n {
+                assert!(Instant::now() < deadline, "{n} dead letters never came");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // One dead letter: the limit, not above it. Nothing is sent, however long it stays.
+    let hook = gw.sim.set_stock("CUPS-2", 50).await.unwrap().unwrap();
+    assert_eq!(hook.status, 200);
+    until_dead(1).await;
+    gw.evaluations(12).await; // 600 ms: twice the hold
+    assert_eq!(count(&outbox(&gw.store).await, "platform.degraded"), 0);
+    assert!(gw.ops.try_recv().is_err());
+
+    // A second one: above the limit.
+    let hook = gw.sim.set_stock("CUPS-2", 51).await.unwrap().unwrap();
+    assert_eq!(hook.status, 200);
+    until_dead(2).await;
+    let degraded = gw.next_ops_event("platform.degraded", async |_| {}).await;
+    let observed = check(&degraded, "platform.degraded", "dead_letters", 1.0, "count");
+    assert_eq!(observed, 2.0);
+    shows_tripped(&gw, &degraded).await;
+    // The stock target had both events all along; the monitoring events are not counted.
+    let rows = outbox(&gw.store).await;
+    assert_eq!(dead(&rows), 2);
+    assert!(
+        rows.iter()
+            .filter(|r| r.dead)
+            .all(|r| r.target == "refusing")
+    );
+
+    // The target is fixed and the dead letters replayed: delivered, none left.
+    gw.refusing.store(true, Ordering::SeqCst);
+    let replayed: Value = gw
+        .http
+        .post(format!("{}/admin/v1/dead-letters/replay", gw.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["replayed"], 2);
+    let recovered = gw.next_ops_event("platform.recovered", async |_| {}).await;
+    let observed = check(
+        &recovered,
+        "platform.recovered",
+        "dead_letters",
+        1.0,
+        "count",
+    );
+    assert_eq!(observed, 0.0);
+    assert_eq!(recovered["data"]["since"], degraded["data"]["since"]);
+    let rows = outbox(&gw.store).await;
+    assert_eq!(dead(&rows), 0);
+    assert!(
+        rows.iter()
+            .filter(|r| r.target == "refusing")
+            .all(|r| r.delivered_at.is_some())
+    );
+    gw.one_crossing_in_all().await;
 }

@@ -340,7 +340,7 @@ impl Crossing {
     }
 
     /// Takes one observation. `observed` is `None` when there is nothing to judge (too few
-    /// calls, a closed breaker), which counts as back. Trips after `hold` above `limit`;
+    /// calls), which counts as back. Trips after `hold` above `limit`;
     /// clears after `hold` at or below `recover_at × limit`.
     pub fn step(
         &mut self,
@@ -561,9 +561,13 @@ impl Monitor {
                         continue;
                     };
                     let observed = match threshold {
-                        Threshold::BreakerOpen => breakers
-                            .get(name)
-                            .map(|since| ms(now.saturating_duration_since(*since))),
+                        // A closed breaker has been open for no time: that is the value a
+                        // recovered crossing reports, not the last time it was open.
+                        Threshold::BreakerOpen => Some(
+                            breakers
+                                .get(name)
+                                .map_or(0.0, |since| ms(now.saturating_duration_since(*since))),
+                        ),
                         #[allow(clippy::cast_precision_loss)] // counts far below 2^52
                         Threshold::DeadLetters => match &dead {
                             Some(d) => Some(d.get(name).copied().unwrap_or(0) as f64),

@@ -125,8 +125,8 @@ pub struct MonitoringSpec {
     #[serde(default)]
     pub callback_refusal_rate: Option<f64>,
     /// Trips when more than this many events produced by this platform's callbacks and pollers
-    /// are dead-lettered (for any target), such as `10`; `0` trips at the first one. Replaying
-    /// or removing them brings it back. Default: none.
+    /// are dead-lettered (for any target), such as `10`; `0` trips at the first one. Only
+    /// replaying them brings it back (nothing removes a dead letter). Default: none.
     #[serde(default)]
     pub dead_letters: Option<u64>,
     /// `inventory.low` is sent when a SKU's stock reported by an `inventory.changed` callback
