@@ -88,6 +88,50 @@ fn check_expr(where_: &str, expr: &str) -> BTreeSet<String> {
     names.0
 }
 
+/// The gauges read from the shared store when scraped: with several instances on one store
+/// each reports the same value, so summing them over instances multiplies it (the operations
+/// guide says: `max`, not `sum`).
+const SHARED_GAUGES: &[&str] = &[
+    "entrepot_outbox_pending",
+    "entrepot_dead_letters",
+    "entrepot_delivery_lag_seconds",
+    "entrepot_order_sagas_unfinished",
+];
+
+/// The shared gauges `expr` sums (the argument of a `sum` aggregation).
+struct Summed(BTreeSet<String>);
+
+impl ExprVisitor for Summed {
+    type Error = String;
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        if let Expr::Aggregate(a) = expr
+            && a.op.to_string() == "sum"
+        {
+            let mut names = Names(BTreeSet::new());
+            walk_expr(&mut names, &a.expr)?;
+            self.0.extend(
+                names
+                    .0
+                    .into_iter()
+                    .filter(|n| SHARED_GAUGES.contains(&n.as_str())),
+            );
+        }
+        Ok(true)
+    }
+}
+
+/// Panics when `expr` sums a gauge read from the shared store.
+fn check_not_summed(where_: &str, expr: &str) {
+    let parsed = parse(expr).unwrap_or_else(|e| panic!("{where_}: {e}\n{expr}"));
+    let mut summed = Summed(BTreeSet::new());
+    walk_expr(&mut summed, &parsed).unwrap_or_else(|e| panic!("{where_}: {e}"));
+    assert!(
+        summed.0.is_empty(),
+        "{where_}: sums {:?}, which every instance reads from the shared store: use max\n{expr}",
+        summed.0
+    );
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -108,6 +152,7 @@ fn every_alert_parses_reads_known_metrics_and_is_complete() {
             let expr = rule["expr"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{alert}: no expr"));
+            check_not_summed(alert, expr);
             for n in check_expr(alert, expr) {
                 if !PROMETHEUS_OWN.contains(&n.as_str()) {
                     read_families.insert(family_of(&n));
@@ -179,6 +224,7 @@ fn every_dashboard_panel_parses_and_the_dashboard_shows_every_metric() {
                 .unwrap_or_else(|| panic!("{title}: a target without expr"))
                 .replace("$__rate_interval", "1m")
                 .replace("$__interval", "1m");
+            check_not_summed(title, &expr);
             for n in check_expr(title, &expr) {
                 shown.insert(family_of(&n));
             }

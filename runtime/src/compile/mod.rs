@@ -243,6 +243,7 @@ pub fn compile_platform(
         file: &file,
         problems: Vec::new(),
         input_op: None,
+        input_reads: Default::default(),
     };
     let plan = cx.platform();
     problems.append(&mut cx.problems);
@@ -275,6 +276,9 @@ pub struct Cx<'a> {
     /// The canonical operation whose request is being compiled: `input` references are
     /// checked against its input schema.
     input_op: Option<String>,
+    /// The top-level `input` fields read by the templates and body paths compiled since it
+    /// was last taken (an operation's request: see [`Cx::windows`]).
+    input_reads: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -287,6 +291,7 @@ impl<'a> Cx<'a> {
             file,
             problems: Vec::new(),
             input_op: None,
+            input_reads: Default::default(),
         }
     }
 }
@@ -613,7 +618,9 @@ impl Cx<'_> {
     fn operation(&mut self, name: &str, op: &Operation, path: &DocPath) -> Option<OperationPlan> {
         let before = self.problems.len();
         self.input_op = Some(name.to_string());
+        self.input_reads.clear();
         let request = self.request(&self.file.request, &op.request, path);
+        let request_reads = std::mem::take(&mut self.input_reads);
         let answer = self.answer(&self.file.response, op.answer.as_ref(), path);
         let output = op
             .response
@@ -661,10 +668,10 @@ impl Cx<'_> {
         }
         self.input_op = None;
         let transport = self.transport(name, &op.transport, path);
-        let windows = op
-            .windows
-            .as_ref()
-            .and_then(|w| self.windows(name, w, &path.key("windows")));
+        let windows = op.windows.as_ref().and_then(|w| {
+            let reads = request.is_some().then_some(&request_reads);
+            self.windows(name, w, reads, &path.key("windows"))
+        });
         let request = request?;
         (self.problems.len() == before).then(|| OperationPlan {
             name: name.to_string(),
@@ -678,11 +685,14 @@ impl Cx<'_> {
         })
     }
 
-    /// Compiles an operation's `windows`: only listings bounded in time take them.
+    /// Compiles an operation's `windows`: only listings bounded in time take them, and their
+    /// request must read both bounds the flows fill in (`reads`: the `input` fields the
+    /// request reads, when it compiled).
     fn windows(
         &mut self,
         op: &str,
         w: &crate::config::platform::WindowsSpec,
+        reads: Option<&std::collections::BTreeSet<String>>,
         path: &DocPath,
     ) -> Option<crate::plan::WindowsPlan> {
         let Some((lower, upper)) = crate::canonical::window_fields(op) else {
@@ -713,11 +723,57 @@ impl Cx<'_> {
             ));
         }
         let max = max.filter(|m| !m.is_zero());
+        let unread: Vec<&str> = [lower, upper]
+            .into_iter()
+            .filter(|f| reads.is_some_and(|r| !r.contains(*f)))
+            .collect();
+        if let Some(first) = unread.first() {
+            let fields = unread
+                .iter()
+                .map(|f| format!("input.{f}"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            self.error(
+                path,
+                Code::InvalidValue,
+                format!(
+                    "each window is passed to {op} as input.{lower} and input.{upper}, but its request never reads {fields}: the platform would list past the window"
+                ),
+            )
+            .hint = Some(format!(
+                "map them onto the platform's bounds, such as `query: {{ {first}: \"{{{{input.{first}}}}}\" }}`"
+            ));
+        }
         let start = match &w.start {
+            Some(_) if op != "product.list" => {
+                self.error(
+                    &path.key("start"),
+                    Code::InvalidValue,
+                    format!(
+                        "{op} windows follow the caller's own {lower} and {upper}: `start` is not used"
+                    ),
+                )
+                .hint = Some("remove `start:`; only product.list windows have one".into());
+                return None;
+            }
             Some(text) => match time::OffsetDateTime::parse(
                 text,
                 &time::format_description::well_known::Rfc3339,
             ) {
+                Ok(t) if t > time::OffsetDateTime::now_utc() => {
+                    self.error(
+                        &path.key("start"),
+                        Code::InvalidValue,
+                        format!(
+                            "'{text}' is in the future: a full sync walks the windows from `start` to now, so it would list nothing"
+                        ),
+                    )
+                    .hint = Some(
+                        "write the time of the oldest change the platform keeps, such as 2020-01-01T00:00:00Z"
+                            .into(),
+                    );
+                    return None;
+                }
                 Ok(t) => Some(t),
                 Err(e) => {
                     self.error(

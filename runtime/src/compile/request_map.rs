@@ -366,6 +366,11 @@ impl Cx<'_> {
             }
             _ => {}
         }
+        if root == "input"
+            && let Some(field) = rest.first()
+        {
+            self.input_reads.insert(field.clone());
+        }
         let start = match root.as_str() {
             "input" => self.input_op.as_deref().and_then(input_shape::input_node),
             "item" => item.node,
@@ -446,6 +451,13 @@ impl Cx<'_> {
     /// have (outside the platform-wide `request`). `whole_value`: the template is a JSON leaf that keeps the
     /// referenced value's type (a whole list is copied as a list).
     pub(super) fn check_list_refs(&mut self, a: &Analysis, whole_value: bool, path: &DocPath) {
+        for p in a.paths.iter().chain(&a.scoped) {
+            if let [root, field, ..] = p.as_slice()
+                && root == "input"
+            {
+                self.input_reads.insert(field.clone());
+            }
+        }
         let Some(input) = self.input_op.as_deref().and_then(input_shape::input_node) else {
             return;
         };

@@ -622,8 +622,9 @@ pub struct Operation {
     pub transport: TransportSpec,
     /// Time windows, for a listing the platform answers only over a bounded span of time:
     /// `product.list` between `updated_since` and `updated_before`, `order.list` between
-    /// `from` and `to`. The flows then split what they list into consecutive windows no wider
-    /// than `max` and page through each window with its cursor. Default: none, one listing.
+    /// `from` and `to`; the request must read both bounds. The flows then split what they list
+    /// into consecutive windows no wider than `max` and page through each window with its
+    /// cursor. Default: none, one listing.
     #[serde(default)]
     pub windows: Option<WindowsSpec>,
 }
@@ -635,9 +636,9 @@ pub struct WindowsSpec {
     /// The widest span one request may cover, such as `30d`, `24h` or `15m`.
     pub max: String,
     /// Where a full listing starts, as an RFC 3339 time such as `2020-01-01T00:00:00Z`: the
-    /// oldest change the platform keeps. Required on `product.list` (a full product sync
-    /// walks the windows from here to the moment it started); `order.list` windows follow
-    /// the caller's own bounds.
+    /// oldest change the platform keeps, not in the future. Required on `product.list` (a full
+    /// product sync walks the windows from here to the moment it started); refused on
+    /// `order.list`, whose windows follow the caller's own bounds.
     #[serde(default)]
     pub start: Option<String>,
 }
