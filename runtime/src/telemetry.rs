@@ -44,9 +44,15 @@ const TRACESTATE: &str = "tracestate";
 /// Header pairs read as an OpenTelemetry carrier (names compared case-insensitively).
 struct Headers<'a>(&'a axum::http::HeaderMap);
 
+/// The longest `tracestate` taken from a caller: the 512 characters W3C Trace Context asks
+/// every vendor to pass on. A longer one is dropped whole (the `traceparent` still counts), so
+/// a caller cannot make the gateway send kilobytes of it to every platform.
+pub const MAX_TRACESTATE: usize = 512;
+
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = self.0.get(key).and_then(|v| v.to_str().ok())?;
+        (!key.eq_ignore_ascii_case(TRACESTATE) || value.len() <= MAX_TRACESTATE).then_some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -426,6 +432,31 @@ mod tests {
             assert!(!extract(&h).span().span_context().is_valid(), "{bad}");
             assert!(!parse_traceparent(bad).span().span_context().is_valid());
         }
+    }
+
+    #[test]
+    fn a_tracestate_over_512_characters_is_dropped() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        // 8 members of 62 characters and 7 commas: 503 characters, kept.
+        let member = |i: usize| format!("k{i}={}", "v".repeat(59));
+        let short: Vec<String> = (0..8).map(member).collect();
+        let short = short.join(",");
+        assert_eq!(short.len(), 503);
+        h.insert("tracestate", short.parse().unwrap());
+        let cx = extract(&h);
+        assert_eq!(cx.span().span_context().trace_state().header(), short);
+        // One more member: 566 characters, dropped; the parent still holds.
+        let long: Vec<String> = (0..9).map(member).collect();
+        h.insert("tracestate", long.join(",").parse().unwrap());
+        let cx = extract(&h);
+        assert!(cx.span().span_context().is_valid());
+        assert_eq!(cx.span().span_context().trace_state().header(), "");
     }
 
     #[test]
