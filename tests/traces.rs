@@ -213,6 +213,36 @@ async fn until(what: &str, mut ready: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("{what}"));
 }
 
+/// A gateway directory for the channel simulator `sim`: its platform file, credentials and an
+/// `entrepot.yaml` with a SQLite store there, then `extra` (more of the gateway file).
+fn gateway_files(sim: &Simulator, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let platforms = dir.path().join("platforms");
+    std::fs::create_dir(&platforms).unwrap();
+    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
+        .unwrap()
+        .replace(
+            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
+            &sim.base_url(),
+        );
+    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("credentials.yaml"),
+        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("entrepot.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n{extra}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
 /// The trace id and parent id of a `traceparent`.
 fn ids_of(traceparent: &str) -> (String, String) {
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -235,33 +265,12 @@ async fn one_trace_spans_the_call_its_platform_request_and_the_deliveries() {
     let target_url = format!("http://{}/events", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let dir = tempfile::tempdir().unwrap();
-    let platforms = dir.path().join("platforms");
-    std::fs::create_dir(&platforms).unwrap();
-    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
-        .unwrap()
-        .replace(
-            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
-            &sim.base_url(),
-        );
-    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("credentials.yaml"),
-        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
-    )
-    .unwrap();
-    let config = dir.path().join("entrepot.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n\
-             delivery: {{ backoff: 50ms, backoff_max: 200ms }}\n\
-             targets:\n  center: {{ url: \"{target_url}\", events: [inventory.changed] }}\n\
-             telemetry:\n  otlp:\n    endpoint: {otlp}\n    service_name: entrepot-under-test\n    headers: {{ x-api-key: \"${{env:TRACES_OTLP_KEY}}\" }}\n",
-            dir.path().display()
+    let (dir, config) = gateway_files(
+        &sim,
+        &format!(
+            "delivery: {{ backoff: 50ms, backoff_max: 200ms }}\ntargets:\n  center: {{ url: \"{target_url}\", events: [inventory.changed] }}\ntelemetry:\n  otlp:\n    endpoint: {otlp}\n    service_name: entrepot-under-test\n    headers: {{ x-api-key: \"${{env:TRACES_OTLP_KEY}}\" }}\n"
         ),
-    )
-    .unwrap();
+    );
     let log = dir.path().join("gateway.log");
     let (child, addr) = spawn_json_gateway(&config, &log, &[("TRACES_OTLP_KEY", OTLP_KEY)]).await;
     let http = reqwest::Client::new();
@@ -564,31 +573,10 @@ async fn an_unreachable_collector_is_logged_and_never_fatal() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let platforms = dir.path().join("platforms");
-    std::fs::create_dir(&platforms).unwrap();
-    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
-        .unwrap()
-        .replace(
-            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
-            &sim.base_url(),
-        );
-    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("credentials.yaml"),
-        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
-    )
-    .unwrap();
-    let config = dir.path().join("entrepot.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n\
-             telemetry: {{ otlp: {{ endpoint: \"http://{closed}\", timeout: 1s }} }}\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (dir, config) = gateway_files(
+        &sim,
+        &format!("telemetry: {{ otlp: {{ endpoint: \"http://{closed}\", timeout: 1s }} }}\n"),
+    );
     let log = dir.path().join("gateway.log");
     let (child, addr) = spawn_json_gateway(&config, &log, &[]).await;
     let r = reqwest::Client::new()
@@ -621,30 +609,7 @@ async fn without_an_exporter_trace_context_is_still_passed_on_and_logged() {
     let sim = Simulator::start(SimConfig::new(KEY, SECRET, Catalog::sample()))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let platforms = dir.path().join("platforms");
-    std::fs::create_dir(&platforms).unwrap();
-    let yaml = std::fs::read_to_string(root().join("platforms/yanxuan.yaml"))
-        .unwrap()
-        .replace(
-            "${env:YANXUAN_BASE_URL:-http://127.0.0.1:18080}",
-            &sim.base_url(),
-        );
-    std::fs::write(platforms.join("yanxuan.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("credentials.yaml"),
-        format!("yanxuan:\n  app_key: {KEY}\n  app_secret: {SECRET}\n"),
-    )
-    .unwrap();
-    let config = dir.path().join("entrepot.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {{ url: \"sqlite://{}/gw.db\" }}\nplatforms_dir: platforms\ncredentials_file: credentials.yaml\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (dir, config) = gateway_files(&sim, "");
     let log = dir.path().join("gateway.log");
     let (child, addr) = spawn_json_gateway(&config, &log, &[]).await;
     let http = reqwest::Client::new();
