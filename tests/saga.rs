@@ -252,6 +252,21 @@ impl Gateway {
         }
     }
 
+    /// Sends the channel platform's signed notification `method` with `params` to its
+    /// callback route, as the platform would; it must be acknowledged.
+    async fn notify(&self, method: &str, at: time::OffsetDateTime, params: &[(&str, &str)]) {
+        let body = channel_sim::signed_form(APP_KEY, APP_SECRET, method, at, params);
+        let r = self
+            .http
+            .post(format!("{}/callbacks/yanxuan/notify", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{method}");
+    }
+
     async fn next_event(&mut self, within: Duration) -> Value {
         tokio::time::timeout(within, self.events.recv())
             .await
@@ -437,9 +452,7 @@ async fn timed_out_creation_without_idempotency(gw: Gateway) {
     let mut gw = gw;
     let now = time::OffsetDateTime::now_utc();
     let stamp = channel_sim::format_timestamp(now);
-    let body = channel_sim::signed_form(
-        APP_KEY,
-        APP_SECRET,
+    gw.notify(
         "yanxuan.notification.order.delivered",
         now,
         &[
@@ -449,16 +462,8 @@ async fn timed_out_creation_without_idempotency(gw: Gateway) {
             ("expressNo", "SF100"),
             ("shipTime", &stamp),
         ],
-    );
-    let r = gw
-        .http
-        .post(format!("{}/callbacks/yanxuan/notify", gw.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    )
+    .await;
     let event = gw.next_event(Duration::from_secs(10)).await;
     assert_eq!(event["type"], "order.shipped");
     assert_eq!(event["data"]["order_id"], "M-YX-1");
@@ -493,9 +498,7 @@ async fn a_cancel_by_the_platform_cancels_the_saga() {
         s["state"] == "created"
     })
     .await;
-    let body = channel_sim::signed_form(
-        APP_KEY,
-        APP_SECRET,
+    gw.notify(
         "yanxuan.notification.order.cancel",
         time::OffsetDateTime::now_utc(),
         &[
@@ -503,16 +506,8 @@ async fn a_cancel_by_the_platform_cancels_the_saga() {
             ("orderId", "M-YX-C"),
             ("reason", "out of stock at the warehouse"),
         ],
-    );
-    let r = gw
-        .http
-        .post(format!("{}/callbacks/yanxuan/notify", gw.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    )
+    .await;
     let event = gw.next_event(Duration::from_secs(10)).await;
     assert_eq!(event["type"], "order.cancelled");
     assert_eq!(event["data"]["order_id"], "M-YX-C");
